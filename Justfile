@@ -1,0 +1,24 @@
+# Layer gateway tasks. `just --list` shows them.
+
+# Run the gateway on the embedded default (starts the local store itself; no Turbopuffer account needed).
+run port="8080" workers="2":
+    python -m gateway serve --host 127.0.0.1 --port {{port}} --workers {{workers}}
+
+# Run the local Turbopuffer-compatible store alone.
+localstore port="9090" data="./.layer/localstore":
+    python -m localstore serve --host 127.0.0.1 --port {{port}} --data-dir {{data}}
+
+# The whole test suite.
+test *args:
+    python -m pytest tests {{args}}
+
+# Benchmarks with budgets (exits non-zero when a budget in bench/budgets.toml is broken).
+bench *args:
+    python -m bench.run {{args}}
+
+# Every benchmark scenario, briefly, asserting only that it works (CI).
+bench-smoke:
+    python -m bench.run --smoke
+
+lint:
+    ruff check gateway localstore tests bench

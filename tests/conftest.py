@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from support.procs import Proc, start_gateway, start_localstore  # noqa: E402
+
+STORE_KEY = "test-store-key"
+
+
+@pytest.fixture
+def localstore(tmp_path: Path) -> Iterator[Proc]:
+    """A fresh local store (its own data dir) for one test."""
+    proc = start_localstore(tmp_path / "store")
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def gateway_stack(tmp_path: Path) -> Iterator[tuple[Proc, Proc]]:
+    """A local store with a fixed key and a 2-worker gateway in front of it: (gateway, store)."""
+    store = start_localstore(tmp_path / "store", LOCALSTORE_API_KEY=STORE_KEY)
+    gw = start_gateway(store.url, STORE_KEY, tmp_path / "gateway")
+    yield gw, store
+    gw.stop()
+    store.stop()

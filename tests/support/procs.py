@@ -1,0 +1,103 @@
+"""Start and stop the real processes that tests talk to (local store, gateway) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+READY_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_status(url: str, headers: dict[str, str] | None = None, timeout: float = 2.0) -> int:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+    except (urllib.error.URLError, OSError):
+        return 0
+
+
+class Proc:
+    """A child process with its output in a log file; stop() always reaps it."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], url: str, ready_path: str) -> None:
+        self.name = name
+        self.url = url
+        self.log_path = Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log")[1])
+        self._log = open(self.log_path, "wb")
+        self.popen = subprocess.Popen(
+            cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self._wait_ready(url + ready_path)
+
+    def _wait_ready(self, ready_url: str) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n{self.log()}")
+            if http_status(ready_url, timeout=0.5) == 200:
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.name} not ready within {READY_TIMEOUT_S}s:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-8000:]
+
+    def signal(self, sig: int) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.popen.wait(timeout=timeout)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, sig)
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(timeout=timeout)
+            except ProcessLookupError:
+                pass
+        self._log.close()
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TURBOPUFFER_", "LAYER_", "AEROSPIKE_"))}
+    env.update(extra)
+    return env
+
+
+def start_localstore(data_dir: str | Path, **env: str) -> Proc:
+    port = free_port()
+    cmd = [sys.executable, "-m", "localstore", "serve", "--host", "127.0.0.1", "--port", str(port),
+           "--data-dir", str(data_dir)]
+    return Proc("localstore", cmd, base_env(**env), f"http://127.0.0.1:{port}", "/_localstore/health")
+
+
+def start_gateway(upstream_url: str, upstream_key: str, data_dir: str | Path, workers: int = 2, **env: str) -> Proc:
+    port = free_port()
+    cmd = [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port),
+           "--workers", str(workers)]
+    full_env = base_env(TURBOPUFFER_API_URL=upstream_url, TURBOPUFFER_API_KEY=upstream_key,
+                        LAYER_DATA_DIR=str(data_dir), **env)
+    return Proc("gateway", cmd, full_env, f"http://127.0.0.1:{port}", "/ready")
