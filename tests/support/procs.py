@@ -61,7 +61,7 @@ class Proc:
         self._log.flush()
         return self.log_path.read_text(errors="replace")[-8000:]
 
-    def signal(self, sig: int) -> None:
+    def send_signal(self, sig: int) -> None:
         if self.popen.poll() is None:
             os.killpg(self.popen.pid, sig)
 

@@ -1,0 +1,294 @@
+"""The RSGI application: routing, auth, fault injection, gzip bodies, JSON errors, and the route handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import os
+import sys
+import time
+import zlib
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+import msgspec
+
+from .errors import StoreError, bad, shape
+from .faults import Faults
+from .query import parse_consistency, rrf, run_query
+from .registry import Registry
+from .schema import apply_update, full_view, meta_view
+from .writes import READ_ONLY
+
+JSON_HEADERS = [("content-type", "application/json")]
+decode_json = msgspec.json.Decoder().decode
+encode_json = msgspec.json.Encoder().encode
+BILLING_Q = 256_000_000
+
+
+def _err(status: int, message: str) -> tuple[int, Any]:
+    return status, {"status": "error", "error": message}
+
+
+def _rfc3339(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e6):06d}Z"
+
+
+class App:
+    def __init__(self) -> None:
+        self.reg: Registry | None = None
+        self.faults = Faults()
+        self.key = os.environ.get("LOCALSTORE_API_KEY") or None
+
+    def __rsgi_init__(self, loop: Any) -> None:
+        self.setup()
+
+    def setup(self) -> None:
+        if self.reg is None:
+            self.reg = Registry(os.environ.get("LOCALSTORE_DATA_DIR", "./localstore-data"),
+                                int(os.environ.get("LOCALSTORE_INDEX_LAG_MS", "0") or 0))
+            print(f"localstore listening on {os.environ.get('LOCALSTORE_URL', '')}", flush=True)
+
+    def __rsgi_del__(self, loop: Any) -> None:
+        pass
+
+    async def __rsgi__(self, scope: Any, protocol: Any) -> None:
+        await self.__call__(scope, protocol)
+
+    async def __call__(self, scope: Any, protocol: Any) -> None:
+        if scope.proto != "http":
+            return
+        self.setup()
+        try:
+            status, body = await self.handle(scope, protocol)
+        except StoreError as e:
+            status, body = _err(e.status, e.message)
+        except Exception as e:  # noqa: BLE001 - last resort, still a JSON body
+            print(f"localstore internal error: {e!r}", file=sys.stderr, flush=True)
+            status, body = _err(500, f"internal error: {e}")
+        headers = JSON_HEADERS if status != 429 else JSON_HEADERS + [("retry-after", "0")]
+        protocol.response_bytes(status, headers, encode_json(body))
+
+    async def _body(self, scope: Any, protocol: Any) -> Any:
+        raw = await protocol()
+        if scope.headers.get("content-encoding", "").lower() == "gzip":
+            try:
+                raw = gzip.decompress(raw)
+            except (OSError, EOFError, zlib.error):
+                raise bad("request body is not valid gzip") from None
+        if not raw:
+            raise bad("request body is empty; expected JSON")
+        try:
+            return decode_json(raw)
+        except msgspec.DecodeError as e:
+            raise bad(f"malformed JSON: {e}") from None
+
+    async def handle(self, scope: Any, protocol: Any) -> tuple[int, Any]:
+        method, parts = scope.method, [unquote(p) for p in scope.path.strip("/").split("/")]
+        if parts[0] == "_localstore":
+            return await self._admin(method, parts, scope, protocol)
+        route, ns, allowed = _route(parts)
+        if route is None:
+            return _err(404, f"no route for {scope.path}")
+        if method not in allowed:
+            return _err(405, f"method {method} not allowed on {scope.path}")
+        auth = scope.headers.get("authorization", "")
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        if not token:
+            return _err(401, "missing or malformed Authorization: Bearer <api key> header")
+        if self.key is not None and token != self.key:
+            return _err(403, "API key is not authorized")
+        fault = self.faults.match(_fault_route(route, method), ns)
+        if fault is not None:
+            if fault["delay_ms"]:
+                await asyncio.sleep(fault["delay_ms"] / 1000)
+            if fault["status"] is not None:
+                return _err(fault["status"], "injected fault")
+        body = await self._body(scope, protocol) if method in ("POST", "PATCH") else None
+        handler: Callable[[str, str, Any, Any], tuple[int, Any]] = getattr(self, "h_" + route)
+        return handler(method, ns, body, scope)
+
+    async def _admin(self, method: str, parts: list[str], scope: Any, protocol: Any) -> tuple[int, Any]:
+        if parts == ["_localstore", "health"]:
+            return (200, {"status": "ok"}) if method == "GET" else _err(405, "method not allowed")
+        if parts == ["_localstore", "faults"]:
+            if method == "GET":
+                return 200, self.faults.listing()
+            if method == "DELETE":
+                self.faults.clear()
+                return 200, {"status": "ok"}
+            if method == "POST":
+                return 200, {"status": "ok", "fault": self.faults.add(await self._body(scope, protocol))}
+            return _err(405, "method not allowed")
+        return _err(404, f"no route for {scope.path}")
+
+    # ---- handlers -------------------------------------------------------------------------------
+    def h_write(self, method: str, ns: str, body: Any, scope: Any) -> tuple[int, Any]:
+        if method == "DELETE":
+            assert self.reg is not None
+            self.reg.delete(ns)
+            return 200, {"status": "OK"}
+        assert self.reg is not None
+        return 200, self.reg.write(ns, body)
+
+    def h_query(self, method: str, name: str, body: Any, scope: Any) -> tuple[int, Any]:
+        t0 = time.perf_counter()
+        assert self.reg is not None
+        ns = self.reg.get(name)
+        if not isinstance(body, dict):
+            raise shape("query: expected an object")
+        eventual = parse_consistency(body.get("consistency"))
+        docs, unindexed = ns.view(eventual)
+        enc = body.get("vector_encoding", "float")
+        if "queries" in body:
+            qs = body["queries"]
+            if not isinstance(qs, list):
+                raise shape("queries: expected an array")
+            if not 1 <= len(qs) <= 16:
+                raise bad("queries: between 1 and 16 subqueries are allowed")
+            extra = set(body) - {"queries", "consistency", "vector_encoding", "rerank_by", "limit", "top_k", "offset"}
+            if extra:
+                raise bad(f"unknown field(s) in multi-query: {sorted(extra)}")
+            results = [run_query(ns, q, docs, enc) for q in qs]
+            rr = body.get("rerank_by")
+            if rr is not None:
+                if not isinstance(rr, list) or not rr or rr[0] != "RRF":
+                    raise bad("rerank_by: only [\"RRF\", {...}] is supported")
+                lim = body.get("limit", body.get("top_k", 10))
+                lim = lim.get("total", 10) if isinstance(lim, dict) else lim
+                opts = rr[1] if len(rr) > 1 and isinstance(rr[1], dict) else {}
+                offset = _count(body.get("offset", 0), "offset")
+                rows = rrf([r.get("rows", []) for r in results], opts, _count(lim, "limit"), offset)
+                results = [{"rows": rows}]
+            out: dict[str, Any] = {"results": results}
+        else:
+            out = run_query(ns, body, docs, enc)
+        returned = len(encode_json(out.get("rows", out.get("results", []))))
+        ms = int((time.perf_counter() - t0) * 1000)
+        out["billing"] = {"billable_logical_bytes_queried": BILLING_Q, "billable_logical_bytes_returned": returned}
+        out["performance"] = {"approx_namespace_size": len(ns.current.rows), "cache_hit_ratio": 1.0,
+                              "cache_temperature": "hot", "exhaustive_search_count": unindexed,
+                              "query_execution_ms": ms, "server_total_ms": ms}
+        return 200, out
+
+    def _metadata(self, name: str, v2: bool) -> dict[str, Any]:
+        assert self.reg is not None
+        ns = self.reg.get(name)
+        out: dict[str, Any] = {
+            "approx_logical_bytes": ns.current.nbytes, "approx_row_count": len(ns.current.rows),
+            "created_at": _rfc3339(ns.created_at), "updated_at": _rfc3339(ns.updated_at),
+            "last_write_at": _rfc3339(ns.updated_at),
+            "schema": meta_view(ns.schema, ns.id_type, ns.metric),
+            "encryption": {"mode": "default"} if v2 else {"sse": True}, "index": ns.index_status()}
+        if ns.read_only:
+            out["read_only"] = True
+        return out
+
+    def h_metadata_v2(self, method: str, name: str, body: Any, scope: Any) -> tuple[int, Any]:
+        return 200, self._metadata(name, True)
+
+    def h_metadata_v1(self, method: str, name: str, body: Any, scope: Any) -> tuple[int, Any]:
+        if method == "PATCH":
+            assert self.reg is not None
+            ns = self.reg.get(name)
+            if not isinstance(body, dict):
+                raise shape("metadata patch: expected an object")
+            ro = body.get("read_only")
+            if ro is not None and not isinstance(ro, bool):
+                raise shape("read_only: invalid type, expected a boolean")
+            if set(body) - {"read_only", "pinning"}:
+                raise bad(f"unknown field(s): {sorted(set(body) - {'read_only', 'pinning'})}")
+            if ro is not None and ro != ns.read_only:
+                ns.read_only = ro
+                self.reg.save_meta(ns)
+        return 200, self._metadata(name, False)
+
+    def h_namespaces(self, method: str, name: str, body: Any, scope: Any) -> tuple[int, Any]:
+        qs = parse_qs(scope.query_string or "")
+        size_raw = qs.get("page_size", ["100"])[0]
+        try:
+            size = int(size_raw)
+        except ValueError:
+            raise shape("page_size: invalid type, expected an integer") from None
+        if not 1 <= size <= 1000:
+            raise bad("page_size must be between 1 and 1000")
+        assert self.reg is not None
+        return 200, self.reg.listing(qs.get("prefix", [""])[0], size, qs.get("cursor", [None])[0])
+
+    def h_schema(self, method: str, name: str, body: Any, scope: Any) -> tuple[int, Any]:
+        assert self.reg is not None
+        ns = self.reg.get(name)
+        if method == "POST":
+            if ns.read_only:
+                raise bad(READ_ONLY)
+            if not isinstance(body, dict):
+                raise shape("schema update: expected a map of attribute to schema")
+            schema = {k: dict(v) for k, v in ns.schema.items()}
+            id_type = ns.id_type
+            for attr, param in body.items():
+                id_type = apply_update(schema, attr, param, id_type) or id_type
+            ns.schema, ns.id_type = schema, id_type
+            for docs in {id(ns.current): ns.current, id(ns.indexed): ns.indexed}.values():
+                docs.terms.clear()
+            self.reg.save_meta(ns)
+        return 200, full_view(ns.schema, ns.id_type)
+
+    def h_hint_cache_warm(self, method: str, name: str, body: Any, scope: Any) -> tuple[int, Any]:
+        assert self.reg is not None
+        self.reg.get(name)
+        return 202, {"status": "ACCEPTED", "message": "cache warm hint accepted"}
+
+    def h_explain_query(self, method: str, name: str, body: Any, scope: Any) -> tuple[int, Any]:
+        assert self.reg is not None
+        ns = self.reg.get(name)
+        docs, _ = ns.view(False)
+        if isinstance(body, dict) and "queries" not in body:
+            run_query(ns, body, docs, "float")
+        return 200, {"plan_text": f"exact scan over {len(docs.rows)} rows of namespace '{name}'"}
+
+    def h_recall(self, method: str, name: str, body: Any, scope: Any) -> tuple[int, Any]:
+        assert self.reg is not None
+        ns = self.reg.get(name)
+        k = body.get("top_k", 10) if isinstance(body, dict) else 10
+        out: dict[str, Any] = {"avg_recall": 1.0, "avg_ann_count": float(k), "avg_exhaustive_count": float(k)}
+        if isinstance(body, dict) and body.get("include_ground_truth"):
+            out["ground_truth"] = []
+        _ = ns
+        return 200, out
+
+
+def _count(v: Any, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise shape(f"{what}: invalid type, expected a non-negative integer")
+    return v
+
+
+def _route(p: list[str]) -> tuple[str | None, str, tuple[str, ...]]:
+    n = len(p)
+    if n >= 2 and p[1] == "namespaces":
+        if p[0] == "v2" and n == 3:
+            return "write", p[2], ("POST", "DELETE")
+        if p[0] == "v2" and n == 4:
+            sub = {"query": "query", "metadata": "metadata_v2", "explain_query": "explain_query"}.get(p[3])
+            if sub:
+                return sub, p[2], ("GET",) if sub == "metadata_v2" else ("POST",)
+        if p[0] == "v1" and n == 2:
+            return "namespaces", "", ("GET",)
+        if p[0] == "v1" and n == 4:
+            sub = {"metadata": "metadata_v1", "schema": "schema", "hint_cache_warm": "hint_cache_warm"}.get(p[3])
+            if sub:
+                allowed = {"metadata_v1": ("GET", "PATCH"), "schema": ("GET", "POST"), "hint_cache_warm": ("GET",)}
+                return sub, p[2], allowed[sub]
+        if p[0] == "v1" and n == 5 and p[3] == "_debug" and p[4] == "recall":
+            return "recall", p[2], ("POST",)
+    return None, "", ()
+
+
+def _fault_route(route: str, method: str) -> str:
+    if route == "write":
+        return "delete" if method == "DELETE" else "write"
+    return {"metadata_v1": "metadata", "metadata_v2": "metadata"}.get(route, route)
+
+
+app = App()
