@@ -1,0 +1,92 @@
+"""CLI: `layer-gateway serve ...` (Granian, RSGI, uvloop, N workers) and `layer-gateway keys ...`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from gateway.config import EMBEDDED_MARKER, ConfigError, load_config
+
+TARGET = "gateway.app:app"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="layer-gateway", description="Layer: a Turbopuffer-compatible gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
+    serve.add_argument("--workers", type=int, default=1)
+    sub.add_parser("keys", help="manage scoped API keys (layer-gateway keys --help)", add_help=False)
+    return parser
+
+
+def _metrics_dir() -> tuple[str, bool]:
+    preset = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if preset:
+        Path(preset).mkdir(parents=True, exist_ok=True)
+        for stale in Path(preset).glob("*.db"):
+            stale.unlink()
+        return preset, False
+    return tempfile.mkdtemp(prefix="layer-metrics-"), True
+
+
+def serve(host: str, port: int, workers: int) -> int:
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        print(f"layer-gateway: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    if workers < 1:
+        print("layer-gateway: --workers must be >= 1", file=sys.stderr)
+        return 2
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+
+    from gateway.embedded import EmbeddedStore, EmbeddedStoreError, admin_key
+
+    metrics_dir, owned = _metrics_dir()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    store: EmbeddedStore | None = None
+    try:
+        if config.upstream_url is None:
+            key, source = admin_key(config)
+            try:
+                store = EmbeddedStore(config, key)
+            except EmbeddedStoreError as exc:
+                print(f"layer-gateway: {exc}", file=sys.stderr)
+                return 1
+            os.environ.update({"TURBOPUFFER_API_URL": store.url, "TURBOPUFFER_API_KEY": key, EMBEDDED_MARKER: "1"})
+            print(f"layer-gateway: no TURBOPUFFER_API_URL or TURBOPUFFER_REGION set; started the local store at "
+                  f"{store.url} (data in {store.data_dir})", flush=True)
+            print(f"layer-gateway: admin key ({source}): {key}", flush=True)
+        config = load_config()
+        print(f"layer-gateway: listening on http://{host}:{port} with {workers} worker(s), upstream "
+              f"{config.upstream_url}", flush=True)
+        kill_timeout = max(config.drain_timeout_ms, config.drain_grace_ms) // 1000 + 5
+        Granian(TARGET, address=host, port=port, interface=Interfaces.RSGI, workers=workers, loop=Loops.uvloop,
+                log_access=False, workers_kill_timeout=kill_timeout).serve()
+        return 0
+    finally:
+        if store is not None:
+            store.stop()
+        if owned:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "keys":
+        from gateway.keys.cli import main as keys_main  # written by the keys module; imported only when used
+
+        return keys_main(argv[1:])
+    args = _parser().parse_args(argv)
+    return serve(args.host, args.port, args.workers)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Principals, scopes and the one table of route classes (read / write / admin / public) for every route."""
+
+from __future__ import annotations
+
+import hmac
+from fnmatch import fnmatchcase
+from typing import Protocol
+
+from msgspec import Struct
+
+from gateway.http import GatewayError
+
+PUBLIC, READ, WRITE, ADMIN = "public", "read", "write", "admin"
+NS = "/v2/namespaces/{ns}"
+V1NS = "/v1/namespaces/{ns}"
+
+# (method, path template) -> route class. Every route the gateway serves, including the ones other modules add
+# (documents, warm, keys); the router refuses to start if a route is missing here, so nothing escapes auth.
+ROUTE_CLASSES: dict[tuple[str, str], str] = {
+    ("GET", "/health"): PUBLIC,
+    ("GET", "/ready"): PUBLIC,
+    ("GET", "/metrics"): PUBLIC,
+    ("POST", "/v2/keys/authenticate"): PUBLIC,
+    # Turbopuffer routes Layer enhances
+    ("POST", NS): WRITE,
+    ("DELETE", NS): WRITE,
+    ("POST", NS + "/query"): READ,
+    ("GET", NS + "/metadata"): READ,
+    ("GET", "/v2/namespaces"): READ,
+    ("GET", V1NS + "/hint_cache_warm"): READ,
+    # Turbopuffer routes proxied verbatim
+    ("GET", "/v1/namespaces"): READ,
+    ("GET", V1NS + "/metadata"): READ,
+    ("PATCH", V1NS + "/metadata"): WRITE,
+    ("GET", V1NS + "/schema"): READ,
+    ("POST", V1NS + "/schema"): WRITE,
+    ("POST", V1NS + "/query"): READ,
+    ("POST", NS + "/explain_query"): READ,
+    ("POST", V1NS + "/_debug/recall"): READ,  # runs queries only; the original's "write" was a classifier accident
+    ("POST", NS + "/async"): WRITE,
+    ("GET", V1NS + "/operations/{op_id}"): READ,
+    # Layer routes other modules serve
+    ("GET", NS + "/documents/{doc_id}"): READ,
+    ("POST", NS + "/documents"): READ,  # a batch fetch reads (fix of quirk §7.11)
+    ("POST", NS + "/warm"): WRITE,
+    ("GET", NS + "/warm-jobs"): READ,
+    ("GET", NS + "/warm-jobs/{job_id}"): READ,
+    ("POST", "/v2/keys"): ADMIN,
+    ("GET", "/v2/keys"): ADMIN,
+    ("GET", "/v2/keys/{key_id}"): ADMIN,
+    ("POST", "/v2/keys/{key_id}/revoke"): ADMIN,
+    ("DELETE", "/v2/keys/{key_id}"): ADMIN,
+}
+
+MINTED_PREFIX = "hvl_"
+
+
+class Grant(Struct, frozen=True):
+    scopes: frozenset[str]
+    namespaces: tuple[str, ...]  # globs; () = none
+
+
+class Principal(Struct, frozen=True):
+    name: str
+    key_id: str | None
+    admin: bool
+    grants: tuple[Grant, ...] = ()
+
+
+class KeyVerifier(Protocol):
+    async def verify(self, token: str) -> Principal | None:
+        """Called for every bearer starting with `hvl_`; returns the key's Principal, or None (-> 401)."""
+        ...
+
+
+STORE_ADMIN = Principal(name="store-key", key_id=None, admin=True)
+# Derive-from-request mode: any bearer may read and write; it is the upstream's job to reject a bad key.
+BEARER_CALLER = Principal(name="bearer", key_id=None, admin=False, grants=(Grant(frozenset({READ, WRITE}), ("*",)),))
+
+MISSING_HEADER = GatewayError("unauthorized", "missing or malformed Authorization: Bearer header", status=401)
+INVALID_KEY = GatewayError("invalid_api_key", "the API key is not valid", status=401)
+
+
+def bearer_token(header: str | None) -> str:
+    if not header or not header.startswith("Bearer "):
+        raise MISSING_HEADER
+    token = header[7:].strip()
+    if not token:
+        raise MISSING_HEADER
+    return token
+
+
+def store_key_matches(token: str, store_key: str) -> bool:
+    return hmac.compare_digest(token.encode(), store_key.encode())
+
+
+def _grant_allows(grant: Grant, scope: str, namespace: str | None) -> bool:
+    if scope not in grant.scopes and ADMIN not in grant.scopes:
+        return False
+    if namespace is None:
+        return bool(grant.namespaces)
+    return any(fnmatchcase(namespace, glob) for glob in grant.namespaces)
+
+
+def authorize(principal: Principal, route_class: str, namespace: str | None) -> None:
+    """Raise 403 unless the principal holds `route_class` scope on `namespace` (None = not namespaced)."""
+    if principal.admin or route_class == PUBLIC:
+        return
+    if route_class != ADMIN and any(_grant_allows(g, route_class, namespace) for g in principal.grants):
+        return
+    where = f" on namespace '{namespace}'" if namespace is not None else ""
+    raise GatewayError(
+        "forbidden",
+        f"key '{principal.name}' has no {route_class} scope{where}",
+        status=403,
+        extra={"required_scope": route_class},
+    )

@@ -1,0 +1,133 @@
+"""All Prometheus metric objects in one place (prometheus-client multiprocess mode across Granian workers).
+
+`layer-gateway serve` creates PROMETHEUS_MULTIPROC_DIR before the workers start and removes it on exit; each
+worker writes its own files there and `/metrics` merges them, so a scrape is correct whichever worker answers.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+MAX_NAMESPACES = 5000  # label cardinality cap; further namespaces are counted as "other"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OP = ("pipeline_id", "namespace", "status")
+
+QUERY_DURATION = Histogram("layer_query_duration_seconds", "Query time seen by the client", OP, buckets=BUCKETS)
+QUERY_TPUF = Histogram("layer_query_tpuf_seconds", "Query time spent waiting on the upstream", OP, buckets=BUCKETS)
+QUERY_OVERHEAD = Histogram("layer_query_overhead_seconds", "Query time spent in the gateway", OP, buckets=BUCKETS)
+QUERY_SHAPE = Counter("layer_query_shape_total", "Queries by shape",
+                      ("pipeline_id", "namespace", "has_filter", "has_rank_by", "status"))
+UPSERT_DURATION = Histogram("layer_upsert_duration_seconds", "Write time seen by the client", OP, buckets=BUCKETS)
+UPSERT_TPUF = Histogram("layer_upsert_tpuf_seconds", "Write time spent waiting on the upstream", OP, buckets=BUCKETS)
+UPSERT_OVERHEAD = Histogram("layer_upsert_overhead_seconds", "Write time spent in the gateway", OP, buckets=BUCKETS)
+UPSERT_BATCH = Histogram("layer_upsert_batch_size", "Rows per write", ("pipeline_id", "namespace"),
+                         buckets=(1, 10, 100, 1000, 10_000, 100_000))
+HEAD_DURATION = Histogram("layer_head_duration_seconds", "Namespace metadata time", ("namespace", "status"),
+                          buckets=BUCKETS)
+LIST_DURATION = Histogram("layer_list_duration_seconds", "Namespace list time", ("status",), buckets=BUCKETS)
+QUERY_RETRIES = Counter("layer_query_retries_total", "One-shot 429 query retries", ("namespace", "outcome"))
+REQUESTS = Counter("layer_http_requests_total", "Requests by route and status class", ("route", "method", "code"))
+TPUF_INFLIGHT = Gauge("layer_tpuf_inflight", "Upstream requests in flight", multiprocess_mode="livesum")
+
+# ---- cache metrics (owned by the cache engineer) go below this line ----
+# `set` = the backend's set for the namespace (AEROSPIKE_SET_PREFIX + ns; the namespace for the embedded cache).
+CACHE_LOOKUPS = Counter("layer_cache_lookups_total", "Document cache lookups by result (hit|miss|error)",
+                        ("set", "namespace", "result"))
+FETCH_DURATION = Histogram("layer_fetch_duration_seconds", "Document fetch time by cache result",
+                           ("operation", "namespace", "cache_result"), buckets=BUCKETS)
+FETCH_BATCH_SIZE = Histogram("layer_fetch_batch_size", "Ids per batch fetch", ("operation",),
+                             buckets=(1, 10, 100, 1000, 10_000))
+CACHE_BACKFILLS = Counter("layer_cache_backfills_total", "Cache backfills (fetch, nearest_to_id, warm)",
+                          ("set", "status"))
+CACHE_BACKFILL_DURATION = Histogram("layer_cache_backfill_duration_seconds", "Cache backfill time",
+                                    ("set", "status"), buckets=BUCKETS)
+CACHE_OVERSIZED = Counter("layer_cache_oversized_total", "Documents too big for a cache record (skipped)", ("set",))
+CACHE_MIRROR = Counter("layer_cache_mirror_total", "Write-mirror cache operations by kind and status",
+                       ("kind", "status"))
+CACHE_OP_DURATION = Histogram("layer_aerospike_op_duration_seconds", "Cache backend operation time",
+                              ("operation", "set", "status"), buckets=BUCKETS)
+CACHE_CONNECTION = Gauge("layer_aerospike_connection_state", "Cache backend connection (one-hot open|failed)",
+                         ("state",), multiprocess_mode="livemostrecent")
+CACHE_STATE = Gauge("hevlayer_cache_state", "Namespace cache state (one-hot cold|warming|warm)",
+                    ("namespace", "store_kind", "state"), multiprocess_mode="livemostrecent")
+CACHE_COLD_RESPONSES = Counter("hevlayer_cache_cold_responses_total", "503 cache_cold answers",
+                               ("namespace", "store_kind"))
+WARM_DOCUMENTS = Counter("layer_cache_warm_documents_total", "Documents written into the cache by warm jobs",
+                         ("namespace",))
+# ---- end of cache metrics ----
+
+_seen_namespaces: set[str] = set()
+# Labelled children cached per label tuple: `.labels()` takes a lock and builds tuples on every call.
+_children: dict[tuple[str, ...], tuple[Any, ...]] = {}
+
+
+def ns_label(ns: str | None) -> str:
+    if ns is None:
+        return ""
+    if ns in _seen_namespaces:
+        return ns
+    if len(_seen_namespaces) >= MAX_NAMESPACES:
+        return "other"
+    _seen_namespaces.add(ns)
+    return ns
+
+
+def status_label(status: int) -> str:
+    if status < 400:
+        return "ok"
+    if status in (502, 504):
+        return "timeout" if status == 504 else "tpuf_error"
+    return "tpuf_error" if status >= 500 or status == 429 else "layer_error"
+
+
+def request_counter(route: str, method: str, code: int) -> Any:
+    key = ("req", route, method, str(code))
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = (REQUESTS.labels(route, method, key[3]),)
+    return found[0]
+
+
+def op_children(kind: str, ns: str, status: str, *shape: str) -> tuple[Any, ...]:
+    """(duration, upstream, overhead[, shape counter]) children for a query ("q") or write ("w")."""
+    key = (kind, ns, status, *shape)
+    found = _children.get(key)
+    if found is None:
+        labels = ("direct", ns, status)
+        if kind == "q":
+            found = (QUERY_DURATION.labels(*labels), QUERY_TPUF.labels(*labels), QUERY_OVERHEAD.labels(*labels),
+                     QUERY_SHAPE.labels("direct", ns, *shape, status))
+        else:
+            found = (UPSERT_DURATION.labels(*labels), UPSERT_TPUF.labels(*labels), UPSERT_OVERHEAD.labels(*labels),
+                     UPSERT_BATCH.labels("direct", ns))
+        _children[key] = found
+    return found
+
+
+def observe_op(kind: str, ns: str | None, status: int, total: float, upstream: float, *shape: str) -> tuple[Any, ...]:
+    children = op_children(kind, ns_label(ns), status_label(status), *shape)
+    children[0].observe(total)
+    children[1].observe(upstream)
+    children[2].observe(max(total - upstream, 0.0))
+    return children
+
+
+def render() -> bytes:
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=directory)
+        return generate_latest(registry)
+    return generate_latest()
+
+
+def worker_exit() -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(os.getpid())
+
+
+# ---- cache metrics (owned by the cache engineer) go below this line ----

@@ -1,0 +1,326 @@
+"""Namespace routes Layer enhances: write (validate, stamp, cache mirror), delete, metadata, list."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import msgspec
+
+from gateway import metrics
+from gateway.auth import READ, authorize
+from gateway.cache import mirror
+from gateway.cache.mirror import MirrorPlan
+from gateway.consistency import STABLE, UNKNOWN, UPDATING, NamespaceWatch, now_ms, status_from_metadata
+from gateway.http import (
+    Ctx,
+    GatewayError,
+    Response,
+    bad_request,
+    json_decode,
+    json_encode,
+    json_response,
+    upstream_error,
+    validation_error,
+)
+from gateway.router import RouteSpec
+from gateway.routes.passthrough import relay, upstream_path, without_stamp
+from gateway.state import WorkerState
+from gateway.upstream import UpstreamResponse
+
+STAMP = "_hevlayer_upserted_at"
+RESERVED_PREFIX = "_hevlayer_"
+ROW_KEYS = ("upsert_rows", "patch_rows")
+COLUMN_KEYS = ("upsert_columns", "patch_columns")
+MANAGED_KEYS = (*ROW_KEYS, *COLUMN_KEYS, "deletes", "delete_by_filter", "patch_by_filter")
+FRACTION_DIGITS = re.compile(r"(\.\d{6})\d+")
+# Shape errors use Turbopuffer's (serde) wording so clients see the same message with or without the gateway.
+SERDE_NAMES = {dict: "map", list: "sequence", str: "string", int: "integer", float: "floating point", bool: "boolean",
+               type(None): "null"}
+SERDE_EXPECTED = {dict: "a map", list: "a sequence"}
+
+
+def _type(v: Any) -> str:
+    return SERDE_NAMES.get(type(v), type(v).__name__)
+
+
+def _expect(value: Any, kind: type, where: str) -> None:
+    if not isinstance(value, kind):
+        raise validation_error(f"invalid type: {_type(value)}, expected {SERDE_EXPECTED[kind]} - at `{where}`")
+
+
+def _check_names(names: Any, where: str) -> None:
+    for name in names:
+        if isinstance(name, str) and name.startswith(RESERVED_PREFIX) and name != STAMP:
+            raise GatewayError("validation_error", f"attribute '{name}' uses the reserved _hevlayer_* prefix "
+                               f"- at `{where}`", status=422, extra={"attribute": name})
+
+
+def stamp_write(doc: dict[str, Any], stamp: int) -> int:
+    """Reject reserved attributes and stamp `_hevlayer_upserted_at` on every upserted/patched row (overwriting a
+    caller's value). Returns the number of rows stamped."""
+    rows = 0
+    for key in ROW_KEYS:
+        if key in doc:
+            _expect(doc[key], list, f"$.{key}")
+            for i, row in enumerate(doc[key]):
+                _expect(row, dict, f"$.{key}[{i}]")
+                _check_names(row, f"$.{key}[{i}]")
+                row[STAMP] = stamp
+            rows += len(doc[key])
+    for key in COLUMN_KEYS:
+        if key in doc:
+            cols = doc[key]
+            _expect(cols, dict, f"$.{key}")
+            _check_names(cols, f"$.{key}")
+            ids = cols.get("id")
+            _expect(ids, list, f"$.{key}.id")
+            cols[STAMP] = [stamp] * len(ids)
+            rows += len(ids)
+    if "patch_by_filter" in doc:
+        pbf = doc["patch_by_filter"]
+        _expect(pbf, dict, "$.patch_by_filter")
+        _expect(pbf.get("patch"), dict, "$.patch_by_filter.patch")
+        _check_names(pbf["patch"], "$.patch_by_filter.patch")
+        pbf["patch"][STAMP] = stamp
+    return rows
+
+
+def decode_object(body: bytes, what: str) -> dict[str, Any]:
+    if not body.strip():
+        raise validation_error(f"{what} body must be a JSON object")
+    try:
+        doc = json_decode(body)
+    except msgspec.DecodeError as exc:
+        raise bad_request(f"invalid JSON body: {exc}") from None
+    if not isinstance(doc, dict):
+        raise validation_error(f"invalid type: {_type(doc)}, expected a map - at `$`")
+    return doc
+
+
+# ---- cache seams (the cache engineer fills these; each is a no-op while state.cache is None) ----
+async def cache_mirror_before_write(state: WorkerState, ns: str, doc: dict[str, Any]) -> MirrorPlan | None:
+    """Phase: mirror explicit-id upserts/patches/deletes into the cache before the upstream write (may add
+    `return_affected_ids` to doc for conditional/filter writes, so it runs before the body is encoded)."""
+    if state.cache is None:
+        return None
+    return await mirror.before_write(state.cache.store, ns, doc)
+
+
+async def cache_mirror_after_write(state: WorkerState, ns: str, doc: dict[str, Any], resp: UpstreamResponse,
+                                   plan: MirrorPlan | None) -> None:
+    """Phase: after the upstream answered (invalidate on rejection; mirror response-driven writes on success)."""
+    if state.cache is None or plan is None:
+        return
+    await mirror.after_write(state.cache.store, ns, doc, resp.ok, resp.body, plan)
+
+
+async def cache_purge_namespace(state: WorkerState, ns: str) -> None:
+    """Phase: after a namespace delete upstream succeeded; soft (failures must not fail the delete)."""
+    if state.cache is None:
+        return
+    await state.cache.purge_namespace(ns)
+
+
+def cache_state(state: WorkerState, ns: str) -> dict[str, Any]:
+    getter = getattr(state.cache, "namespace_state", None)
+    if getter is None:
+        return {"state": "cold", "warm_inflight": False}
+    return getter(ns)
+
+
+# ---- write ----
+async def write(ctx: Ctx, state: WorkerState) -> Response:
+    ns = ctx.params["ns"]
+    doc = decode_object(ctx.body, "write")
+    if "upserts" in doc or "patches" in doc:
+        raise validation_error("custom write bodies were removed; use native Turbopuffer write keys "
+                               "(upsert_rows, upsert_columns, patch_rows, patch_columns, deletes, ...)")
+    managed = any(k in doc for k in MANAGED_KEYS)
+    rows = stamp_write(doc, now_ms()) if managed else 0
+    plan = await cache_mirror_before_write(state, ns, doc) if managed else None
+    body = json_encode(doc) if managed else ctx.body
+    resp = await state.upstream.request("POST", upstream_path(ctx), ctx.upstream_key, body, "write", ctx)
+    await cache_mirror_after_write(state, ns, doc, resp, plan)
+    if resp.ok and managed:
+        state.watcher.watch(ns, ctx.upstream_key, due=True)
+    _observe_write(ctx, ns, resp.status, rows)
+    return relay(resp)
+
+
+def _observe_write(ctx: Ctx, ns: str, status: int, rows: int) -> None:
+    children = metrics.observe_op("w", ns, status, time.perf_counter() - ctx.started, ctx.upstream_seconds)
+    if rows:
+        children[3].observe(rows)
+
+
+# ---- delete ----
+async def delete(ctx: Ctx, state: WorkerState) -> Response:
+    ns = ctx.params["ns"]
+    resp = await state.upstream.request("DELETE", upstream_path(ctx), ctx.upstream_key, None, "namespace delete", ctx)
+    if resp.ok:
+        state.watcher.forget(ns)
+        await cache_purge_namespace(state, ns)
+    return relay(resp)
+
+
+# ---- metadata ----
+def rfc3339(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def layer_block(w: NamespaceWatch, index: Any) -> dict[str, Any]:
+    unindexed = index.get("unindexed_rows") if isinstance(index, dict) else None
+    return {
+        "stable_as_of": w.watermark,
+        "stable_as_of_time": rfc3339(w.watermark),
+        "is_stable": w.status == STABLE,
+        "status": w.status,
+        "indexed": w.status == STABLE,
+        "index_lag_rows": unindexed if isinstance(unindexed, int) and w.status == UPDATING else 0,
+        "schema_version": 1,
+        "init_state": "ready",
+        "init_lag_rows": 0,
+        "shard_count": None,
+        "shard_state": "unsharded",
+        "shard_lag_rows": 0,
+        "scatter_gather_active": False,
+    }
+
+
+async def fetch_metadata(ctx: Ctx, state: WorkerState, ns: str) -> tuple[UpstreamResponse, dict[str, Any] | None]:
+    started = now_ms()
+    path = f"/v2/namespaces/{quote(ns, safe='')}/metadata"
+    resp = await state.upstream.request("GET", path, ctx.upstream_key, None, "metadata", ctx)
+    if not resp.ok:
+        return resp, None
+    try:
+        doc = json_decode(resp.body)
+    except msgspec.DecodeError:
+        raise upstream_error(f"Turbopuffer metadata for '{ns}' was not JSON") from None
+    doc = doc if isinstance(doc, dict) else {"raw": doc}
+    without_stamp(doc.get("schema"))
+    state.watcher.observe(ns, status_from_metadata(doc), started, ctx.upstream_key)
+    return resp, doc
+
+
+async def metadata(ctx: Ctx, state: WorkerState) -> Response:
+    ns = ctx.params["ns"]
+    resp, doc = await fetch_metadata(ctx, state, ns)
+    metrics.HEAD_DURATION.labels(metrics.ns_label(ns), metrics.status_label(resp.status)).observe(
+        time.perf_counter() - ctx.started)
+    if doc is None:
+        if resp.status == 404:
+            raise GatewayError("not_found", f"namespace '{ns}' not found", status=404)
+        return relay(resp)
+    doc.setdefault("id", ns)
+    w = state.watcher.state(ns)
+    doc["layer"] = layer_block(w if w is not None else NamespaceWatch(), doc.get("index"))
+    return json_response(200, doc)
+
+
+# ---- list ----
+def _page_size(raw: str | None) -> str | None:
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        raise validation_error(f"page_size must be an integer between 1 and 1000, got {raw!r}")
+    return raw
+
+
+def _ms_from_rfc3339(value: Any) -> int | None:
+    if not isinstance(value, str):
+        return None
+    value = FRACTION_DIGITS.sub(r"\1", value)  # nanosecond precision (live/minifugu) -> microseconds
+    try:
+        return int(datetime.fromisoformat(value).timestamp() * 1000)
+    except ValueError:
+        return None
+
+
+def _schema_summary(schema: Any) -> dict[str, Any]:
+    fields = sorted(schema) if isinstance(schema, dict) else []
+    out: dict[str, Any] = {"fields": fields}
+    vec = schema.get("vector") if isinstance(schema, dict) else None
+    vtype = vec.get("type") if isinstance(vec, dict) else vec
+    if isinstance(vtype, str) and vtype.startswith("[") and "]" in vtype and vtype[1:vtype.index("]")].isdigit():
+        out["vector_dim"] = int(vtype[1:vtype.index("]")])
+    return out
+
+
+def _labels(doc: dict[str, Any]) -> dict[str, str]:
+    src = doc.get("labels") or (doc.get("config") or {}).get("labels") or {}
+    return {k: v for k, v in src.items() if isinstance(v, str)} if isinstance(src, dict) else {}
+
+
+async def _entry(ctx: Ctx, state: WorkerState, ns: str, sem: asyncio.Semaphore) -> dict[str, Any]:
+    base: dict[str, Any] = {"name": ns}
+    async with sem:
+        try:
+            resp, doc = await fetch_metadata(ctx, state, ns)
+        except GatewayError as exc:
+            resp, doc, error = None, None, exc.message
+        else:
+            error = None if doc is not None else f"upstream returned {resp.status}: {resp.body[:160].decode(errors='replace')}"
+    if doc is None:
+        msg = error or "metadata unavailable"
+        base.update(cache_state=cache_state(state, ns), shadow=ns.endswith("-shadow"), labels={},
+                    metadata_error=msg if len(msg) <= 200 else msg[:200] + "…")
+        return base
+    w = state.watcher.state(ns)
+    status = w.status if w is not None else UNKNOWN
+    base.update(row_count=doc.get("approx_row_count", 0), size_bytes=doc.get("approx_logical_bytes"))
+    if w is not None and w.watermark is not None:
+        base["stable_as_of_ms"] = w.watermark
+    if status != UNKNOWN:
+        base["is_stable"] = status == STABLE
+    base.update(schema_summary=_schema_summary(doc.get("schema")), index=doc.get("index"),
+                cache_state=cache_state(state, ns),
+                last_write_ms=_ms_from_rfc3339(doc.get("last_write_at") or doc.get("updated_at")),
+                shadow=ns.endswith("-shadow"), labels=_labels(doc))
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def _readable(ctx: Ctx, ns: str) -> bool:
+    try:
+        authorize(ctx.principal, READ, ns)  # type: ignore[arg-type]
+    except GatewayError:
+        return False
+    return True
+
+
+async def list_namespaces(ctx: Ctx, state: WorkerState) -> Response:
+    q = ctx.query
+    params = {"prefix": q.get("prefix") or None, "cursor": q.get("cursor") or None,
+              "page_size": _page_size(q.get("page_size"))}
+    query = urlencode({k: v for k, v in params.items() if v})
+    resp = await state.upstream.request("GET", "/v1/namespaces" + (f"?{query}" if query else ""),
+                                        ctx.upstream_key, None, "namespace list", ctx)
+    if not resp.ok:
+        metrics.LIST_DURATION.labels("tpuf_error").observe(time.perf_counter() - ctx.started)
+        return relay(resp)
+    try:
+        page = json_decode(resp.body)
+        names = [n["id"] if isinstance(n, dict) else n for n in page.get("namespaces") or []]
+    except (msgspec.DecodeError, AttributeError, KeyError, TypeError):
+        raise upstream_error("Turbopuffer namespace list returned an unexpected body") from None
+    names = [str(n) for n in names if ctx.principal is None or _readable(ctx, str(n))]
+    sem = asyncio.Semaphore(state.config.list_concurrency)
+    entries = await asyncio.gather(*(_entry(ctx, state, ns, sem) for ns in names))
+    metrics.LIST_DURATION.labels("ok").observe(time.perf_counter() - ctx.started)
+    return json_response(200, {"namespaces": entries, "next_cursor": page.get("next_cursor")})
+
+
+NS = "/v2/namespaces/{ns}"
+ROUTES = (
+    RouteSpec("POST", NS, write),
+    RouteSpec("DELETE", NS, delete),
+    RouteSpec("GET", NS + "/metadata", metadata),
+    RouteSpec("GET", "/v2/namespaces", list_namespaces),
+)

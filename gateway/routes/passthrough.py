@@ -1,0 +1,78 @@
+"""Turbopuffer routes the gateway proxies verbatim: status, body and content type are relayed."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import msgspec
+
+from gateway.http import JSON, Ctx, Response, json_decode, json_encode
+from gateway.router import RouteSpec
+from gateway.state import WorkerState
+from gateway.upstream import UpstreamResponse
+
+# Characters kept as-is when re-encoding a (Granian-decoded) path for the upstream.
+PATH_SAFE = "/:@!$&'()*+,;=-._~"
+STAMP = "_hevlayer_upserted_at"
+
+
+def upstream_path(ctx: Ctx, path: str | None = None) -> str:
+    quoted = quote(path if path is not None else ctx.path, safe=PATH_SAFE)
+    return f"{quoted}?{ctx.query_string}" if ctx.query_string else quoted
+
+
+def relay(resp: UpstreamResponse, extra: list[tuple[str, str]] | None = None) -> Response:
+    headers = [("content-type", resp.content_type or JSON), *resp.headers]
+    if extra:
+        headers.extend(extra)
+    return Response(resp.status, resp.body, headers)
+
+
+async def forward(ctx: Ctx, state: WorkerState, path: str | None = None, what: str = "request") -> Response:
+    """Forward the request as received (the `prefer` header is never forwarded, so upstream never goes async
+    and the official client's respond-async polling cannot leave the gateway)."""
+    body = ctx.body if ctx.body else None
+    resp = await state.upstream.request(ctx.method, upstream_path(ctx, path), ctx.upstream_key, body, what, ctx)
+    return relay(resp)
+
+
+async def passthrough(ctx: Ctx, state: WorkerState) -> Response:
+    return await forward(ctx, state, what=f"{ctx.method} {ctx.route.template}")
+
+
+def without_stamp(schema: Any) -> bool:
+    """Drop the gateway's `_hevlayer_upserted_at` from a schema map (Turbopuffer never shows it); True if changed."""
+    return isinstance(schema, dict) and schema.pop(STAMP, None) is not None
+
+
+async def schema_or_metadata(ctx: Ctx, state: WorkerState) -> Response:
+    """Proxied like any route, but the stamp attribute is hidden from the schema (v1 schema and v1 metadata)."""
+    resp = await state.upstream.request(ctx.method, upstream_path(ctx), ctx.upstream_key, ctx.body or None,
+                                        f"{ctx.method} {ctx.route.template}", ctx)
+    if not resp.ok:
+        return relay(resp)
+    try:
+        doc = json_decode(resp.body)
+    except msgspec.DecodeError:
+        return relay(resp)
+    target = doc.get("schema") if ctx.route.template.endswith("/metadata") and isinstance(doc, dict) else doc
+    if not without_stamp(target):
+        return relay(resp)
+    return Response(resp.status, json_encode(doc), [("content-type", JSON), *resp.headers])
+
+
+NS = "/v2/namespaces/{ns}"
+V1NS = "/v1/namespaces/{ns}"
+ROUTES = (
+    RouteSpec("GET", "/v1/namespaces", passthrough),
+    RouteSpec("GET", V1NS + "/metadata", schema_or_metadata),
+    RouteSpec("PATCH", V1NS + "/metadata", schema_or_metadata),
+    RouteSpec("GET", V1NS + "/schema", schema_or_metadata),
+    RouteSpec("POST", V1NS + "/schema", schema_or_metadata),
+    RouteSpec("POST", NS + "/explain_query", passthrough),
+    RouteSpec("POST", V1NS + "/_debug/recall", passthrough),
+    RouteSpec("POST", NS + "/async", passthrough),
+    RouteSpec("GET", V1NS + "/operations/{op_id}", passthrough),
+    RouteSpec("GET", V1NS + "/hint_cache_warm", passthrough),  # gateway.routes.warm replaces it when present
+)

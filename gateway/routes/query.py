@@ -1,0 +1,330 @@
+"""Queries: `POST /v2/namespaces/{ns}/query` (and v1 rewritten to v2).
+
+Phases: decode a narrow view -> Layer keys (vector / nearest_to_id / as_of / between / cursor) -> stable-read
+watermark (eventual consistency + `_hevlayer_upserted_at <= W` while the namespace is updating) -> upstream with one
+immediate retry on 429 (watermark forced on) -> upstream body relayed untouched + Layer headers.
+The upstream body is never re-shaped: row order, numeric ids, billing, performance and aggregations are kept.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from typing import Any
+
+import msgspec
+from msgspec import UNSET, Raw, UnsetType
+
+from gateway import metrics
+from gateway.cursor import decode_cursor, encode_cursor
+from gateway.http import Ctx, Response, bad_request, json_encode, validation_error
+from gateway.router import RouteSpec
+from gateway.routes.passthrough import relay, upstream_path
+from gateway.state import WorkerState
+from gateway.upstream import UpstreamResponse
+from gateway.vectors import resolve_vectors
+
+STAMP = "_hevlayer_upserted_at"
+EVENTUAL_TAIL = b',"consistency":{"level":"eventual"}}'
+TRACEPARENT = re.compile(r"^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
+TAG = re.compile(r"^[A-Za-z0-9:_\-./=+]{1,128}$")
+MAX_TAGS = 32
+LAYER_KEYS = ("vector", "nearest_to_id", "as_of", "between", "cursor", "include_leg_breakdown")
+
+
+class QueryView(msgspec.Struct):
+    """The fields the gateway looks at; everything else stays in the raw bytes."""
+
+    rank_by: Raw | UnsetType = UNSET
+    top_k: int | UnsetType = UNSET
+    limit: Raw | UnsetType = UNSET
+    filters: Raw | UnsetType = UNSET
+    consistency: Raw | UnsetType = UNSET
+    queries: Raw | UnsetType = UNSET
+    aggregate_by: Raw | UnsetType = UNSET
+    include_attributes: bool | list[str] | UnsetType = UNSET
+    exclude_attributes: list[str] | UnsetType = UNSET
+    vector: list[float] | str | UnsetType = UNSET
+    nearest_to_id: list[str | int] | UnsetType = UNSET
+    as_of: int | UnsetType = UNSET
+    between: tuple[int, int] | UnsetType = UNSET
+    cursor: str | UnsetType = UNSET
+    offset: int | UnsetType = UNSET
+    include_leg_breakdown: bool | UnsetType = UNSET
+
+
+class RowView(msgspec.Struct):
+    id: Any = None
+
+
+class ResultView(msgspec.Struct):
+    rows: list[RowView] | None = None
+
+
+query_view_decoder = msgspec.json.Decoder(QueryView)
+result_view_decoder = msgspec.json.Decoder(ResultView)
+
+
+class Plan:
+    """What the Layer phases decided for one query."""
+
+    __slots__ = (
+        "body",
+        "doc",
+        "has_filter",
+        "has_rank_by",
+        "inject",
+        "multi",
+        "offset",
+        "page_size",
+        "strong",
+        "watermark",
+    )
+
+    def __init__(self) -> None:
+        self.doc: dict[str, Any] | None = None  # decoded body, only when it must be rewritten
+        self.body = b""
+        self.watermark: int | None = None
+        self.inject = False
+        self.strong = False
+        self.page_size: int | None = None
+        self.offset = 0
+        self.multi = False
+        self.has_filter = False
+        self.has_rank_by = False
+
+
+def and_filters(*parts: Any) -> Any:
+    present = [p for p in parts if p is not None]
+    if not present:
+        return None
+    return present[0] if len(present) == 1 else ["And", present]
+
+
+def watermark_leaf(w: int) -> list[Any]:
+    return [STAMP, "Lte", w]
+
+
+def parse_tags(ctx: Ctx) -> None:
+    seen: set[str] = set()
+    for header in ("x-hevlayer-tags", "x-hevlayer-tag"):
+        raw = ctx.headers.get(header)
+        if not raw:
+            continue
+        for tag in raw.split(","):
+            tag = tag.strip()
+            if not tag:
+                continue
+            if len(tag.encode()) > 128 or not TAG.match(tag):
+                raise validation_error(f"invalid tag {tag!r} in {header}: tags are 1-128 bytes of [A-Za-z0-9:_-./=+]")
+            seen.add(tag)
+    if len(seen) > MAX_TAGS:
+        raise validation_error(f"too many tags: {len(seen)} unique tags, at most {MAX_TAGS}")
+
+
+def traceparent(ctx: Ctx) -> str:
+    inbound = ctx.headers.get("traceparent")
+    if inbound and TRACEPARENT.match(inbound.strip()):
+        return inbound.strip()
+    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+
+
+def decode_view(body: bytes) -> QueryView:
+    try:
+        return query_view_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise validation_error(f"invalid query request: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise bad_request(f"invalid JSON body: {exc}") from None
+
+
+def _page_size(view: QueryView) -> int | None:
+    if view.top_k is not UNSET:
+        return view.top_k
+    if view.limit is not UNSET:
+        limit = msgspec.json.decode(view.limit)
+        if isinstance(limit, int):
+            return limit
+        if isinstance(limit, dict) and isinstance(limit.get("total"), int) and "per" not in limit:
+            return limit["total"]
+    return None
+
+
+def _temporal(view: QueryView) -> Any:
+    if view.as_of is not UNSET and view.between is not UNSET:
+        raise validation_error("`as_of` and `between` are mutually exclusive")
+    if view.as_of is not UNSET:
+        return [STAMP, "Lte", view.as_of]
+    if view.between is not UNSET:
+        lo, hi = view.between
+        if lo >= hi:
+            raise validation_error(f"`between` must be [lo, hi] with lo < hi, got [{lo}, {hi}]")
+        return ["And", [[STAMP, "Gt", lo], [STAMP, "Lte", hi]]]
+    return None
+
+
+async def layer_rewrite(ctx: Ctx, state: WorkerState, view: QueryView, plan: Plan) -> dict[str, Any]:
+    """Turn the Layer query shape into a native body (only called when a Layer key or the watermark needs it)."""
+    doc: dict[str, Any] = msgspec.json.decode(ctx.body)
+    for key in LAYER_KEYS:
+        doc.pop(key, None)
+    has_vec, has_ids = view.vector is not UNSET, view.nearest_to_id is not UNSET
+    if has_vec and has_ids:
+        raise validation_error("query request must specify exactly one of `vector` or `nearest_to_id`, not both")
+    if (has_vec or has_ids) and view.rank_by is not UNSET:
+        raise validation_error("`rank_by` cannot be combined with `vector` or `nearest_to_id`")
+    if has_vec:
+        if not view.vector:
+            raise validation_error("`vector` must not be empty")
+        doc["rank_by"] = ["vector", "ANN", view.vector]
+    elif has_ids:
+        if not view.nearest_to_id:
+            raise validation_error("`nearest_to_id` must not be empty")
+        doc["rank_by"] = ["vector", "ANN", await resolve_vectors(ctx, state, ctx.params["ns"], view.nearest_to_id)]
+    if (has_vec or has_ids) and view.top_k is UNSET and view.limit is UNSET:
+        doc["top_k"] = plan.page_size = 10
+    if view.cursor is not UNSET:
+        if view.offset is not UNSET:
+            raise validation_error("`cursor` and `offset` are mutually exclusive")
+        plan.offset = doc["offset"] = decode_cursor(view.cursor)
+    doc["filters"] = and_filters(doc.get("filters"), _temporal(view))
+    if doc["filters"] is None:
+        del doc["filters"]
+    return doc
+
+
+def hide_stamp(q: Any) -> None:
+    """`include_attributes: true` / `exclude_attributes` would return the gateway's stamp, which Turbopuffer never
+    returns: ask for "everything except the stamp" instead. An explicit list naming the stamp is honoured."""
+    if not isinstance(q, dict):
+        return
+    exclude = q.get("exclude_attributes")
+    if q.get("include_attributes") is True:
+        del q["include_attributes"]
+        q["exclude_attributes"] = [*exclude, STAMP] if isinstance(exclude, list) else [STAMP]
+    elif isinstance(exclude, list) and STAMP not in exclude:
+        q["exclude_attributes"] = [*exclude, STAMP]
+
+
+def _shows_stamp(view: QueryView) -> bool:
+    if view.include_attributes is True:
+        return True
+    return view.exclude_attributes is not UNSET and STAMP not in view.exclude_attributes
+
+
+def with_watermark(doc: dict[str, Any], w: int) -> dict[str, Any]:
+    out = dict(doc)
+    if "queries" in out and isinstance(out["queries"], list):
+        out["queries"] = [dict(q, filters=and_filters(q.get("filters"), watermark_leaf(w))) if isinstance(q, dict)
+                          else q for q in out["queries"]]
+    else:
+        out["filters"] = and_filters(out.get("filters"), watermark_leaf(w))
+    return out
+
+
+async def plan_query(ctx: Ctx, state: WorkerState) -> Plan:
+    if not ctx.body.strip():
+        raise validation_error("query body must be a JSON object")
+    view = decode_view(ctx.body)
+    plan = Plan()
+    plan.multi = view.queries is not UNSET
+    plan.has_filter = view.filters is not UNSET or view.as_of is not UNSET or view.between is not UNSET
+    plan.has_rank_by = view.rank_by is not UNSET or view.vector is not UNSET or view.nearest_to_id is not UNSET
+    if not (plan.multi or plan.has_rank_by or view.filters is not UNSET or view.aggregate_by is not UNSET):
+        raise validation_error("query request must specify one of `vector`, `nearest_to_id` or `rank_by` "
+                               "(or `filters` / `aggregate_by`)")
+    plan.page_size = None if plan.multi else _page_size(view)
+    plan.offset = view.offset if view.offset is not UNSET else 0
+    if view.consistency is not UNSET:
+        level = msgspec.json.decode(view.consistency)
+        plan.strong = isinstance(level, dict) and level.get("level") == "strong"
+    ns = ctx.params["ns"]
+    plan.watermark, inject = state.watcher.decision(ns)
+    plan.inject = inject and not plan.strong
+    needs_doc = plan.inject or plan.multi or _shows_stamp(view) or any(getattr(view, k) is not UNSET
+                                                                          for k in LAYER_KEYS)
+    if needs_doc:
+        plan.doc = await layer_rewrite(ctx, state, view, plan)
+        hide_stamp(plan.doc)
+        for sub in plan.doc.get("queries") or ():
+            hide_stamp(sub)
+        if view.consistency is UNSET:
+            plan.doc["consistency"] = {"level": "eventual"}
+        plan.body = json_encode(with_watermark(plan.doc, plan.watermark) if plan.inject else plan.doc)  # type: ignore[arg-type]
+    elif view.consistency is UNSET:
+        # Only the consistency level changes: splice it in instead of re-encoding the body.
+        head = ctx.body.rstrip()[:-1].rstrip()
+        plan.body = head + (EVENTUAL_TAIL[1:] if head.endswith(b"{") else EVENTUAL_TAIL)
+    else:
+        plan.body = ctx.body
+    return plan
+
+
+async def send_with_retry(ctx: Ctx, state: WorkerState, plan: Plan, path: str) -> UpstreamResponse:
+    """One upstream call, plus exactly one immediate retry on 429 with the watermark forced on (when known and the
+    caller did not ask for strong consistency). A persisting 429 is relayed; other statuses are never retried."""
+    resp = await state.upstream.request("POST", path, ctx.upstream_key, plan.body, "query", ctx)
+    if resp.status != 429:
+        return resp
+    body = plan.body
+    if plan.watermark is not None and not plan.inject and not plan.strong:
+        doc = plan.doc if plan.doc is not None else msgspec.json.decode(plan.body)
+        body = json_encode(with_watermark(doc, plan.watermark))
+        plan.inject = True
+    retry = await state.upstream.request("POST", path, ctx.upstream_key, body, "query (retry)", ctx)
+    metrics.QUERY_RETRIES.labels(metrics.ns_label(ctx.params["ns"]), "ok" if retry.ok else str(retry.status)).inc()
+    return retry
+
+
+def next_cursor(resp: UpstreamResponse, plan: Plan) -> str | None:
+    if plan.multi or not plan.page_size or not resp.ok:
+        return None
+    try:
+        rows = result_view_decoder.decode(resp.body).rows
+    except msgspec.DecodeError:
+        return None
+    if rows is None or len(rows) < plan.page_size or plan.offset + len(rows) >= 10_000:
+        return None
+    return encode_cursor(plan.offset + len(rows))
+
+
+async def run_query(ctx: Ctx, state: WorkerState, path: str) -> Response:
+    parse_tags(ctx)
+    trace = traceparent(ctx)
+    plan = await plan_query(ctx, state)
+    resp = await send_with_retry(ctx, state, plan, path)
+    ns = ctx.params["ns"]
+    if resp.ok:
+        state.watcher.watch(ns, ctx.upstream_key)
+    headers = [("traceparent", trace)]
+    if plan.watermark is not None:
+        headers.append(("x-layer-stable-as-of", str(plan.watermark)))
+    if plan.inject:
+        headers.append(("x-layer-watermark-applied", "true"))
+    cursor = next_cursor(resp, plan)
+    if cursor is not None:
+        headers.append(("x-layer-next-cursor", cursor))
+    _observe(ctx, ns, plan, resp.status)
+    return relay(resp, headers)
+
+
+def _observe(ctx: Ctx, ns: str, plan: Plan, status: int) -> None:
+    total = time.perf_counter() - ctx.started
+    shape = ("true" if plan.has_filter else "false", "true" if plan.has_rank_by else "false")
+    metrics.observe_op("q", ns, status, total, ctx.upstream_seconds, *shape)[3].inc()
+
+
+async def query(ctx: Ctx, state: WorkerState) -> Response:
+    return await run_query(ctx, state, upstream_path(ctx))
+
+
+async def v1_query(ctx: Ctx, state: WorkerState) -> Response:
+    path = f"/v2/namespaces/{ctx.params['ns']}/query"
+    return await run_query(ctx, state, upstream_path(ctx, path))
+
+
+ROUTES = (
+    RouteSpec("POST", "/v2/namespaces/{ns}/query", query),
+    RouteSpec("POST", "/v1/namespaces/{ns}/query", v1_query),
+)

@@ -1,0 +1,146 @@
+"""Bad input is a 4xx JSON answer naming the problem (never a 500); upstream down or slow is a bounded 502."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from gw_support import KEY, Stack, call
+from support.procs import Proc, free_port, start_gateway
+
+NS = "/v2/namespaces/bad"
+CASES = [
+    # (method, path, raw body, extra headers, status, words the message must contain)
+    ("POST", NS, b"{not json", {}, 400, ["invalid JSON"]),
+    ("POST", NS + "/query", b'{"top_k": 1,', {}, 400, ["invalid JSON"]),
+    ("POST", NS + "/query", b"[]", {}, 422, ["`object`", "`array`"]),
+    ("POST", NS, b"[1, 2]", {}, 422, ["invalid type: sequence, expected a map"]),
+    ("POST", NS, b"", {}, 422, ["JSON object"]),
+    ("POST", NS, b'{"upsert_rows": {"id": 1}}', {}, 422, ["invalid type: map, expected a sequence", "$.upsert_rows"]),
+    ("POST", NS, b'{"upsert_rows": [5]}', {}, 422, ["invalid type: integer, expected a map", "$.upsert_rows[0]"]),
+    ("POST", NS, b'{"upsert_columns": {"a": [1]}}', {}, 422, ["$.upsert_columns.id"]),
+    ("POST", NS, b'{"upserts": []}', {}, 422, ["custom write bodies"]),
+    ("POST", NS + "/query", b'{"top_k": "ten"}', {}, 422, ["`int`", "$.top_k"]),
+    ("POST", NS + "/query", b'{"vector": [1, "x"]}', {}, 422, ["$.vector"]),
+    ("POST", NS + "/query", b'{"nearest_to_id": "a"}', {}, 422, ["$.nearest_to_id"]),
+    ("POST", NS + "/query", b'{"vector": []}', {}, 422, ["`vector`"]),
+    ("POST", NS + "/query", b'{"top_k": 1}', {}, 422, ["`vector`", "`nearest_to_id`"]),
+    ("POST", NS + "/query", b'{"vector": [1.0], "cursor": "***"}', {}, 422, ["invalid cursor"]),
+    ("POST", NS + "/query", b'{"vector": [1.0], "cursor": "eyJvIjotMX0"}', {}, 422, ["invalid cursor"]),
+    ("POST", NS + "/query", b'{"rank_by": ["id", "asc"], "as_of": 5, "between": [1, 2]}', {}, 422,
+     ["mutually exclusive"]),
+    ("POST", NS + "/query", b'{"rank_by": ["id", "asc"], "between": [5, 2]}', {}, 422, ["between"]),
+    ("POST", NS + "/query", b'{"rank_by": ["id", "asc"]}', {"x-hevlayer-tags": "ok,b@d"}, 422, ["b@d"]),
+    ("POST", NS + "/query", b'{"rank_by": ["id", "asc"]}', {"x-hevlayer-tags": "t" * 129}, 422, ["invalid tag"]),
+    ("POST", NS + "/query", b'{"rank_by": ["id", "asc"]}',
+     {"x-hevlayer-tags": ",".join(f"t{i}" for i in range(40))}, 422, ["too many tags"]),
+    ("POST", NS, b"\x1f\x8b garbage", {"Content-Encoding": "gzip"}, 400, ["gzip"]),
+    ("POST", NS, b"{}", {"Content-Encoding": "br"}, 415, ["Content-Encoding"]),
+    ("GET", "/v2/namespaces?page_size=abc", None, {}, 422, ["page_size"]),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "raw", "headers", "status", "words"), CASES)
+def test_bad_input_is_a_json_4xx(stack: Stack, method: str, path: str, raw: bytes | None,
+                                 headers: dict[str, str], status: int, words: list[str]) -> None:
+    r = stack(method, path, raw=raw, headers=headers)
+    assert r.status == status, r
+    body = r.json()
+    assert set(body) >= {"error", "message"}
+    for word in words:
+        assert word in body["message"], body
+
+
+def test_huge_bodies_are_rejected_with_413(stack: Stack) -> None:
+    # Announce a 2 MiB body but send none: the gateway answers from Content-Length without reading it.
+    host, port = stack.gw.url.rsplit("/", 1)[1].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.putrequest("POST", NS)
+    for name, value in (("Authorization", f"Bearer {KEY}"), ("Content-Type", "application/json"),
+                        ("Content-Length", str(2 << 20))):
+        conn.putheader(name, value)
+    conn.endheaders()
+    resp = conn.getresponse()
+    assert resp.status == 413 and json.loads(resp.read())["error"] == "payload_too_large"
+    conn.close()
+    # Chunked (no Content-Length): rejected once the limit is passed.
+    chunks = (b'{"upsert_rows": [{"id": 1, "s": "', *(b"x" * 65536 for _ in range(32)), b'"}]}')
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("POST", NS, body=iter(chunks), encode_chunked=True,
+                     headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+        resp = conn.getresponse()
+        assert resp.status == 413 and json.loads(resp.read())["error"] == "payload_too_large"
+    except (BrokenPipeError, ConnectionResetError) as exc:
+        print("chunked: closed early", exc)  # the gateway may close before the client finished sending
+    finally:
+        conn.close()
+    small = (b'{"upsert_rows": ', b'[{"id": 1, "s": "chunked"}]}')
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("POST", "/v2/namespaces/chunked", body=iter(small), encode_chunked=True,
+                 headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    assert conn.getresponse().status == 200
+    conn.close()
+    import gzip
+
+    bomb = gzip.compress(b'{"upsert_rows": [{"id": 1, "s": "' + b"x" * (4 << 20) + b'"}]}')
+    r = stack("POST", NS, raw=bomb, headers={"Content-Encoding": "gzip"})
+    assert r.status == 413, r
+
+
+def test_slow_upstream_is_a_502_within_the_timeout(stack: Stack) -> None:
+    stack.fault(route="query", delay_ms=4000, count=1)
+    started = time.monotonic()
+    r = stack("POST", NS + "/query", {"rank_by": ["id", "asc"], "top_k": 1})
+    elapsed = time.monotonic() - started
+    assert r.status == 502 and r.json()["error"] == "upstream_error", r
+    assert "timed out" in r.json()["message"]
+    assert 1.4 <= elapsed < 3.5, elapsed  # LAYER_UPSTREAM_TIMEOUT_MS=1500
+
+
+@pytest.fixture(scope="module")
+def orphan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    """A gateway whose upstream port has nothing listening."""
+    gw = start_gateway(f"http://127.0.0.1:{free_port()}", KEY, Path(tmp_path_factory.mktemp("orphan")),
+                       LAYER_UPSTREAM_TIMEOUT_MS="1500")
+    yield gw
+    gw.stop()
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("POST", NS + "/query", {"rank_by": ["id", "asc"], "top_k": 1}),
+    ("POST", NS, {"upsert_rows": [{"id": 1}]}),
+    ("GET", NS + "/metadata", None),
+    ("GET", "/v1/namespaces", None),
+    ("GET", "/v2/namespaces", None),
+    ("DELETE", NS, None),
+])
+def test_upstream_down_is_a_fast_502(orphan: Proc, method: str, path: str, body: object) -> None:
+    started = time.monotonic()
+    r = call(orphan.url, method, path, body)
+    assert r.status == 502 and r.json()["error"] == "upstream_error", r
+    assert time.monotonic() - started < 1.5
+    healths = [call(orphan.url, "GET", "/health", key=None).json()["upstream"] for _ in range(20)]
+    assert any("last_error" in h for h in healths), "the failing worker reports its upstream error"
+
+
+def test_aiohttp_transport_serves_and_times_out(stack: Stack, tmp_path: Path) -> None:
+    gw = start_gateway(stack.store.url, KEY, tmp_path / "gw", workers=1, LAYER_UPSTREAM_TRANSPORT="aiohttp",
+                       LAYER_UPSTREAM_TIMEOUT_MS="1000")
+    try:
+        assert call(gw.url, "POST", "/v2/namespaces/aio", {"upsert_rows": [{"id": 1, "a": 1}]}).status == 200
+        r = call(gw.url, "POST", "/v2/namespaces/aio/query", {"rank_by": ["id", "asc"], "top_k": 5,
+                                                              "include_attributes": True})
+        assert r.status == 200 and r.json()["rows"][0]["a"] == 1, r
+        assert call(gw.url, "GET", "/v1/namespaces/none/schema").status == 404
+        stack.fault(route="query", delay_ms=3000, count=1)
+        started = time.monotonic()
+        r = call(gw.url, "POST", "/v2/namespaces/aio/query", {"rank_by": ["id", "asc"]})
+        assert r.status == 502 and "timed out" in r.json()["message"], r
+        assert time.monotonic() - started < 2.5
+    finally:
+        gw.stop()

@@ -1,0 +1,93 @@
+"""Process lifecycle: drain on SIGTERM, the embedded default start, bad configuration, metrics across workers."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from gw_support import KEY, Reply, Stack, call, wait_for, wait_until
+from support.procs import Proc, base_env, free_port, http_status, start_gateway, start_localstore
+
+
+def test_sigterm_drains_without_losing_requests(tmp_path: Path) -> None:
+    store = start_localstore(tmp_path / "store", LOCALSTORE_API_KEY=KEY)
+    gw = start_gateway(store.url, KEY, tmp_path / "gw", LAYER_DRAIN_GRACE_MS="800")
+    try:
+        body = {"upsert_rows": [{"id": 1, "v": 1}]}
+        assert call(gw.url, "POST", "/v2/namespaces/drain", body).status == 200
+        call(store.url, "POST", "/_localstore/faults", {"route": "query", "delay_ms": 1500, "count": 1}, key=None)
+        slow: list[Reply] = []
+        query = {"rank_by": ["id", "asc"], "top_k": 5, "consistency": {"level": "strong"}}
+        t = threading.Thread(target=lambda: slow.append(call(gw.url, "POST", "/v2/namespaces/drain/query", query)))
+        t.start()
+        # the slow query is in flight once the store consumed its one-shot delay rule
+        wait_for(lambda: call(store.url, "GET", "/_localstore/faults", key=None).json() == {"faults": []}, timeout=5)
+        gw.send_signal(signal.SIGTERM)
+        ready = wait_until(lambda: call(gw.url, "GET", "/ready", key=None), lambda r: r.status == 503, timeout=2)
+        assert ready.json()["status"] == "draining"
+        late = call(gw.url, "POST", "/v2/namespaces/drain/query", query)
+        assert late.status == 503 and late.json()["error"] == "gateway_draining", late
+        t.join(10)
+        assert slow and slow[0].status == 200 and [r["id"] for r in slow[0].json()["rows"]] == [1], slow
+        assert gw.wait(15) == 0
+    finally:
+        gw.stop()
+        store.stop()
+
+
+def test_embedded_default_starts_and_stops_its_store(tmp_path: Path) -> None:
+    port = free_port()
+    cmd = [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
+    gw = Proc("gateway-embedded", cmd, base_env(LAYER_DATA_DIR=str(tmp_path / "data")), f"http://127.0.0.1:{port}",
+              "/ready")
+    try:
+        out = gw.log()
+        store_url = re.search(r"started the local store at (http://127\.0\.0\.1:\d+)", out).group(1)  # type: ignore[union-attr]
+        key = re.search(r"admin key \((.+?)\): (\S+)", out).group(2)  # type: ignore[union-attr]
+        assert (tmp_path / "data" / "admin_key").read_text().strip() == key
+        assert call(gw.url, "POST", "/v2/namespaces/emb", {"upsert_rows": [{"id": 1, "a": 2}]}, key=key).status == 200
+        r = call(gw.url, "POST", "/v2/namespaces/emb/query", {"rank_by": ["id", "asc"], "top_k": 1,
+                                                               "include_attributes": True}, key=key)
+        assert r.status == 200 and r.json()["rows"][0]["a"] == 2, r
+        assert call(gw.url, "GET", "/v1/namespaces", key="wrong").status == 401
+        assert call(gw.url, "GET", "/health", key=None).json()["upstream"]["mode"] == "embedded"
+        assert http_status(store_url + "/_localstore/health") == 200
+    finally:
+        gw.stop()
+    assert http_status(store_url + "/_localstore/health", timeout=0.5) == 0, "the child store was stopped"
+    assert (tmp_path / "data" / "localstore").is_dir()
+
+
+@pytest.mark.parametrize(("var", "value"), [("LAYER_UPSTREAM_TIMEOUT_MS", "soon"), ("LAYER_UPSTREAM_TRANSPORT", "curl"),
+                                            ("TURBOPUFFER_API_URL", "ftp://x")])
+def test_bad_configuration_stops_startup_naming_the_variable(var: str, value: str) -> None:
+    env = base_env(**{"TURBOPUFFER_API_URL": "http://127.0.0.1:9", var: value})
+    done = subprocess.run([sys.executable, "-m", "gateway", "serve", "--port", str(free_port())], env=env,
+                          capture_output=True, text=True, timeout=20, check=False)
+    assert done.returncode == 2
+    assert var in done.stderr
+
+
+def test_metrics_are_correct_across_two_workers(stack: Stack) -> None:
+    ns = "metered"
+    assert stack("POST", f"/v2/namespaces/{ns}", {"upsert_rows": [{"id": 1}]}).status == 200
+    pids = set()
+    n = 30
+    for _ in range(n):
+        assert stack("POST", f"/v2/namespaces/{ns}/query", {"rank_by": ["id", "asc"], "top_k": 1}).status == 200
+        pids.add(stack("GET", "/health", key=None).json()["worker"]["pid"])
+    assert len(pids) == 2, "both workers served requests"
+    pattern = re.compile(r'^layer_query_duration_seconds_count\{namespace="metered",pipeline_id="direct",'
+                         r'status="ok"\} (\S+)$', re.MULTILINE)
+    for _ in range(6):  # whichever worker answers the scrape, the total is the same
+        r = stack("GET", "/metrics", key=None)
+        assert r.status == 200 and r.headers["content-type"].startswith("text/plain")
+        assert float(pattern.search(r.body.decode()).group(1)) == n  # type: ignore[union-attr]
+    text = stack("GET", "/metrics", key=None).body.decode()
+    assert 'layer_upsert_batch_size_count{namespace="metered",pipeline_id="direct"} 1.0' in text
+    assert "layer_query_overhead_seconds_bucket" in text and "layer_query_tpuf_seconds_bucket" in text

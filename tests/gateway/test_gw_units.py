@@ -1,0 +1,85 @@
+"""In-process checks of the pure pieces: router, cursor, metadata status parsing, stamping, config."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.config import ConfigError, load_config
+from gateway.consistency import STABLE, UNKNOWN, UPDATING, status_from_metadata
+from gateway.cursor import decode_cursor, encode_cursor
+from gateway.http import GatewayError
+from gateway.router import build_router
+from gateway.routes.namespaces import STAMP, stamp_write
+from gateway.routes.query import and_filters
+
+
+def test_router_matches_templates_and_reports_404_405() -> None:
+    router = build_router()
+    route, params = router.match("POST", "/v2/namespaces/my-ns.1/query")
+    assert route.template == "/v2/namespaces/{ns}/query" and params == {"ns": "my-ns.1"}
+    route, params = router.match("GET", "/v1/namespaces/a/operations/tok")
+    assert params == {"ns": "a", "op_id": "tok"}
+    assert router.match("POST", "/v2/keys/authenticate")[0].template == "/v2/keys/authenticate"
+    with pytest.raises(GatewayError, match="no route for GET /v2/namespaces/a/nothing") as exc:
+        router.match("GET", "/v2/namespaces/a/nothing")
+    assert exc.value.status == 404
+    with pytest.raises(GatewayError, match="PUT is not allowed") as exc:
+        router.match("PUT", "/v2/namespaces/a/metadata")
+    assert exc.value.status == 405 and exc.value.headers == [("allow", "GET")]
+
+
+@pytest.mark.parametrize("offset", [0, 1, 9999])
+def test_cursor_round_trip(offset: int) -> None:
+    token = encode_cursor(offset)
+    assert "=" not in token and decode_cursor(token) == offset
+
+
+@pytest.mark.parametrize("token", ["", "!!", "eyJ4IjoxfQ", "eyJvIjoxMDAwMH0", "bnVsbA"])
+def test_bad_cursors_are_422(token: str) -> None:
+    with pytest.raises(GatewayError, match="invalid cursor") as exc:
+        decode_cursor(token)
+    assert exc.value.status == 422
+
+
+@pytest.mark.parametrize(("body", "status"), [
+    (b'{"index": {"status": "up-to-date"}}', STABLE),
+    (b'{"index": {"status": "updating", "unindexed_bytes": 10}}', UPDATING),
+    (b'{"stats": {"unindexed_bytes": 5}}', UPDATING),
+    (b'{"stats": {"unindexed_bytes": 0}}', UNKNOWN),
+    (b"not json", UNKNOWN),
+    ({"index": {"status": "up-to-date"}}, STABLE),
+])
+def test_status_from_metadata(body: bytes | dict, status: str) -> None:
+    assert status_from_metadata(body) == status
+
+
+def test_stamp_write_overwrites_and_counts() -> None:
+    doc = {"upsert_rows": [{"id": 1, STAMP: 3}], "patch_columns": {"id": [1, 2], "a": [1, 2]},
+           "patch_by_filter": {"filters": ["a", "Eq", 1], "patch": {"b": 2}}, "deletes": [5]}
+    assert stamp_write(doc, 42) == 3
+    assert doc["upsert_rows"][0][STAMP] == 42 and doc["patch_columns"][STAMP] == [42, 42]
+    assert doc["patch_by_filter"]["patch"][STAMP] == 42
+
+
+def test_and_filters_nesting() -> None:
+    assert and_filters(None, None) is None
+    assert and_filters(["a", "Eq", 1], None) == ["a", "Eq", 1]
+    assert and_filters(["a", "Eq", 1], ["b", "Eq", 2]) == ["And", [["a", "Eq", 1], ["b", "Eq", 2]]]
+
+
+@pytest.mark.parametrize(("env", "word"), [
+    ({"CONSISTENCY_POLL_INTERVAL_MS": "-1"}, "CONSISTENCY_POLL_INTERVAL_MS"),
+    ({"LAYER_MAX_BODY_BYTES": "1e6"}, "LAYER_MAX_BODY_BYTES"),
+    ({"TURBOPUFFER_REGION": "us east"}, "TURBOPUFFER_REGION"),
+    ({"LAYER_LOG_LEVEL": "loud"}, "LAYER_LOG_LEVEL"),
+])
+def test_config_errors_name_the_variable(env: dict[str, str], word: str) -> None:
+    with pytest.raises(ConfigError, match=word):
+        load_config(env)
+
+
+def test_config_resolution() -> None:
+    assert load_config({}).upstream_url is None
+    assert load_config({"TURBOPUFFER_REGION": "gcp-us-central1"}).upstream_url == "https://gcp-us-central1.turbopuffer.com"
+    cfg = load_config({"TURBOPUFFER_API_URL": "http://h:1/p/", "TURBOPUFFER_API_KEY": " k "})
+    assert (cfg.upstream_url, cfg.upstream_key) == ("http://h:1/p", "k")
