@@ -1,0 +1,96 @@
+"""The KeyStore protocol every backend implements, and the choice of backend from the environment."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol, TypeVar
+
+from gateway.keys.model import KeyRecord
+
+T = TypeVar("T")
+SQLITE_FILE = "keys.sqlite3"
+
+
+class KeyStoreUnavailable(Exception):
+    """The backend did not answer; the message never contains a token or hash."""
+
+
+class KeyStore(Protocol):
+    """Where minted keys live; every worker of every host sees the same store.
+
+    All methods are coroutines; blocking backends run their calls on a small thread pool, never on the loop.
+    Any backend failure raises KeyStoreUnavailable.
+    """
+
+    async def create(self, rec: KeyRecord) -> None:
+        """Insert a new key and bump the generation."""
+        ...
+
+    async def get(self, key_id: str) -> KeyRecord | None:
+        """The key with this id, or None."""
+        ...
+
+    async def find(self, lookup_hash: str) -> KeyRecord | None:
+        """The key whose token hashes to `lookup_hash`, or None."""
+        ...
+
+    async def list(self) -> list[KeyRecord]:
+        """Every key, in creation order."""
+        ...
+
+    async def revoke(self, key_id: str, at_ms: int) -> KeyRecord | None:
+        """Mark revoked (idempotent: the first revocation time is kept), bump the generation; None if absent."""
+        ...
+
+    async def delete(self, key_id: str) -> bool:
+        """Remove the key for good and bump the generation; False if it did not exist."""
+        ...
+
+    async def touch(self, key_id: str, at_ms: int) -> None:
+        """Record `lastSeenAt` (callers rate-limit this to once per 5 minutes per worker)."""
+        ...
+
+    async def generation(self) -> int:
+        """A counter that changes whenever a key is created, revoked or deleted (workers poll it)."""
+        ...
+
+    async def hit(self, bucket: str, window: int, window_seconds: int) -> int:
+        """Count one hit of `bucket` in fixed window number `window`; returns the hits so far in that window."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and threads."""
+        ...
+
+
+class ThreadedStore:
+    """Runs a blocking backend's calls on its own small thread pool."""
+
+    def __init__(self, threads: int, name: str) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name)
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, fn, *args)
+
+    def _shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def open_key_store(data_dir: str, env: Mapping[str, str] | None = None) -> KeyStore:
+    """Aerospike when AEROSPIKE_HOSTS is set, else SQLite in `data_dir` (shared by every worker process)."""
+    env = os.environ if env is None else env
+    hosts = env.get("AEROSPIKE_HOSTS", "").strip()
+    if hosts:
+        from gateway.keys.aerospike import AerospikeKeyStore
+
+        namespace = env.get("AEROSPIKE_KEYS_NAMESPACE", "").strip() or "layer_keys"
+        return AerospikeKeyStore(hosts, namespace, cluster_name=env.get("AEROSPIKE_CLUSTER_NAME") or None,
+                                 set_prefix=env.get("AEROSPIKE_KEYS_SET_PREFIX", "").strip())
+    from gateway.keys.sqlite import SqliteKeyStore
+
+    os.makedirs(data_dir, exist_ok=True)
+    return SqliteKeyStore(os.path.join(data_dir, SQLITE_FILE))
