@@ -115,3 +115,8 @@ def authorize(principal: Principal, route_class: str, namespace: str | None) -> 
         status=403,
         extra={"required_scope": route_class},
     )
+
+
+def can_read(principal: Principal | None, namespace: str) -> bool:
+    """Whether a listing may show `namespace` to this caller (None = no auth configured)."""
+    return principal is None or principal.admin or any(_grant_allows(g, READ, namespace) for g in principal.grants)

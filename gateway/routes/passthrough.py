@@ -7,6 +7,7 @@ from urllib.parse import quote
 
 import msgspec
 
+from gateway.auth import can_read
 from gateway.http import JSON, Ctx, Response, json_decode, json_encode
 from gateway.router import RouteSpec
 from gateway.state import WorkerState
@@ -41,6 +42,20 @@ async def passthrough(ctx: Ctx, state: WorkerState) -> Response:
     return await forward(ctx, state, what=f"{ctx.method} {ctx.route.template}")
 
 
+async def list_v1(ctx: Ctx, state: WorkerState) -> Response:
+    """`GET /v1/namespaces` verbatim, except that a scoped key sees only the namespaces it may read."""
+    resp = await forward(ctx, state, what="namespace list")
+    principal = ctx.principal
+    if principal is None or principal.admin or resp.status != 200:
+        return resp
+    try:
+        page = json_decode(resp.body)
+        page["namespaces"] = [n for n in page["namespaces"] if can_read(principal, str(n.get("id")))]
+    except (msgspec.DecodeError, TypeError, KeyError, AttributeError):
+        return resp
+    return Response(200, json_encode(page), resp.headers)
+
+
 def without_stamp(schema: Any) -> bool:
     """Drop the gateway's `_hevlayer_upserted_at` from a schema map (Turbopuffer never shows it); True if changed."""
     return isinstance(schema, dict) and schema.pop(STAMP, None) is not None
@@ -65,7 +80,7 @@ async def schema_or_metadata(ctx: Ctx, state: WorkerState) -> Response:
 NS = "/v2/namespaces/{ns}"
 V1NS = "/v1/namespaces/{ns}"
 ROUTES = (
-    RouteSpec("GET", "/v1/namespaces", passthrough),
+    RouteSpec("GET", "/v1/namespaces", list_v1),
     RouteSpec("GET", V1NS + "/metadata", schema_or_metadata),
     RouteSpec("PATCH", V1NS + "/metadata", schema_or_metadata),
     RouteSpec("GET", V1NS + "/schema", schema_or_metadata),

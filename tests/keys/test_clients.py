@@ -84,10 +84,14 @@ def test_turbopuffer_client_with_minted_key_goes_upstream_with_store_key(stack: 
         with pytest.raises(turbopuffer.PermissionDeniedError):
             tpuf.namespace("products").write(upsert_rows=[{"id": "a", "vector": [0.1, 0.2]}],
                                              distance_metric="cosine_distance")
+        stack.admin("POST", "/v2/namespaces/other-tp", {"upsert_rows": [{"id": 1, "x": 1}]})
         listed = stack.call("GET", "/v2/namespaces", token=key["token"])
         assert listed[0] == 200
         names = [n["name"] for n in listed[1]["namespaces"]]
         assert "team-tp-1" in names and all(n.startswith("team-tp-") for n in names)
+        v1_names = [n["id"] for n in stack.call("GET", "/v1/namespaces", token=key["token"])[1]["namespaces"]]
+        assert "team-tp-1" in v1_names and all(n.startswith("team-tp-") for n in v1_names)
+        assert "other-tp" in [n["id"] for n in stack.admin("GET", "/v1/namespaces")["namespaces"]]
         deadline = time.monotonic() + 3.0  # lastSeenAt is written in the background after first use
         while not stack.admin("GET", f"/v2/keys/{key['keyId']}").get("lastSeenAt"):
             assert time.monotonic() < deadline, "lastSeenAt was never set"
