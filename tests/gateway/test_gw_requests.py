@@ -66,6 +66,7 @@ def test_reserved_attributes_are_rejected_by_name(stack: Stack) -> None:
         {"upsert_columns": {"id": [1], "_hevlayer_x": [1]}},
         {"patch_rows": [{"id": 1, "_hevlayer_y": 1}]},
         {"patch_by_filter": {"filters": ["id", "Eq", 1], "patch": {"_hevlayer_z": 1}}},
+        {"upsert_rows": [{"id": 1}], "schema": {"_hevlayer_upserted_at": "string"}},
     ]
     for body in cases:
         r = stack("POST", "/v2/namespaces/reserved", body)
