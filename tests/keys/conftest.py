@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import urllib.error
@@ -12,25 +11,16 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-HAVE_AEROSPIKE_SERVER = importlib.util.find_spec("support.aerospike") is not None
+
+from support.aerospike import AerospikeServer, start_aerospike
 
 
-def aerospike_env(server: Any) -> dict[str, str]:
-    """AEROSPIKE_HOSTS (+ the keys namespace) for the wire test server; `hosts_env` may be a str or a mapping."""
-    hosts = server.hosts_env
-    env = {"AEROSPIKE_HOSTS": hosts} if isinstance(hosts, str) else dict(hosts)
-    ns = getattr(server, "keys_namespace", None) or getattr(server, "namespace", None)
-    if ns:
-        env["AEROSPIKE_KEYS_NAMESPACE"] = ns
-    return env
+def aerospike_env(server: AerospikeServer) -> dict[str, str]:
+    return {"AEROSPIKE_HOSTS": server.hosts_env, "AEROSPIKE_KEYS_NAMESPACE": "layer_keys"}
 
 
 @pytest.fixture(scope="module")
-def aerospike_server() -> Iterator[object]:
-    if not HAVE_AEROSPIKE_SERVER:
-        pytest.skip("tests/support/aerospike.py (the Aerospike wire test server) is not there yet")
-    from support.aerospike import start_aerospike
-
+def aerospike_server() -> Iterator[AerospikeServer]:
     server = start_aerospike()
     yield server
     server.stop()
