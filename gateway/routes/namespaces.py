@@ -12,7 +12,7 @@ from urllib.parse import quote, urlencode
 import msgspec
 
 from gateway import metrics
-from gateway.auth import READ, authorize
+from gateway.auth import can_read
 from gateway.cache import mirror
 from gateway.cache.mirror import MirrorPlan
 from gateway.consistency import STABLE, UNKNOWN, UPDATING, NamespaceWatch, now_ms, status_from_metadata
@@ -53,9 +53,9 @@ def _expect(value: Any, kind: type, where: str) -> None:
         raise validation_error(f"invalid type: {_type(value)}, expected {SERDE_EXPECTED[kind]} - at `{where}`")
 
 
-def _check_names(names: Any, where: str) -> None:
+def _check_names(names: Any, where: str, allowed: str | None = STAMP) -> None:
     for name in names:
-        if isinstance(name, str) and name.startswith(RESERVED_PREFIX) and name != STAMP:
+        if isinstance(name, str) and name.startswith(RESERVED_PREFIX) and name != allowed:
             raise GatewayError("validation_error", f"attribute '{name}' uses the reserved _hevlayer_* prefix "
                                f"- at `{where}`", status=422, extra={"attribute": name})
 
@@ -64,6 +64,8 @@ def stamp_write(doc: dict[str, Any], stamp: int) -> int:
     """Reject reserved attributes and stamp `_hevlayer_upserted_at` on every upserted/patched row (overwriting a
     caller's value). Returns the number of rows stamped."""
     rows = 0
+    if isinstance(doc.get("schema"), dict):
+        _check_names(doc["schema"], "$.schema", allowed=None)  # the stamp's type is the gateway's to declare
     for key in ROW_KEYS:
         if key in doc:
             _expect(doc[key], list, f"$.{key}")
@@ -287,14 +289,6 @@ async def _entry(ctx: Ctx, state: WorkerState, ns: str, sem: asyncio.Semaphore) 
     return {k: v for k, v in base.items() if v is not None}
 
 
-def _readable(ctx: Ctx, ns: str) -> bool:
-    try:
-        authorize(ctx.principal, READ, ns)  # type: ignore[arg-type]
-    except GatewayError:
-        return False
-    return True
-
-
 async def list_namespaces(ctx: Ctx, state: WorkerState) -> Response:
     q = ctx.query
     params = {"prefix": q.get("prefix") or None, "cursor": q.get("cursor") or None,
@@ -310,7 +304,7 @@ async def list_namespaces(ctx: Ctx, state: WorkerState) -> Response:
         names = [n["id"] if isinstance(n, dict) else n for n in page.get("namespaces") or []]
     except (msgspec.DecodeError, AttributeError, KeyError, TypeError):
         raise upstream_error("Turbopuffer namespace list returned an unexpected body") from None
-    names = [str(n) for n in names if ctx.principal is None or _readable(ctx, str(n))]
+    names = [str(n) for n in names if can_read(ctx.principal, str(n))]
     sem = asyncio.Semaphore(state.config.list_concurrency)
     entries = await asyncio.gather(*(_entry(ctx, state, ns, sem) for ns in names))
     metrics.LIST_DURATION.labels("ok").observe(time.perf_counter() - ctx.started)

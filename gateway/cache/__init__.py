@@ -1,0 +1,39 @@
+"""The document cache: `open_cache()` picks Aerospike when AEROSPIKE_HOSTS is set, else the embedded SQLite cache."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from gateway.cache.base import CacheDoc, CacheError, CacheSettings, DocumentCache, JobStore, WarmJob, load_settings
+
+__all__ = ["CacheDoc", "CacheError", "CacheSettings", "DocumentCache", "JobStore", "WarmJob", "load_settings",
+           "open_cache"]
+
+
+def open_cache(env: Mapping[str, str] | None = None) -> DocumentCache:
+    """Build this worker's cache. Nothing connects here: backends connect lazily on first use (after fork)."""
+    settings = load_settings(os.environ if env is None else env)
+    if settings.backend == "aerospike":
+        from gateway.cache.aerospike import AerospikeCache
+
+        return AerospikeCache(settings)
+    from gateway.cache.local import LocalCache
+
+    return LocalCache(settings)
+
+
+async def attach(state: Any) -> None:
+    """Worker startup hook (gateway.app): put this worker's cache service into `state.cache`."""
+    from gateway.cache.service import CacheService
+
+    service = CacheService(open_cache())
+    await service.start()
+    state.cache = service
+
+
+async def detach(state: Any) -> None:
+    service, state.cache = state.cache, None
+    if service is not None:
+        await service.stop()

@@ -1,0 +1,227 @@
+"""The document cache: one protocol, its value types, its settings and the codecs both backends share.
+
+A cached document is one record keyed (namespace, id) holding the attribute map (msgpack, never the vector, never
+`id`) and, optionally, the dense vector as little-endian float32 bytes. Every backend call either answers or raises
+`CacheError` quickly (bounded by the cache timeout); callers treat a `CacheError` as "cache unavailable" and go on.
+Deletes leave a short-lived tombstone (a record without attributes) so that a backfill which read the upstream just
+before the delete cannot bring the document back; reads treat tombstones as absent.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from array import array
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, Protocol
+
+import msgspec
+
+# How a put treats an existing record.
+#   replace: create or fully replace (attributes and vector; a doc without a vector clears the cached one)
+#   fill:    create only when absent, or over a tombstone older than tombstone_ms (backfills: never overwrite
+#            what a write mirror put there meanwhile, never resurrect a document deleted meanwhile)
+#   update:  only when present; writes the given parts and keeps the rest (patch merges, vector backfills)
+PutMode = Literal["replace", "fill", "update"]
+SET_NAME_MAX = 63  # Aerospike set-name limit in bytes
+JOBS_SET = "_hevlayer_jobs"
+ROW_NOT_ATTRIBUTES = frozenset({"id", "vector", "vectors"})
+
+_msgpack_encode = msgspec.msgpack.Encoder().encode
+_attrs_decode = msgspec.msgpack.Decoder(dict[str, Any]).decode
+
+
+class CacheError(Exception):
+    """The cache could not answer in time (down, slow, breaker open, full). Always soft for callers."""
+
+    def __init__(self, message: str, kind: str = "error") -> None:
+        super().__init__(message)
+        self.kind = kind  # error | timeout | breaker_open | unavailable
+
+
+class CacheDoc(msgspec.Struct, gc=False):
+    """One document to write. `attrs` None (update mode only) keeps the cached attributes; `vector` is f32 bytes."""
+
+    id: str
+    attrs: dict[str, Any] | None
+    vector: bytes | None = None
+
+
+class PutReport(msgspec.Struct, gc=False):
+    stored: int = 0
+    oversized: list[str] = msgspec.field(default_factory=list)  # skipped (and any stale copy removed)
+    skipped: int = 0  # fill: already present; update: absent
+
+
+class CacheStatus(msgspec.Struct, frozen=True, gc=False):
+    backend: str
+    connected: bool
+    generation: int  # increments on each (re)connect; first connect = 1
+    last_error: str | None = None
+
+
+class WarmJob(msgspec.Struct, omit_defaults=True):
+    """Wire shape of a warm job (layer.md §2.4); absent keys are omitted."""
+
+    id: str
+    namespace: str
+    status: str  # running | completed | failed
+    progress: float  # no defaults: clients require these two keys even at 0
+    documents_scanned: int
+    created_at: str
+    stable_as_of: int | None = None
+    completed_at: str | None = None
+    error: str | None = None
+    updated_ms: int | None = None  # internal heartbeat of the worker running it; stripped before responding
+
+
+class CacheSettings(msgspec.Struct, frozen=True):
+    backend: str  # aerospike | local
+    timeout_ms: int
+    breaker_open_ms: int
+    max_record_bytes: int
+    reactive_warm: bool = False  # warm a whole namespace on its first clean fetch miss per (re)connect
+    tombstone_ms: int = 30_000  # a deleted/invalidated id refuses create-only backfills for this long
+    # aerospike
+    hosts: tuple[tuple[str, int], ...] = ()
+    as_namespace: str = "hevlayer"
+    set_prefix: str = "tpuf_"
+    cluster_name: str | None = None
+    pool_size: int = 4
+    tend_ms: int = 250
+    # local
+    data_dir: str = "./.layer"
+    max_bytes: int = 256 * 1024 * 1024
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {raw!r}")
+    return value
+
+
+def parse_hosts(raw: str) -> tuple[tuple[str, int], ...]:
+    """`host:port,host2` -> ((host, port), (host2, 3000)); raises ValueError naming AEROSPIKE_HOSTS."""
+    hosts = []
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        host, _, port = part.rpartition(":") if ":" in part else (part, "", "3000")
+        if not host or not port.isdigit():
+            raise ValueError(f"AEROSPIKE_HOSTS must look like 'host:3000,host2:3000', got {raw!r}")
+        hosts.append((host, int(port)))
+    return tuple(hosts)
+
+
+def load_settings(env: Mapping[str, str]) -> CacheSettings:
+    hosts = parse_hosts(env.get("AEROSPIKE_HOSTS", ""))
+    return CacheSettings(
+        backend="aerospike" if hosts else "local",
+        timeout_ms=_int(env, "AEROSPIKE_TIMEOUT_MS", 200, 1),
+        breaker_open_ms=_int(env, "LAYER_CACHE_BREAKER_MS", 2000, 0),
+        max_record_bytes=_int(env, "LAYER_CACHE_MAX_RECORD_BYTES", 1024 * 1024, 1024),
+        tombstone_ms=_int(env, "LAYER_CACHE_TOMBSTONE_MS", 30_000, 0),
+        reactive_warm=env.get("LAYER_CACHE_REACTIVE_WARM", "").strip().lower() in ("1", "true", "yes", "on"),
+        hosts=hosts,
+        as_namespace=env.get("AEROSPIKE_NAMESPACE", "").strip() or "hevlayer",
+        set_prefix=env.get("AEROSPIKE_SET_PREFIX", "tpuf_"),
+        cluster_name=env.get("AEROSPIKE_CLUSTER_NAME", "").strip() or None,
+        pool_size=_int(env, "AEROSPIKE_POOL_SIZE", 4, 1),
+        tend_ms=_int(env, "AEROSPIKE_TEND_MS", 250, 10),
+        data_dir=env.get("LAYER_DATA_DIR", "").strip() or "./.layer",
+        max_bytes=_int(env, "LAYER_CACHE_MAX_BYTES", 256 * 1024 * 1024, 64 * 1024),
+    )
+
+
+def set_name(prefix: str, ns: str) -> str:
+    """prefix + namespace, or a stable hashed form when that would exceed Aerospike's 63-byte set limit."""
+    name = prefix + ns
+    if len(name.encode()) <= SET_NAME_MAX:
+        return name
+    digest = hashlib.sha256(ns.encode()).hexdigest()[:16]
+    keep = SET_NAME_MAX - len(prefix.encode()) - 17
+    head = ns.encode()[: max(keep, 0)].decode(errors="ignore")
+    return f"{prefix}{head}~{digest}"
+
+
+def encode_attrs(attrs: Mapping[str, Any]) -> bytes:
+    return _msgpack_encode(attrs)
+
+
+def decode_attrs(blob: bytes, include: Sequence[str] | None) -> dict[str, Any]:
+    attrs = _attrs_decode(blob)
+    return attrs if include is None else project(attrs, include)
+
+
+def project(attrs: Mapping[str, Any], include: Sequence[str] | None) -> dict[str, Any]:
+    if include is None:
+        return dict(attrs)
+    return {k: attrs[k] for k in include if k in attrs}
+
+
+def pack_vector(value: Any) -> bytes | None:
+    """A wire vector (number list or base64 of LE float32) -> f32 bytes; anything else (multi-vector...) -> None."""
+    if isinstance(value, str):
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except ValueError:
+            return None
+        return raw if raw and len(raw) % 4 == 0 else None
+    if isinstance(value, list) and value and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                 for x in value):
+        return array("f", value).tobytes()
+    return None
+
+
+def doc_from_row(row: Mapping[str, Any]) -> CacheDoc:
+    """An upstream query row (`include_attributes: true`) as a cache document: id and `$`-keys dropped."""
+    attrs = {k: v for k, v in row.items() if k not in ROW_NOT_ATTRIBUTES and not k.startswith("$")}
+    return CacheDoc(str(row["id"]), attrs, pack_vector(row.get("vector")))
+
+
+def unpack_vector(blob: bytes) -> list[float]:
+    vec = array("f")
+    vec.frombytes(blob)
+    return vec.tolist()
+
+
+def record_size(doc_id: str, attrs_blob: bytes | None, vec: bytes | None) -> int:
+    """Estimated stored size (Aerospike-like: fixed overhead + key + bins)."""
+    return 64 + len(doc_id.encode()) + (len(attrs_blob) if attrs_blob else 0) + (len(vec) if vec else 0)
+
+
+class JobStore(Protocol):
+    """Warm-job records every worker (and with Aerospike every host) can read."""
+
+    async def put(self, job: WarmJob) -> None: ...
+    async def get(self, job_id: str) -> WarmJob | None: ...
+    async def list(self, ns: str | None) -> list[WarmJob]: ...  # None: every namespace
+    async def delete_namespace(self, ns: str) -> None: ...
+
+
+class DocumentCache(Protocol):
+    """Raises CacheError on any failure; never blocks the event loop longer than the cache timeout."""
+
+    backend: str
+
+    @property
+    def jobs(self) -> JobStore: ...
+    def set_name(self, ns: str) -> str: ...
+    def status(self) -> CacheStatus: ...
+    async def get(self, ns: str, doc_id: str, include: Sequence[str] | None = None) -> dict[str, Any] | None: ...
+    async def get_many(
+        self, ns: str, ids: Sequence[str], include: Sequence[str] | None = None
+    ) -> dict[str, dict[str, Any]]: ...
+    async def get_vector(self, ns: str, doc_id: str) -> list[float] | None: ...
+    async def put_many(self, ns: str, docs: Sequence[CacheDoc], mode: PutMode = "replace") -> PutReport: ...
+    async def delete_many(self, ns: str, ids: Sequence[str]) -> None: ...  # leaves short-lived tombstones
+    async def drop_namespace(self, ns: str) -> None: ...
+    async def close(self) -> None: ...

@@ -1,0 +1,253 @@
+"""The per-worker cache service in `WorkerState.cache`: the backend, metrics wiring, namespace cache states.
+
+Namespace cache state (cold | warming | warm) is derived from the shared job store, so every worker (and with
+Aerospike every host) reports the same: `warming` while a live warm job runs, `warm` once one completed, and
+`cold` otherwise or while the cache is unreachable. A background task refreshes that view every
+STATE_REFRESH_S; it doubles as the connection probe that keeps /health's `connected` honest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from msgspec.structs import replace
+
+from gateway import metrics
+from gateway.cache.base import CacheError, DocumentCache, WarmJob
+
+log = logging.getLogger("gateway.cache")
+STATE_REFRESH_S = 2.0
+# A running job whose worker has not reported for this long is shown as failed (its worker stopped).
+ABANDONED_MS = 60_000
+STATES = ("cold", "warming", "warm")
+STORE_KIND = "turbopuffer"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def rfc3339_ms(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def effective(job: WarmJob, now: int | None = None) -> WarmJob:
+    """The job as clients see it: internal heartbeat stripped, abandoned running jobs shown as failed."""
+    beat = job.updated_ms
+    if beat is None:
+        return job
+    if job.status == "running" and (now or now_ms()) - beat > ABANDONED_MS:
+        return replace(job, status="failed", completed_at=rfc3339_ms(beat), updated_ms=None,
+                       error="warm job abandoned: its worker stopped before finishing")
+    return replace(job, updated_ms=None)
+
+
+class NamespaceCacheState:
+    __slots__ = ("state", "warm_inflight", "warmed_through")
+
+    def __init__(self, state: str, warmed_through: int | None, warm_inflight: bool) -> None:
+        self.state = state
+        self.warmed_through = warmed_through
+        self.warm_inflight = warm_inflight
+
+
+class CacheService:
+    def __init__(self, store: DocumentCache) -> None:
+        self.store = store
+        self.jobs = store.jobs
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self._states: dict[str, NamespaceCacheState] = {}
+        self._local_running: dict[str, int] = {}  # ns -> warm jobs this worker runs
+        self._refresher: asyncio.Task[None] | None = None
+        self.reactive_generation: dict[str, int] = {}  # ns -> cache generation it was reactively warmed for
+        runner = getattr(store, "runner", None)
+        if runner is not None:
+            runner.observe = self._observe_op
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Let the backend prepare (schema, first connect), then start the state refresher."""
+        prepare = getattr(self.store, "start", None)
+        if prepare is not None:
+            await prepare()
+        self._refresher = asyncio.get_running_loop().create_task(self._refresh_loop())
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._refresher, *self.tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.store.close()
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    # -- state -------------------------------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self.store.status().connected
+
+    async def probe(self) -> bool:
+        """True if the cache answers now (one cheap round trip unless it is already known to be connected)."""
+        if self.connected:
+            return True
+        try:
+            await self.jobs.get("_probe")
+        except CacheError:
+            return False
+        return True
+
+    def warm_started(self, ns: str) -> None:
+        self._local_running[ns] = self._local_running.get(ns, 0) + 1
+        self._set_state(ns, "warming", None, True)
+
+    def warm_finished(self, ns: str, job: WarmJob) -> None:
+        left = self._local_running.get(ns, 1) - 1
+        if left > 0:
+            self._local_running[ns] = left
+        else:
+            self._local_running.pop(ns, None)
+        if job.status == "completed":
+            prev = self._states.get(ns)
+            through = job.stable_as_of if job.stable_as_of is not None else (prev.warmed_through if prev else None)
+            self._set_state(ns, "warming" if left > 0 else "warm", through, left > 0)
+
+    def forget(self, ns: str) -> None:
+        self._states.pop(ns, None)
+
+    async def purge_namespace(self, ns: str) -> None:
+        """After a namespace delete: drop its documents and jobs (soft; a failure is logged, not raised)."""
+        self.forget(ns)
+        try:
+            await self.store.drop_namespace(ns)
+        except CacheError as exc:
+            log.warning("cache purge of namespace %s failed: %s", ns, exc)
+
+    def namespace_state(self, ns: str) -> dict[str, Any]:
+        st = self._states.get(ns)
+        if st is None:
+            return {"state": "cold", "warm_inflight": False}
+        state = st.state if (self.connected or st.state == "warming") else "cold"
+        out: dict[str, Any] = {"state": state}
+        if st.warmed_through is not None:
+            out["warmed_through_ms"] = st.warmed_through
+        out["warm_inflight"] = st.warm_inflight
+        return out
+
+    def health(self) -> dict[str, Any]:
+        status = self.store.status()
+        conn: dict[str, Any] = {"connected": status.connected, "generation": status.generation,
+                                "backend": status.backend}
+        if status.last_error:
+            conn["last_error"] = status.last_error
+        states = []
+        for ns in sorted(self._states):
+            st = self.namespace_state(ns)
+            entry: dict[str, Any] = {"namespace": ns, "state": st["state"]}
+            if "warmed_through_ms" in st:
+                entry["warmed_through"] = st["warmed_through_ms"]
+            entry["warm_inflight"] = st["warm_inflight"]
+            states.append(entry)
+        return {"aerospike": conn, "cache_state": states}
+
+    def _set_state(self, ns: str, state: str, through: int | None, inflight: bool) -> None:
+        self._states[ns] = NamespaceCacheState(state, through, inflight)
+        self._publish(ns, state)
+
+    async def refresh(self) -> None:
+        """Recompute every namespace's state from the shared job store (raises CacheError when unreachable)."""
+        jobs = await self.jobs.list(None)
+        now = now_ms()
+        fresh: dict[str, NamespaceCacheState] = {}
+        for job in jobs:
+            job = effective(job, now)
+            st = fresh.setdefault(job.namespace, NamespaceCacheState("cold", None, False))
+            if job.status == "running":
+                st.warm_inflight = True
+            elif job.status == "completed":
+                st.state = "warm"
+                if job.stable_as_of is not None:
+                    st.warmed_through = max(st.warmed_through or 0, job.stable_as_of)
+        for ns, st in fresh.items():
+            if st.warm_inflight or ns in self._local_running:
+                st.state, st.warm_inflight = "warming", True
+        for ns in self._local_running:
+            fresh.setdefault(ns, NamespaceCacheState("warming", None, True))
+        self._states = fresh
+        for ns, st in fresh.items():
+            self._publish(ns, st.state if self.connected or st.state == "warming" else "cold")
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except CacheError:
+                for ns in self._states:
+                    self._publish(ns, "cold")
+            except Exception:
+                log.exception("cache state refresh failed")
+            self._publish_connection()
+            await asyncio.sleep(STATE_REFRESH_S)
+
+    # -- metrics -----------------------------------------------------------------------------------------------
+
+    def _publish(self, ns: str, state: str) -> None:
+        label = metrics.ns_label(ns)
+        for s in STATES:
+            metrics.CACHE_STATE.labels(label, STORE_KIND, s).set(1 if s == state else 0)
+
+    def _publish_connection(self) -> None:
+        up = self.connected
+        metrics.CACHE_CONNECTION.labels("open").set(1 if up else 0)
+        metrics.CACHE_CONNECTION.labels("failed").set(0 if up else 1)
+
+    def _observe_op(self, op: str, set_: str, status: str, seconds: float) -> None:
+        metrics.CACHE_OP_DURATION.labels(op, metrics.ns_label(set_), status).observe(seconds)
+
+
+async def cached_vectors(svc: CacheService, ns: str, ids: list[Any]) -> dict[Any, list[float]]:
+    """nearest_to_id, cache phase: vectors the cache holds (cache errors count as misses)."""
+    set_label = metrics.ns_label(svc.store.set_name(ns))
+    found: dict[Any, list[float]] = {}
+    try:
+        vectors = await asyncio.gather(*(svc.store.get_vector(ns, str(i)) for i in ids))
+    except CacheError:
+        metrics.CACHE_LOOKUPS.labels(set_label, metrics.ns_label(ns), "error").inc(len(ids))
+        return found
+    for doc_id, vec in zip(ids, vectors):
+        if vec is not None:
+            found[doc_id] = vec
+    hits = len(found)
+    if hits:
+        metrics.CACHE_LOOKUPS.labels(set_label, metrics.ns_label(ns), "hit").inc(hits)
+    if len(ids) - hits:
+        metrics.CACHE_LOOKUPS.labels(set_label, metrics.ns_label(ns), "miss").inc(len(ids) - hits)
+    return found
+
+
+async def backfill_vectors(svc: CacheService, ns: str, found: dict[Any, list[float]]) -> None:
+    """nearest_to_id, after the upstream fetch: add the vectors to records the cache already holds (update-only,
+    so a vector never creates an attribute-less record that fetches would have to treat as a miss)."""
+    from gateway.cache.base import CacheDoc, pack_vector
+
+    docs = [CacheDoc(str(i), None, pack_vector(v)) for i, v in found.items()]
+    docs = [d for d in docs if d.vector is not None]
+    if not docs:
+        return
+    set_label = metrics.ns_label(svc.store.set_name(ns))
+    try:
+        await svc.store.put_many(ns, docs, "update")
+        status = "ok"
+    except CacheError as exc:
+        status = "aerospike_error"
+        log.info("vector backfill in %s failed: %s", ns, exc)
+    metrics.CACHE_BACKFILLS.labels(set_label, status).inc(len(docs))

@@ -1,0 +1,214 @@
+"""Document fetch through the cache (layer.md §3.6): GET one document, POST a batch of ids.
+
+Phases: parse (ids, include_attributes, tags) -> cache lookup -> upstream fetch of what the cache did not have ->
+backfill (create-only, and only after a clean miss) -> response with `x-layer-cache: hit|miss|partial|miss-on-error`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+from urllib.parse import quote
+
+import msgspec
+
+from gateway import metrics
+from gateway.cache.base import CacheDoc, CacheError, doc_from_row, project
+from gateway.cache.service import CacheService
+from gateway.cache.warm import maybe_reactive_warm
+from gateway.http import Ctx, GatewayError, Response, json_encode, json_response, upstream_error, validation_error
+from gateway.router import RouteSpec
+from gateway.routes.query import parse_tags
+from gateway.state import WorkerState
+
+log = logging.getLogger("gateway.cache")
+MAX_IDS = 10_000
+UPSTREAM_CHUNK = 1000
+VECTOR_WARNING = ("x-layer-warning", "vector_attribute_dropped")
+
+
+class FetchRequest(msgspec.Struct):
+    ids: list[str | int]
+    include_attributes: list[str] | bool | None = None
+
+
+class Rows(msgspec.Struct):
+    rows: list[dict[str, Any]] = []
+
+
+_fetch_request = msgspec.json.Decoder(FetchRequest).decode
+_rows = msgspec.json.Decoder(Rows).decode
+
+
+def _include(names: list[str] | bool | None) -> tuple[list[str] | None, bool]:
+    """(projection or None for all, vector-warning flag). The vector is never part of the attributes."""
+    if names is None or names is True:
+        return None, False
+    if names is False:
+        return [], False
+    warn = "vector" in names
+    return [n for n in names if n and n != "vector"], warn
+
+
+def _service(state: WorkerState) -> CacheService | None:
+    cache = state.cache
+    return cache if isinstance(cache, CacheService) else None
+
+
+async def fetch_rows(ctx: Ctx, state: WorkerState, ns: str, ids: list[Any]) -> list[dict[str, Any]]:
+    """Fetch documents by id from the upstream (all attributes). 404 namespace -> 404; other failures -> 502."""
+    top_k = len(ids)
+    flt: list[Any] = ["id", "Eq", ids[0]] if top_k == 1 else ["id", "In", ids]
+    body = json_encode({"rank_by": ["id", "asc"], "top_k": top_k, "filters": flt, "include_attributes": True})
+    path = f"/v2/namespaces/{quote(ns, safe='')}/query"
+    resp = await state.upstream.request("POST", path, ctx.upstream_key, body, "fetch", ctx)
+    if resp.status == 404:
+        raise GatewayError("not_found", f"namespace '{ns}' not found", status=404)
+    if resp.status == 400 and all(isinstance(i, str) and i.isdigit() for i in ids):
+        # The namespace may use integer ids, which a string filter cannot match: ask again with numbers.
+        return await fetch_rows(ctx, state, ns, [int(i) for i in ids])
+    if not resp.ok:
+        snippet = resp.body[:200].decode(errors="replace")
+        raise upstream_error(f"Turbopuffer fetch failed: upstream returned {resp.status}: {snippet}")
+    try:
+        return _rows(resp.body).rows
+    except msgspec.DecodeError as exc:
+        raise upstream_error(f"Turbopuffer fetch failed: unexpected response body: {exc}") from None
+
+
+async def fetch_upstream(ctx: Ctx, state: WorkerState, ns: str, ids: list[Any]) -> dict[str, CacheDoc]:
+    chunks = [ids[i: i + UPSTREAM_CHUNK] for i in range(0, len(ids), UPSTREAM_CHUNK)]
+    found: dict[str, CacheDoc] = {}
+    for rows in await asyncio.gather(*(fetch_rows(ctx, state, ns, c) for c in chunks)):
+        for row in rows:
+            if "id" in row:
+                doc = doc_from_row(row)
+                found[doc.id] = doc
+    return found
+
+
+async def backfill(svc: CacheService, ns: str, docs: list[CacheDoc]) -> None:
+    """Best effort, create-only: a backfill never overwrites what a concurrent write mirror stored."""
+    if not docs:
+        return
+    set_label = metrics.ns_label(svc.store.set_name(ns))
+    t0 = time.perf_counter()
+    try:
+        report = await svc.store.put_many(ns, docs, "fill")
+        status = "ok"
+        if report.oversized:
+            metrics.CACHE_OVERSIZED.labels(set_label).inc(len(report.oversized))
+    except CacheError as exc:
+        status = "aerospike_error"
+        log.info("cache backfill of %d doc(s) in %s failed: %s", len(docs), ns, exc)
+    metrics.CACHE_BACKFILLS.labels(set_label, status).inc(len(docs))
+    metrics.CACHE_BACKFILL_DURATION.labels(set_label, status).observe(time.perf_counter() - t0)
+
+
+def _count_lookups(svc: CacheService, ns: str, hits: int, misses: int, errors: int) -> None:
+    labels = (metrics.ns_label(svc.store.set_name(ns)), metrics.ns_label(ns))
+    for result, n in (("hit", hits), ("miss", misses), ("error", errors)):
+        if n:
+            metrics.CACHE_LOOKUPS.labels(*labels, result).inc(n)
+
+
+def _document(doc_id: str, attrs: dict[str, Any]) -> dict[str, Any]:
+    return {"id": doc_id, "attributes": attrs}
+
+
+async def get_document(ctx: Ctx, state: WorkerState) -> Response:
+    ns, doc_id = ctx.params["ns"], ctx.params["doc_id"]
+    parse_tags(ctx)
+    raw = ctx.query.get("include_attributes")
+    names = [n.strip() for n in raw.split(",")] if raw is not None else None
+    include, warn = _include(names)
+    extra = [VECTOR_WARNING] if warn else []
+    svc = _service(state)
+    result = "miss-on-error"
+    if svc is not None:
+        try:
+            attrs = await svc.store.get(ns, doc_id, include)
+            result = "miss" if attrs is None else "hit"
+        except CacheError:
+            attrs = None
+        _count_lookups(svc, ns, result == "hit", result == "miss", result == "miss-on-error")
+        if attrs is not None:
+            _observe("get_doc", ns, "hit", ctx)
+            return json_response(200, _document(doc_id, attrs), [("x-layer-cache", "hit"), *extra])
+    found = await fetch_upstream(ctx, state, ns, [doc_id])
+    doc = found.get(doc_id)
+    _observe("get_doc", ns, "miss", ctx)
+    if doc is None:
+        raise GatewayError("not_found", f"Document '{doc_id}' not found in namespace '{ns}'", status=404)
+    if svc is not None and result == "miss":
+        await backfill(svc, ns, [doc])
+        _reactive_warm(ctx, state, svc, ns)
+    attrs = project(doc.attrs or {}, include)
+    return json_response(200, _document(doc_id, attrs), [("x-layer-cache", result), *extra])
+
+
+async def get_documents(ctx: Ctx, state: WorkerState) -> Response:
+    ns = ctx.params["ns"]
+    parse_tags(ctx)
+    try:
+        req = _fetch_request(ctx.body or b"{}")
+    except msgspec.ValidationError as exc:
+        raise validation_error(f"invalid fetch request: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise GatewayError("bad_request", f"invalid JSON body: {exc}", status=400) from None
+    if not req.ids:
+        raise validation_error("ids list cannot be empty")
+    if len(req.ids) > MAX_IDS:
+        raise validation_error(f"at most {MAX_IDS} ids per request, got {len(req.ids)}")
+    include, warn = _include(req.include_attributes)
+    keys = [str(i) for i in req.ids]
+    unique = list(dict.fromkeys(keys))
+    metrics.FETCH_BATCH_SIZE.labels("get_batch").observe(len(req.ids))
+    svc = _service(state)
+    cached: dict[str, dict[str, Any]] = {}
+    errored = svc is None
+    if svc is not None:
+        try:
+            cached = await svc.store.get_many(ns, unique, include)
+        except CacheError:
+            errored = True
+        hits = len(cached)
+        _count_lookups(svc, ns, hits, 0 if errored else len(unique) - hits, len(unique) if errored else 0)
+    originals = {str(i): i for i in req.ids}
+    wanted = [originals[k] for k in unique if k not in cached]
+    fetched = await fetch_upstream(ctx, state, ns, wanted) if wanted else {}
+    if svc is not None and not errored:
+        await backfill(svc, ns, list(fetched.values()))
+        if wanted:
+            _reactive_warm(ctx, state, svc, ns)
+    documents, missing = [], []
+    for key in keys:
+        if key in cached:
+            documents.append(_document(key, cached[key]))
+        elif key in fetched:
+            documents.append(_document(key, project(fetched[key].attrs or {}, include)))
+        else:
+            missing.append(key)
+    result = "miss-on-error" if errored else "hit" if not wanted else "partial" if cached else "miss"
+    _observe("get_batch", ns, "miss" if result == "miss-on-error" else result, ctx)
+    headers = [("x-layer-cache", result)] + ([VECTOR_WARNING] if warn else [])
+    return json_response(200, {"documents": documents, "missing": missing}, headers)
+
+
+def _reactive_warm(ctx: Ctx, state: WorkerState, svc: CacheService, ns: str) -> None:
+    w = state.watcher.state(ns)
+    maybe_reactive_warm(svc, state.upstream, ctx.upstream_key, ns, w.watermark if w is not None else None)
+
+
+def _observe(operation: str, ns: str, cache_result: str, ctx: Ctx) -> None:
+    metrics.FETCH_DURATION.labels(operation, metrics.ns_label(ns), cache_result).observe(
+        time.perf_counter() - ctx.started)
+
+
+NS = "/v2/namespaces/{ns}"
+ROUTES = (
+    RouteSpec("GET", NS + "/documents/{doc_id}", get_document),
+    RouteSpec("POST", NS + "/documents", get_documents),
+)

@@ -1,0 +1,153 @@
+"""Cache warming routes (layer.md §3.8): POST /warm, GET /warm-jobs[/{job_id}], GET /v1/.../hint_cache_warm.
+
+Warm endpoints need the cache: when it does not answer they return 503 `cache_cold` before anything else.
+`hint_cache_warm` without any warm option is a raw passthrough; with one it runs the orchestrated steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from gateway import metrics
+from gateway.cache.base import CacheError, WarmJob
+from gateway.cache.service import STORE_KIND, CacheService, effective
+from gateway.cache.warm import MAX_PAGE, start_warm_job
+from gateway.http import Ctx, GatewayError, Response, json_encode, json_response, upstream_error, validation_error
+from gateway.router import RouteSpec
+from gateway.routes.passthrough import forward
+from gateway.state import WorkerState
+
+HINT_OPTIONS = frozenset({"turbopuffer", "documents", "snapshots", "blobs", "blob_budget_bytes", "page_size"})
+SKIPPED = {"enabled": False, "status": "skipped"}
+JSON_HEADERS = [("content-type", "application/json")]
+
+
+def cache_cold(ns: str) -> GatewayError:
+    metrics.CACHE_COLD_RESPONSES.labels(metrics.ns_label(ns), STORE_KIND).inc()
+    return GatewayError("cache_cold", f"cache is cold for namespace '{ns}'; retry after Aerospike reconnects",
+                        status=503, source="internal", extra={"cache_state": "cold"})
+
+
+async def _ready_cache(state: WorkerState, ns: str) -> CacheService:
+    svc = state.cache
+    if not isinstance(svc, CacheService) or not await svc.probe():
+        raise cache_cold(ns)
+    return svc
+
+
+def _page_size(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return 1000
+    if not raw.lstrip("-").isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+        raise validation_error(f"page_size must be between 1 and {MAX_PAGE}")
+    return int(raw)
+
+
+def _job_body(job: WarmJob) -> bytes:
+    return json_encode(effective(job))
+
+
+async def _start(ctx: Ctx, state: WorkerState, svc: CacheService, ns: str, page_size: int) -> WarmJob:
+    w = state.watcher.state(ns)
+    try:
+        return await start_warm_job(svc, state.upstream, ctx.upstream_key, ns, page_size,
+                                    w.watermark if w is not None else None)
+    except CacheError:
+        raise cache_cold(ns) from None
+
+
+async def warm(ctx: Ctx, state: WorkerState) -> Response:
+    ns = ctx.params["ns"]
+    svc = await _ready_cache(state, ns)
+    job = await _start(ctx, state, svc, ns, _page_size(ctx.query.get("page_size")))
+    return Response(202, _job_body(job), JSON_HEADERS)
+
+
+async def list_jobs(ctx: Ctx, state: WorkerState) -> Response:
+    ns = ctx.params["ns"]
+    svc = await _ready_cache(state, ns)
+    try:
+        jobs = await svc.jobs.list(ns)
+    except CacheError:
+        raise cache_cold(ns) from None
+    return json_response(200, {"warm_jobs": [effective(j) for j in jobs]})
+
+
+async def get_job(ctx: Ctx, state: WorkerState) -> Response:
+    ns, job_id = ctx.params["ns"], ctx.params["job_id"]
+    svc = await _ready_cache(state, ns)
+    try:
+        job = await svc.jobs.get(job_id)
+    except CacheError:
+        raise cache_cold(ns) from None
+    if job is None or job.namespace != ns:
+        raise GatewayError("not_found", f"Warm job '{job_id}' not found", status=404)
+    return Response(200, _job_body(job), JSON_HEADERS)
+
+
+# ---- hint_cache_warm ----
+def _option_keys(query_string: str) -> set[str]:
+    return {part.split("=", 1)[0] for part in query_string.split("&") if part}
+
+
+def _bool(q: dict[str, str], name: str, default: bool) -> bool:
+    raw = q.get(name)
+    if raw is None:
+        return default
+    if raw not in ("true", "false"):
+        raise GatewayError("bad_request", f"Failed to deserialize query string: {name}: expected `true` or `false`",
+                           status=400)
+    return raw == "true"
+
+
+async def _turbopuffer_step(ctx: Ctx, state: WorkerState, ns: str) -> dict[str, Any]:
+    path = f"/v1/namespaces/{quote(ns, safe='')}/hint_cache_warm"
+    try:
+        resp = await state.upstream.request("GET", path, ctx.upstream_key, None, "warm cache", ctx)
+    except GatewayError as exc:
+        raise upstream_error(exc.message) from None
+    if not resp.ok:
+        raise upstream_error(f"Turbopuffer warm cache failed: upstream returned {resp.status}: "
+                             f"{resp.body[:200].decode(errors='replace')}")
+    return {"enabled": True, "status": "completed"}
+
+
+async def hint_cache_warm(ctx: Ctx, state: WorkerState) -> Response:
+    if not (_option_keys(ctx.query_string) & HINT_OPTIONS):
+        return await forward(ctx, state, what="hint_cache_warm")
+    ns, q = ctx.params["ns"], ctx.query
+    steps = {name: _bool(q, name, default) for name, default in
+             (("turbopuffer", True), ("documents", True), ("snapshots", True), ("blobs", False))}
+    page_size = _page_size(q.get("page_size"))
+    budget = q.get("blob_budget_bytes")
+    if steps["blobs"] and not (budget and budget.isdigit() and int(budget) > 0):
+        raise validation_error("blobs=true requires a positive blob_budget_bytes")
+    if budget is not None and not steps["blobs"]:
+        raise validation_error("blob_budget_bytes requires blobs=true")
+    if steps["blobs"]:
+        raise validation_error("blob warming needs blob reference attributes, which this gateway does not configure")
+    svc = None
+    if steps["documents"] or steps["snapshots"]:
+        svc = await _ready_cache(state, ns)
+    out: dict[str, Any] = {"namespace": ns}
+    out["turbopuffer"] = await _turbopuffer_step(ctx, state, ns) if steps["turbopuffer"] else SKIPPED
+    if steps["documents"] and svc is not None:
+        job = await _start(ctx, state, svc, ns, page_size)
+        out["documents"] = {"enabled": True, "status": "started", "job": effective(job)}
+    else:
+        out["documents"] = SKIPPED
+    # This gateway keeps no snapshots, so there is never one to mirror.
+    out["snapshots"] = {"enabled": True, "status": "no_snapshot"} if steps["snapshots"] else SKIPPED
+    out["blobs"] = {**SKIPPED, "documents_scanned": 0, "refs_seen": 0, "objects": 0, "bytes": 0, "missing": 0,
+                    "invalid_refs": 0, "budget_exhausted": False}
+    return json_response(200, out)
+
+
+NS = "/v2/namespaces/{ns}"
+ROUTES = (
+    RouteSpec("POST", NS + "/warm", warm),
+    RouteSpec("GET", NS + "/warm-jobs", list_jobs),
+    RouteSpec("GET", NS + "/warm-jobs/{job_id}", get_job),
+    RouteSpec("GET", "/v1/namespaces/{ns}/hint_cache_warm", hint_cache_warm),
+)

@@ -1,0 +1,69 @@
+"""Fixtures for the cache tests: each backend as an env mapping, the Aerospike wire test server as a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.cache import DocumentCache, open_cache
+
+BACKENDS = ["local", "aerospike"]
+BREAKER_MS = 300
+MAX_RECORD = 4096
+
+
+def start_server() -> Any:
+    support = pytest.importorskip("support.aerospike", reason="tests/support/aerospike.py not available yet")
+    return support.start_aerospike()
+
+
+def aerospike_env(server: Any) -> dict[str, str]:
+    env = {"AEROSPIKE_HOSTS": server.hosts_env}
+    ns = getattr(server, "namespace", None)
+    if ns:
+        env["AEROSPIKE_NAMESPACE"] = ns
+    return env
+
+
+@pytest.fixture(scope="module")
+def aerospike_server() -> Iterator[Any]:
+    server = start_server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=BACKENDS)
+def cache_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    env = {"LAYER_DATA_DIR": str(tmp_path / "data"), "LAYER_CACHE_MAX_RECORD_BYTES": str(MAX_RECORD),
+           "LAYER_CACHE_BREAKER_MS": str(BREAKER_MS)}
+    server = None
+    if request.param == "aerospike":
+        server = request.getfixturevalue("aerospike_server")
+        server.clear_hooks()
+        env.update(aerospike_env(server))
+    yield env
+    if server is not None:
+        server.clear_hooks()
+
+
+@pytest.fixture
+def ns() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+def run_with(env: dict[str, str], body: Callable[[DocumentCache], Awaitable[Any]]) -> Any:
+    """Run body(cache) on a fresh event loop with a fresh cache (as a new worker would), then close it."""
+
+    async def main() -> Any:
+        cache = open_cache(env)
+        try:
+            return await body(cache)
+        finally:
+            await cache.close()
+
+    return asyncio.run(main())
