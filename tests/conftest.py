@@ -8,9 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from support.procs import Proc, start_gateway, start_localstore  # noqa: E402
-
-STORE_KEY = "test-store-key"
+from support.procs import STORE_KEY, Proc, start_gateway, start_localstore  # noqa: E402
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 READY_TIMEOUT_S = 30.0
+STORE_KEY = "test-store-key"  # the store key the test gateways are configured with
 
 
 def free_port() -> int:
