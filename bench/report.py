@@ -1,0 +1,111 @@
+"""Budget checks and the short Markdown summary of a benchmark report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _get(d: Any, *path: str) -> Any:
+    for p in path:
+        if not isinstance(d, dict) or p not in d:
+            return None
+        d = d[p]
+    return d
+
+
+def check_budgets(report: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per budget: name, limit, measured value (None when the scenario failed), ok."""
+    rows: list[dict[str, Any]] = []
+
+    def add(name: str, value: Any, limit: float, at_least: bool) -> None:
+        ok = value is not None and (value >= limit if at_least else value <= limit)
+        rows.append({"budget": name, "limit": f"{'>=' if at_least else '<='} {limit}", "value": value, "ok": ok})
+
+    t, m, s = b["throughput"], b["mix"], b["soak"]
+    for transport, res in report.get("throughput", {}).items():
+        add(f"{transport}: passthrough gateway/nginx rps", _get(res, "query_passthrough", "gateway_over_nginx_rps"),
+            t["passthrough_vs_nginx_min"], True)
+        add(f"{transport}: added p50 ms @ {t['fixed_rate_rps']} rps",
+            _get(res, "added_latency_fixed_rate", "added_p50_ms"), t["added_p50_ms_max"], False)
+        add(f"{transport}: fetch cache hit rps", _get(res, "fetch_cache_hit", "gateway", "rps"),
+            t["fetch_hit_rps_min"], True)
+    if "mix" in report:
+        add("mix gateway p50 ms", _get(report, "mix", "gateway", "all", "p50_ms"), m["p50_ms_max"], False)
+        add("mix gateway p99 ms", _get(report, "mix", "gateway", "all", "p99_ms"), m["p99_ms_max"], False)
+        add("mix gateway error rate", _get(report, "mix", "gateway", "all", "error_rate"), m["error_rate_max"], False)
+    if "soak" in report:
+        add("soak RSS MB per worker (peak)", _get(report, "soak", "rss_peak_mb"), s["rss_mb_max"], False)
+        add("soak RSS growth per worker", _get(report, "soak", "rss_growth"), s["rss_growth_max"], False)
+    if "localstore" in report:
+        add("localstore 10k ANN median ms", _get(report, "localstore", "10000", "ann_top10", "median_ms"),
+            b["localstore"]["ann_10k_median_ms_max"], False)
+    return rows
+
+
+def statuses(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """(scenario, status) for every scenario that has a status."""
+    out: list[tuple[str, str]] = []
+
+    def walk(prefix: str, d: Any) -> None:
+        if isinstance(d, dict):
+            if isinstance(d.get("status"), str):
+                out.append((prefix, d["status"]))
+            for k, v in d.items():
+                if isinstance(v, dict):
+                    walk(f"{prefix}.{k}" if prefix else k, v)
+    walk("", {k: v for k, v in report.items() if k not in ("budgets", "meta")})
+    return out
+
+
+def _f(v: Any, nd: int = 1) -> str:
+    return "-" if v is None else (f"{v:,.{nd}f}" if isinstance(v, (int, float)) else str(v))
+
+
+def markdown(report: dict[str, Any]) -> str:
+    header = ("| transport | scenario | gw req/s | nginx req/s | direct req/s | gw/nginx | gw p50 ms | gw p99 ms "
+              "| gw CPU µs/req | status |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|---|"]
+    for transport, res in report.get("throughput", {}).items():
+        for name, r in res.items():
+            if name == "added_latency_fixed_rate" and r.get("status") == "ok":
+                g = r["gateway"]
+                lines.append(f"| {transport} | added latency @ {r['rate']} rps | - | - | - | - | "
+                             f"+{_f(r['added_p50_ms'], 3)} | +{_f(r['added_p99_ms'], 3)} | "
+                             f"{_f(g.get('cpu_us_per_req'))} | ok |")
+                continue
+            g, n, d = r.get("gateway", {}), r.get("nginx", {}), r.get("direct", {})
+            lines.append(f"| {transport} | {name} | {_f(g.get('rps'), 0)} | {_f(n.get('rps'), 0)} | "
+                         f"{_f(d.get('rps'), 0)} | {_f(r.get('gateway_over_nginx_rps'), 3)} | "
+                         f"{_f(g.get('p50_ms'), 3)} | {_f(g.get('p99_ms'), 3)} | {_f(g.get('cpu_us_per_req'))} | "
+                         f"{r.get('status', '-')} |")
+    sc = report.get("scaling", {})
+    for k in ("workers_1", "workers_2"):
+        if k in sc:
+            lines.append(f"| {sc.get('transport', '')} | passthrough {k} (unpinned) | {_f(sc[k]['rps'], 0)} | - | - "
+                         f"| - | {_f(sc[k]['p50_ms'], 3)} | {_f(sc[k]['p99_ms'], 3)} | "
+                         f"{_f(sc[k].get('cpu_us_per_req'))} | ok |")
+    mix = report.get("mix", {})
+    if mix:
+        lines += ["", "| mix target | offered req/s | req/s | p50 ms | p99 ms | error rate | status |",
+                  "|---|---|---|---|---|---|---|"]
+        for target in ("gateway", "direct"):
+            a = _get(mix, target, "all") or {}
+            lines.append(f"| {target} | {_f(_get(mix, target, 'offered_rps'))} | {_f(a.get('rps'))} | "
+                         f"{_f(a.get('p50_ms'))} | {_f(a.get('p99_ms'))} | {_f(a.get('error_rate'), 4)} | "
+                         f"{_get(mix, target, 'status') or '-'} |")
+    soak = report.get("soak")
+    if soak:
+        lines.append(f"\nsoak ({soak.get('seconds')} s): {soak.get('status')}, peak RSS/worker "
+                     f"{_f(soak.get('rss_peak_mb'))} MB, growth {_f(soak.get('rss_growth'), 4)}")
+    for size, r in (report.get("localstore") or {}).items():
+        if isinstance(r, dict):
+            lines.append(f"localstore {size} docs: {r.get('status')}, ANN p50 {_f(_get(r, 'ann_top10', 'median_ms'), 3)}"
+                         f" ms p99 {_f(_get(r, 'ann_top10', 'p99_ms'), 3)} ms; filtered p50 "
+                         f"{_f(_get(r, 'filtered_ann_top10', 'median_ms'), 3)} ms; writes "
+                         f"{_f(_get(r, 'write', 'rows_per_s'), 0)} rows/s")
+    if report.get("budgets"):
+        lines += ["", "| budget | limit | measured | ok |", "|---|---|---|---|"]
+        for row in report["budgets"]:
+            lines.append(f"| {row['budget']} | {row['limit']} | {_f(row['value'], 3)} | "
+                         f"{'PASS' if row['ok'] else 'FAIL'} |")
+    return "\n".join(lines)
