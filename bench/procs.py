@@ -146,6 +146,17 @@ def start_gateway(upstream_url: str, key: str, data_dir: str, workers: int, tran
     return proc, url
 
 
+def start_bare_proxy(upstream_url: str, cpu: str = PROXY_CPU) -> tuple[Proc, str]:
+    """bench/bare_proxy.py under Granian, one worker, pinned like the gateway."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "granian", "--interface", "rsgi", "--loop", "uvloop", "--workers", "1",
+           "--host", "127.0.0.1", "--port", str(port), "bench.bare_proxy:app"]
+    url = f"http://127.0.0.1:{port}"
+    root = str(Path(__file__).resolve().parent.parent)
+    proc = Proc("bare-proxy", pinned(cmd, cpu), base_env(BARE_UPSTREAM=upstream_url), url + "/ready", cwd=root)
+    return proc, url
+
+
 def start_localstore(data_dir: str, key: str, cpu: str | None = None) -> tuple[Proc, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "localstore", "serve", "--host", "127.0.0.1", "--port", str(port),

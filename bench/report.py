@@ -68,16 +68,24 @@ def markdown(report: dict[str, Any]) -> str:
     for transport, res in report.get("throughput", {}).items():
         for name, r in res.items():
             if name == "added_latency_fixed_rate" and r.get("status") == "ok":
-                g = r["gateway"]
-                lines.append(f"| {transport} | added latency @ {r['rate']} rps | - | - | - | - | "
-                             f"+{_f(r['added_p50_ms'], 3)} | +{_f(r['added_p99_ms'], 3)} | "
-                             f"{_f(g.get('cpu_us_per_req'))} | ok |")
+                for label in ("paced", "burst"):
+                    x = r[label]
+                    lines.append(f"| {transport} | added latency @ {r['rate']} rps, {label} ({x['conns']} conn) "
+                                 f"(nginx +{_f(x['nginx_added_p50_ms'], 3)}) | - | - | - | - | "
+                                 f"+{_f(x['added_p50_ms'], 3)} | +{_f(x['added_p99_ms'], 3)} | "
+                                 f"{_f(x['gateway'].get('cpu_us_per_req'))} | ok |")
                 continue
             g, n, d = r.get("gateway", {}), r.get("nginx", {}), r.get("direct", {})
             lines.append(f"| {transport} | {name} | {_f(g.get('rps'), 0)} | {_f(n.get('rps'), 0)} | "
                          f"{_f(d.get('rps'), 0)} | {_f(r.get('gateway_over_nginx_rps'), 3)} | "
                          f"{_f(g.get('p50_ms'), 3)} | {_f(g.get('p99_ms'), 3)} | {_f(g.get('cpu_us_per_req'))} | "
                          f"{r.get('status', '-')} |")
+            if "bare" in r:
+                b = r["bare"]
+                lines.append(f"| {transport} | {name}: bare Granian+pyreqwest proxy (gw/bare "
+                             f"{_f(r.get('gateway_over_bare_rps'), 3)}) | {_f(b.get('rps'), 0)} | - | - | "
+                             f"{_f(b['rps'] / n['rps'] if n.get('rps') else None, 3)} | {_f(b.get('p50_ms'), 3)} | "
+                             f"{_f(b.get('p99_ms'), 3)} | {_f(b.get('cpu_us_per_req'))} | {r.get('status', '-')} |")
     sc = report.get("scaling", {})
     for k in ("workers_1", "workers_2"):
         if k in sc:

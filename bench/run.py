@@ -22,7 +22,7 @@ from typing import Any
 from bench import mix, throughput
 from bench.localstore_bench import run as localstore_run
 from bench.nginx import start_canned, start_proxy
-from bench.procs import NCPU, PROXY_CPU, ensure_tools, start_gateway, start_localstore
+from bench.procs import NCPU, PROXY_CPU, ensure_tools, start_bare_proxy, start_gateway, start_localstore
 from bench.profile import profile
 from bench.report import check_budgets, markdown, statuses
 
@@ -53,12 +53,14 @@ def part_throughput(args: argparse.Namespace, b: dict[str, Any], report: dict[st
     canned, canned_url = start_canned(tmp / "canned")
     try:
         nginx, nginx_url = start_proxy(tmp / "nginx", canned_url)
+        bare, bare_url = start_bare_proxy(canned_url)
         try:
             report["throughput"] = {}
             for i, transport in enumerate(transports):
                 runner = throughput.Runner(seconds, repeats)
                 res, gw = throughput.gateway_suite(runner, canned_url, tmp / "canned", nginx_url, nginx.pids(),
-                                                   str(tmp / f"gw-{transport}"), transport, rate, full=i == 0)
+                                                   str(tmp / f"gw-{transport}"), transport, rate, full=i == 0,
+                                                   bare=(bare_url, bare.pids()) if i == 0 else None)
                 try:
                     if i == 0 and "profile" not in skip:
                         out = Path(args.out) / f"profile-{stamp}{'-smoke' if args.smoke else ''}.txt"
@@ -75,6 +77,7 @@ def part_throughput(args: argparse.Namespace, b: dict[str, Any], report: dict[st
                                                                                transports[0]))
                 report["scaling"] = {"transport": transports[0], **runner.out["scaling"]}
         finally:
+            bare.stop()
             nginx.stop()
     finally:
         canned.stop()

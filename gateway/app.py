@@ -125,9 +125,20 @@ async def _call_hooks(state: WorkerState, name: str) -> None:
                 await result
 
 
+async def _flush_metrics(state: WorkerState) -> None:
+    while True:
+        await asyncio.sleep(metrics.METRICS_FLUSH_INTERVAL_S)
+        try:
+            metrics.TPUF_INFLIGHT.set(state.upstream.inflight)
+            metrics.flush()
+        except Exception:
+            log.exception("metrics flush failed")
+
+
 class GatewayApp:
     def __init__(self) -> None:
         self.state: WorkerState | None = None
+        self._metrics_task: asyncio.Task[None] | None = None
 
     # ---- per-worker lifecycle (RSGI: the loop is not running in these two) ----
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -141,6 +152,7 @@ class GatewayApp:
     async def _startup(self) -> None:
         assert self.state is not None
         self.state.watcher.start()
+        self._metrics_task = asyncio.get_running_loop().create_task(_flush_metrics(self.state))
         await _call_hooks(self.state, "attach")
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -151,6 +163,8 @@ class GatewayApp:
     async def _shutdown(self) -> None:
         assert self.state is not None
         await self.state.watcher.stop()
+        if self._metrics_task is not None:
+            self._metrics_task.cancel()
         try:
             await _call_hooks(self.state, "detach")
         finally:
@@ -195,7 +209,7 @@ class GatewayApp:
     @staticmethod
     def _observe(ctx: Ctx, status: int) -> None:
         route = ctx.route.name if ctx.route is not None else "unmatched"
-        metrics.request_counter(route, ctx.method, status).inc()
+        metrics.inc(metrics.request_counter(route, ctx.method, status))
         principal = ctx.principal.name if ctx.principal is not None else None
         log_request(ctx.method, route, ctx.namespace, status, ctx.started, ctx.upstream_seconds, principal,
                     ctx.log_extra)

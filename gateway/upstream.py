@@ -15,7 +15,6 @@ from msgspec import Struct
 
 from gateway.config import Config
 from gateway.http import Ctx, upstream_error
-from gateway.metrics import TPUF_INFLIGHT
 
 # Upstream response headers the official client acts on (turbopuffer.md §17.3); everything else is dropped.
 RELAYED_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry")
@@ -138,7 +137,6 @@ class Upstream:
         if body is not None:
             headers.append(("content-type", "application/json"))
         self.inflight += 1
-        TPUF_INFLIGHT.inc()
         started = time.perf_counter()
         try:
             resp = await self.transport.send(method, self.base_url + path, headers, body, self.timeout_s)
@@ -147,7 +145,6 @@ class Upstream:
             raise upstream_error(f"Turbopuffer {what} failed: {exc}") from None
         finally:
             self.inflight -= 1
-            TPUF_INFLIGHT.dec()
             if ctx is not None:
                 ctx.upstream_seconds += time.perf_counter() - started
         self.last_ok_ms = int(time.time() * 1000)

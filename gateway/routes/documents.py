@@ -111,7 +111,7 @@ def _count_lookups(svc: CacheService, ns: str, hits: int, misses: int, errors: i
     labels = (metrics.ns_label(svc.store.set_name(ns)), metrics.ns_label(ns))
     for result, n in (("hit", hits), ("miss", misses), ("error", errors)):
         if n:
-            metrics.CACHE_LOOKUPS.labels(*labels, result).inc(n)
+            metrics.inc(metrics.CACHE_LOOKUPS.labels(*labels, result), n)
 
 
 def _document(doc_id: str, attrs: dict[str, Any]) -> dict[str, Any]:
@@ -203,8 +203,8 @@ def _reactive_warm(ctx: Ctx, state: WorkerState, svc: CacheService, ns: str) -> 
 
 
 def _observe(operation: str, ns: str, cache_result: str, ctx: Ctx) -> None:
-    metrics.FETCH_DURATION.labels(operation, metrics.ns_label(ns), cache_result).observe(
-        time.perf_counter() - ctx.started)
+    metrics.observe(metrics.FETCH_DURATION.labels(operation, metrics.ns_label(ns), cache_result),
+                    time.perf_counter() - ctx.started)
 
 
 NS = "/v2/namespaces/{ns}"

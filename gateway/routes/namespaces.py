@@ -157,7 +157,7 @@ async def write(ctx: Ctx, state: WorkerState) -> Response:
 def _observe_write(ctx: Ctx, ns: str, status: int, rows: int) -> None:
     children = metrics.observe_op("w", ns, status, time.perf_counter() - ctx.started, ctx.upstream_seconds)
     if rows:
-        children[3].observe(rows)
+        metrics.observe(children[3], rows)
 
 
 # ---- delete ----

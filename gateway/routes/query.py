@@ -8,8 +8,8 @@ The upstream body is never re-shaped: row order, numeric ids, billing, performan
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
 import time
 from typing import Any
 
@@ -75,6 +75,7 @@ class Plan:
         "has_filter",
         "has_rank_by",
         "inject",
+        "layer",
         "multi",
         "offset",
         "page_size",
@@ -87,6 +88,7 @@ class Plan:
         self.body = b""
         self.watermark: int | None = None
         self.inject = False
+        self.layer = False  # the Layer query shape (vector / nearest_to_id / cursor ...), not a native body
         self.strong = False
         self.page_size: int | None = None
         self.offset = 0
@@ -127,7 +129,8 @@ def traceparent(ctx: Ctx) -> str:
     inbound = ctx.headers.get("traceparent")
     if inbound and TRACEPARENT.match(inbound.strip()):
         return inbound.strip()
-    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+    rnd = os.urandom(24).hex()  # trace id (16 bytes) + span id (8 bytes), as secrets.token_hex would draw them
+    return f"00-{rnd[:32]}-{rnd[32:]}-01"
 
 
 def decode_view(body: bytes) -> QueryView:
@@ -242,9 +245,8 @@ async def plan_query(ctx: Ctx, state: WorkerState) -> Plan:
     ns = ctx.params["ns"]
     plan.watermark, inject = state.watcher.decision(ns)
     plan.inject = inject and not plan.strong
-    needs_doc = plan.inject or plan.multi or _shows_stamp(view) or any(getattr(view, k) is not UNSET
-                                                                          for k in LAYER_KEYS)
-    if needs_doc:
+    plan.layer = any(getattr(view, k) is not UNSET for k in LAYER_KEYS)
+    if plan.inject or plan.multi or plan.layer or _shows_stamp(view):
         plan.doc = await layer_rewrite(ctx, state, view, plan)
         hide_stamp(plan.doc)
         for sub in plan.doc.get("queries") or ():
@@ -278,7 +280,8 @@ async def send_with_retry(ctx: Ctx, state: WorkerState, plan: Plan, path: str) -
 
 
 def next_cursor(resp: UpstreamResponse, plan: Plan) -> str | None:
-    if plan.multi or not plan.page_size or not resp.ok:
+    """Layer single queries only (native bodies page with their own offset); decodes just the row ids."""
+    if not plan.layer or plan.multi or not plan.page_size or not resp.ok:
         return None
     try:
         rows = result_view_decoder.decode(resp.body).rows
@@ -312,7 +315,7 @@ async def run_query(ctx: Ctx, state: WorkerState, path: str) -> Response:
 def _observe(ctx: Ctx, ns: str, plan: Plan, status: int) -> None:
     total = time.perf_counter() - ctx.started
     shape = ("true" if plan.has_filter else "false", "true" if plan.has_rank_by else "false")
-    metrics.observe_op("q", ns, status, total, ctx.upstream_seconds, *shape)[3].inc()
+    metrics.inc(metrics.observe_op("q", ns, status, total, ctx.upstream_seconds, *shape)[3])
 
 
 async def query(ctx: Ctx, state: WorkerState) -> Response:

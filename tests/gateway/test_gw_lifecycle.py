@@ -84,10 +84,17 @@ def test_metrics_are_correct_across_two_workers(stack: Stack) -> None:
     assert len(pids) == 2, "both workers served requests"
     pattern = re.compile(r'^layer_query_duration_seconds_count\{namespace="metered",pipeline_id="direct",'
                          r'status="ok"\} (\S+)$', re.MULTILINE)
-    for _ in range(6):  # whichever worker answers the scrape, the total is the same
+
+    def scraped_count() -> float:
         r = stack("GET", "/metrics", key=None)
         assert r.status == 200 and r.headers["content-type"].startswith("text/plain")
-        assert float(pattern.search(r.body.decode()).group(1)) == n  # type: ignore[union-attr]
+        found = pattern.search(r.body.decode())
+        return float(found.group(1)) if found else 0.0
+
+    # Workers batch observations in memory and flush them at least once a second (gateway/metrics.py).
+    wait_for(lambda: scraped_count() == n, timeout=5)
+    for _ in range(6):  # whichever worker answers the scrape, the total is the same
+        assert scraped_count() == n
     text = stack("GET", "/metrics", key=None).body.decode()
     assert 'layer_upsert_batch_size_count{namespace="metered",pipeline_id="direct"} 1.0' in text
     assert "layer_query_overhead_seconds_bucket" in text and "layer_query_tpuf_seconds_bucket" in text
