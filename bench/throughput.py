@@ -4,7 +4,6 @@ gateway (pinned to one core), plus scaling by workers, body size and result size
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from collections.abc import Callable, Mapping
 from functools import partial
