@@ -19,6 +19,37 @@ class ConfigError(ValueError):
     """A setting has a bad value; the message names the variable."""
 
 
+class CacheSettings(Struct, frozen=True):
+    """The document cache (docs/cache.md); `backend` is aerospike when AEROSPIKE_HOSTS is set."""
+
+    backend: str  # aerospike | local
+    timeout_ms: int
+    breaker_open_ms: int
+    max_record_bytes: int
+    reactive_warm: bool = False  # warm a whole namespace on its first clean fetch miss per (re)connect
+    tombstone_ms: int = 30_000  # a deleted/invalidated id refuses create-only backfills for this long
+    # aerospike
+    hosts: tuple[tuple[str, int], ...] = ()
+    as_namespace: str = "hevlayer"
+    set_prefix: str = "tpuf_"
+    cluster_name: str | None = None
+    pool_size: int = 4
+    tend_ms: int = 250
+    # local
+    data_dir: str = "./.layer"
+    max_bytes: int = 256 * 1024 * 1024
+
+
+class KeySettings(Struct, frozen=True):
+    """Minted keys (docs/security.md): the Aerospike key store when AEROSPIKE_HOSTS is set, else SQLite."""
+
+    auth_rate_limit_per_min: int = 120
+    aerospike_hosts: str = ""
+    aerospike_namespace: str = "layer_keys"
+    aerospike_set_prefix: str = ""
+    cluster_name: str | None = None
+
+
 class Config(Struct, frozen=True):
     upstream_url: str | None  # None only in the serve process before the embedded store is up
     upstream_key: str | None  # None = derive-from-request: the caller's bearer goes upstream
@@ -37,6 +68,8 @@ class Config(Struct, frozen=True):
     list_concurrency: int
     log_level: str
     metrics_dir: str | None
+    cache: CacheSettings
+    keys: KeySettings
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
@@ -57,6 +90,52 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     if raw not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
     return raw
+
+
+def parse_hosts(raw: str) -> tuple[tuple[str, int], ...]:
+    """`host:port,host2` -> ((host, port), (host2, 3000)); raises ConfigError naming AEROSPIKE_HOSTS."""
+    hosts = []
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        host, _, port = part.rpartition(":") if ":" in part else (part, "", "3000")
+        if not host or not port.isdigit():
+            raise ConfigError(f"AEROSPIKE_HOSTS must look like 'host:3000,host2:3000', got {raw!r}")
+        hosts.append((host, int(port)))
+    return tuple(hosts)
+
+
+def load_cache_settings(env: Mapping[str, str]) -> CacheSettings:
+    hosts = parse_hosts(env.get("AEROSPIKE_HOSTS", ""))
+    return CacheSettings(
+        backend="aerospike" if hosts else "local",
+        timeout_ms=_int(env, "AEROSPIKE_TIMEOUT_MS", 200, 1),
+        breaker_open_ms=_int(env, "LAYER_CACHE_BREAKER_MS", 2000, 0),
+        max_record_bytes=_int(env, "LAYER_CACHE_MAX_RECORD_BYTES", 1024 * 1024, 1024),
+        tombstone_ms=_int(env, "LAYER_CACHE_TOMBSTONE_MS", 30_000, 0),
+        reactive_warm=env.get("LAYER_CACHE_REACTIVE_WARM", "").strip().lower() in ("1", "true", "yes", "on"),
+        hosts=hosts,
+        as_namespace=env.get("AEROSPIKE_NAMESPACE", "").strip() or "hevlayer",
+        set_prefix=env.get("AEROSPIKE_SET_PREFIX", "tpuf_"),
+        cluster_name=env.get("AEROSPIKE_CLUSTER_NAME", "").strip() or None,
+        pool_size=_int(env, "AEROSPIKE_POOL_SIZE", 4, 1),
+        tend_ms=_int(env, "AEROSPIKE_TEND_MS", 250, 10),
+        data_dir=env.get("LAYER_DATA_DIR", "").strip() or DEFAULT_DATA_DIR,
+        max_bytes=_int(env, "LAYER_CACHE_MAX_BYTES", 256 * 1024 * 1024, 64 * 1024),
+    )
+
+
+def load_key_settings(env: Mapping[str, str]) -> KeySettings:
+    hosts = env.get("AEROSPIKE_HOSTS", "").strip()
+    parse_hosts(hosts)  # validated here, with the variable's name
+    return KeySettings(
+        auth_rate_limit_per_min=_int(env, "LAYER_KEYS_AUTH_RATE_LIMIT_PER_MIN", 120, 1),
+        aerospike_hosts=hosts,
+        aerospike_namespace=env.get("AEROSPIKE_KEYS_NAMESPACE", "").strip() or "layer_keys",
+        aerospike_set_prefix=env.get("AEROSPIKE_KEYS_SET_PREFIX", "").strip(),
+        cluster_name=env.get("AEROSPIKE_CLUSTER_NAME", "").strip() or None,
+    )
 
 
 def _url(env: Mapping[str, str]) -> str | None:
@@ -95,6 +174,8 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         list_concurrency=_int(env, "LAYER_LIST_CONCURRENCY", 16, 1),
         log_level=_choice(env, "LAYER_LOG_LEVEL", "info", LOG_LEVELS),
         metrics_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or None,
+        cache=load_cache_settings(env),
+        keys=load_key_settings(env),
     )
 
 

@@ -6,15 +6,14 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.cache.base import CacheDoc, CacheError, CacheSettings, DocumentCache, JobStore, WarmJob, load_settings
+from gateway.cache.base import CacheDoc, CacheError, DocumentCache, JobStore, WarmJob
+from gateway.config import CacheSettings, load_cache_settings
 
-__all__ = ["CacheDoc", "CacheError", "CacheSettings", "DocumentCache", "JobStore", "WarmJob", "load_settings",
-           "open_cache"]
+__all__ = ["CacheDoc", "CacheError", "CacheSettings", "DocumentCache", "JobStore", "WarmJob", "cache_for", "open_cache"]
 
 
-def open_cache(env: Mapping[str, str] | None = None) -> DocumentCache:
+def cache_for(settings: CacheSettings) -> DocumentCache:
     """Build this worker's cache. Nothing connects here: backends connect lazily on first use (after fork)."""
-    settings = load_settings(os.environ if env is None else env)
     if settings.backend == "aerospike":
         from gateway.cache.aerospike import AerospikeCache
 
@@ -24,11 +23,16 @@ def open_cache(env: Mapping[str, str] | None = None) -> DocumentCache:
     return LocalCache(settings)
 
 
+def open_cache(env: Mapping[str, str] | None = None) -> DocumentCache:
+    """The cache the settings in `env` (default: the environment) describe."""
+    return cache_for(load_cache_settings(os.environ if env is None else env))
+
+
 async def attach(state: Any) -> None:
     """Worker startup hook (gateway.app): put this worker's cache service into `state.cache`."""
     from gateway.cache.service import CacheService
 
-    service = CacheService(open_cache())
+    service = CacheService(cache_for(state.config.cache))
     await service.start()
     state.cache = service
 

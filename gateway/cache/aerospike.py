@@ -24,7 +24,6 @@ from gateway.cache.base import (
     JOBS_SET,
     CacheDoc,
     CacheError,
-    CacheSettings,
     CacheStatus,
     PutMode,
     PutReport,
@@ -35,6 +34,7 @@ from gateway.cache.base import (
     set_name,
     unpack_vector,
 )
+from gateway.config import CacheSettings
 
 OK, NOT_FOUND, GENERATION_ERROR, RECORD_EXISTS, RECORD_TOO_BIG, BATCH_FAILED = 0, 2, 3, 5, 13, -16
 EXISTS = {"replace": aerospike.POLICY_EXISTS_CREATE_OR_REPLACE, "fill": aerospike.POLICY_EXISTS_CREATE,

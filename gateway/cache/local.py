@@ -32,7 +32,6 @@ from gateway.cache._runner import Runner
 from gateway.cache.base import (
     CacheDoc,
     CacheError,
-    CacheSettings,
     CacheStatus,
     PutMode,
     PutReport,
@@ -42,6 +41,7 @@ from gateway.cache.base import (
     record_size,
     unpack_vector,
 )
+from gateway.config import CacheSettings
 
 log = logging.getLogger("gateway.cache")
 FILE_NAME = "cache.sqlite3"

@@ -14,7 +14,7 @@ async def attach(state: Any) -> None:
     """Open this worker's key store and fill the `key_verifier` slot."""
     from gateway.keys.service import KeyService
 
-    service = KeyService.from_env(state.config.data_dir)
+    service = KeyService.from_settings(state.config.data_dir, state.config.keys)
     state.extras[EXTRAS_SLOT] = service
     state.key_verifier = service.verifier
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable
 from typing import TypeVar
 
 import msgspec
 
+from gateway.config import KeySettings
 from gateway.http import GatewayError, validation_error
 from gateway.keys.model import (
     ACTIVE,
@@ -29,7 +29,7 @@ from gateway.keys.model import (
     rfc3339,
     validate_mint,
 )
-from gateway.keys.store import KeyStore, KeyStoreUnavailable, open_key_store
+from gateway.keys.store import KeyStore, KeyStoreUnavailable, key_store_for
 from gateway.keys.tokens import lookup_hash, new_token, well_formed
 from gateway.keys.verifier import MintedKeyVerifier
 
@@ -46,19 +46,6 @@ def key_not_found(key_id: str) -> GatewayError:
     return GatewayError("not_found", f"API key '{key_id}' not found", status=404)
 
 
-def rate_limit_from_env(env: Mapping[str, str]) -> int:
-    raw = env.get("LAYER_KEYS_AUTH_RATE_LIMIT_PER_MIN", "").strip()
-    if not raw:
-        return DEFAULT_RATE_LIMIT
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"LAYER_KEYS_AUTH_RATE_LIMIT_PER_MIN must be an integer >= 1, got {raw!r}") from None
-    if value < 1:
-        raise ValueError(f"LAYER_KEYS_AUTH_RATE_LIMIT_PER_MIN must be an integer >= 1, got {raw!r}")
-    return value
-
-
 def _unavailable(exc: KeyStoreUnavailable) -> GatewayError:
     return GatewayError("service_unavailable", str(exc), status=503, source="internal", retryable=True)
 
@@ -72,9 +59,8 @@ class KeyService:
         self.rate_limit = rate_limit_per_min
 
     @classmethod
-    def from_env(cls, data_dir: str, env: Mapping[str, str] | None = None) -> KeyService:
-        env = os.environ if env is None else env
-        return cls(open_key_store(data_dir, env), rate_limit_from_env(env))
+    def from_settings(cls, data_dir: str, settings: KeySettings) -> KeyService:
+        return cls(key_store_for(data_dir, settings), settings.auth_rate_limit_per_min)
 
     async def mint(self, body: bytes) -> MintKeyResponse:
         try:

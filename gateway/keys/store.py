@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
 
+from gateway.config import KeySettings, load_key_settings
 from gateway.keys.model import KeyRecord
 
 T = TypeVar("T")
@@ -80,17 +81,19 @@ class ThreadedStore:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def open_key_store(data_dir: str, env: Mapping[str, str] | None = None) -> KeyStore:
+def key_store_for(data_dir: str, settings: KeySettings) -> KeyStore:
     """Aerospike when AEROSPIKE_HOSTS is set, else SQLite in `data_dir` (shared by every worker process)."""
-    env = os.environ if env is None else env
-    hosts = env.get("AEROSPIKE_HOSTS", "").strip()
-    if hosts:
+    if settings.aerospike_hosts:
         from gateway.keys.aerospike import AerospikeKeyStore
 
-        namespace = env.get("AEROSPIKE_KEYS_NAMESPACE", "").strip() or "layer_keys"
-        return AerospikeKeyStore(hosts, namespace, cluster_name=env.get("AEROSPIKE_CLUSTER_NAME") or None,
-                                 set_prefix=env.get("AEROSPIKE_KEYS_SET_PREFIX", "").strip())
+        return AerospikeKeyStore(settings.aerospike_hosts, settings.aerospike_namespace,
+                                 cluster_name=settings.cluster_name, set_prefix=settings.aerospike_set_prefix)
     from gateway.keys.sqlite import SqliteKeyStore
 
     os.makedirs(data_dir, exist_ok=True)
     return SqliteKeyStore(os.path.join(data_dir, SQLITE_FILE))
+
+
+def open_key_store(data_dir: str, env: Mapping[str, str] | None = None) -> KeyStore:
+    """The store the settings in `env` (default: the environment) describe."""
+    return key_store_for(data_dir, load_key_settings(os.environ if env is None else env))
