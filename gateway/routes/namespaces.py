@@ -28,12 +28,11 @@ from gateway.http import (
     validation_error,
 )
 from gateway.router import RouteSpec
-from gateway.routes.passthrough import relay, upstream_path, without_stamp
+from gateway.routes.passthrough import RESERVED_PREFIX, relay, reserved_attribute, upstream_path, without_stamp
 from gateway.state import WorkerState
 from gateway.upstream import UpstreamResponse
 
 STAMP = "_hevlayer_upserted_at"
-RESERVED_PREFIX = "_hevlayer_"
 ROW_KEYS = ("upsert_rows", "patch_rows")
 COLUMN_KEYS = ("upsert_columns", "patch_columns")
 MANAGED_KEYS = (*ROW_KEYS, *COLUMN_KEYS, "deletes", "delete_by_filter", "patch_by_filter")
@@ -56,8 +55,7 @@ def _expect(value: Any, kind: type, where: str) -> None:
 def _check_names(names: Any, where: str, allowed: str | None = STAMP) -> None:
     for name in names:
         if isinstance(name, str) and name.startswith(RESERVED_PREFIX) and name != allowed:
-            raise GatewayError("validation_error", f"attribute '{name}' uses the reserved _hevlayer_* prefix "
-                               f"- at `{where}`", status=422, extra={"attribute": name})
+            raise reserved_attribute(name, where)
 
 
 def stamp_write(doc: dict[str, Any], stamp: int) -> int:

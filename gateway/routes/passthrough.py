@@ -8,7 +8,7 @@ from urllib.parse import quote
 import msgspec
 
 from gateway.auth import can_read
-from gateway.http import JSON, Ctx, Response, json_decode, json_encode
+from gateway.http import JSON, Ctx, GatewayError, Response, bad_request, json_decode, json_encode
 from gateway.router import RouteSpec
 from gateway.state import WorkerState
 from gateway.upstream import UpstreamResponse
@@ -16,6 +16,7 @@ from gateway.upstream import UpstreamResponse
 # Characters kept as-is when re-encoding a (Granian-decoded) path for the upstream.
 PATH_SAFE = "/:@!$&'()*+,;=-._~"
 STAMP = "_hevlayer_upserted_at"
+RESERVED_PREFIX = "_hevlayer_"
 
 
 def upstream_path(ctx: Ctx, path: str | None = None) -> str:
@@ -56,6 +57,22 @@ async def list_v1(ctx: Ctx, state: WorkerState) -> Response:
     return Response(200, json_encode(page), resp.headers)
 
 
+def reserved_attribute(name: str, where: str) -> GatewayError:
+    return GatewayError("validation_error", f"attribute '{name}' uses the reserved _hevlayer_* prefix - at `{where}`",
+                        status=422, extra={"attribute": name})
+
+
+def check_schema_update(body: bytes) -> None:
+    """`POST /v1/namespaces/{ns}/schema` may not touch `_hevlayer_*` attributes (the stamp must stay filterable)."""
+    try:
+        schema = json_decode(body) if body.strip() else {}
+    except msgspec.DecodeError as exc:
+        raise bad_request(f"invalid JSON body: {exc}") from None
+    for name in schema if isinstance(schema, dict) else ():
+        if name.startswith(RESERVED_PREFIX):
+            raise reserved_attribute(name, "schema")
+
+
 def without_stamp(schema: Any) -> bool:
     """Drop the gateway's `_hevlayer_upserted_at` from a schema map (Turbopuffer never shows it); True if changed."""
     return isinstance(schema, dict) and schema.pop(STAMP, None) is not None
@@ -63,6 +80,8 @@ def without_stamp(schema: Any) -> bool:
 
 async def schema_or_metadata(ctx: Ctx, state: WorkerState) -> Response:
     """Proxied like any route, but the stamp attribute is hidden from the schema (v1 schema and v1 metadata)."""
+    if ctx.method == "POST":
+        check_schema_update(ctx.body)
     resp = await state.upstream.request(ctx.method, upstream_path(ctx), ctx.upstream_key, ctx.body or None,
                                         f"{ctx.method} {ctx.route.template}", ctx)
     if not resp.ok:

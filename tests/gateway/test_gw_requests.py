@@ -74,6 +74,10 @@ def test_reserved_attributes_are_rejected_by_name(stack: Stack) -> None:
         name = r.json()["attribute"]
         assert name.startswith("_hevlayer_") and name in r.json()["message"]
     assert stack("GET", "/v2/namespaces/reserved/metadata").status == 404, "nothing was written"
+    assert stack("POST", "/v2/namespaces/reserved", {"upsert_rows": [{"id": 1, "a": 1}]}).status == 200
+    r = stack("POST", "/v1/namespaces/reserved/schema", {"a": {"type": "int"}, STAMP: {"type": "int", "filterable": False}})
+    assert r.status == 422 and r.json()["attribute"] == STAMP, r
+    assert stack("POST", "/v1/namespaces/reserved/schema", {"a": {"type": "int", "filterable": True}}).status == 200
 
 
 def test_query_keeps_upstream_body_order_and_numeric_ids(stack: Stack) -> None:
