@@ -15,7 +15,7 @@ from aerospike_helpers.operations import operations as ops
 from msgspec.structs import replace
 
 from gateway.keys.model import KeyRecord, record_decoder, record_encoder
-from gateway.keys.store import KeyStoreUnavailable, ThreadedStore
+from gateway.keys.store import ThreadedStore
 
 KEYS_SET, HASH_SET, META_SET, RATE_SET = "api_keys", "api_key_hash", "api_key_meta", "api_key_rate"
 GENERATION = "generation"
@@ -38,6 +38,9 @@ def parse_hosts(text: str) -> list[tuple[str, int]]:
 
 
 class AerospikeKeyStore(ThreadedStore):
+    errors = (aex.AerospikeError,)
+    backend = "aerospike"
+
     def __init__(self, hosts: str, namespace: str, cluster_name: str | None = None, set_prefix: str = "") -> None:
         super().__init__(THREADS, "keys-aerospike")
         self._ns = namespace
@@ -58,12 +61,6 @@ class AerospikeKeyStore(ThreadedStore):
 
     def _key(self, set_name: str, pk: str) -> tuple[str, str, str]:
         return (self._ns, self._sets[set_name], pk)
-
-    async def _call(self, fn: Any, *args: object) -> Any:
-        try:
-            return await self._run(fn, *args)
-        except aex.AerospikeError as exc:
-            raise KeyStoreUnavailable(f"key store (aerospike) failed: {type(exc).__name__}") from None
 
     def _read(self, set_name: str, pk: str) -> dict[str, Any] | None:
         try:
@@ -154,36 +151,3 @@ class AerospikeKeyStore(ThreadedStore):
         if self._client is not None:
             self._client.close()
             self._client = None
-
-    async def create(self, rec: KeyRecord) -> None:
-        await self._call(self._create, rec)
-
-    async def get(self, key_id: str) -> KeyRecord | None:
-        return await self._call(self._get, key_id)  # type: ignore[no-any-return]
-
-    async def find(self, lookup_hash: str) -> KeyRecord | None:
-        return await self._call(self._find, lookup_hash)  # type: ignore[no-any-return]
-
-    async def list(self) -> list[KeyRecord]:
-        return await self._call(self._list)  # type: ignore[no-any-return]
-
-    async def revoke(self, key_id: str, at_ms: int) -> KeyRecord | None:
-        return await self._call(self._revoke, key_id, at_ms)  # type: ignore[no-any-return]
-
-    async def delete(self, key_id: str) -> bool:
-        return await self._call(self._delete, key_id)  # type: ignore[no-any-return]
-
-    async def touch(self, key_id: str, at_ms: int) -> None:
-        await self._call(self._touch, key_id, at_ms)
-
-    async def generation(self) -> int:
-        return await self._call(self._generation)  # type: ignore[no-any-return]
-
-    async def hit(self, bucket: str, window: int, window_seconds: int) -> int:
-        return await self._call(self._hit, bucket, window, window_seconds)  # type: ignore[no-any-return]
-
-    async def close(self) -> None:
-        try:
-            await self._run(self._close)
-        finally:
-            self._shutdown()

@@ -8,7 +8,7 @@ from typing import Any
 from msgspec.structs import replace
 
 from gateway.keys.model import KeyRecord, record_decoder, record_encoder
-from gateway.keys.store import KeyStoreUnavailable, ThreadedStore
+from gateway.keys.store import ThreadedStore
 
 BUSY_TIMEOUT_MS = 5000
 SCHEMA = (
@@ -33,6 +33,9 @@ def _row(row: Any) -> KeyRecord | None:
 
 
 class SqliteKeyStore(ThreadedStore):
+    errors = (sqlite3.Error,)
+    backend = "sqlite"
+
     def __init__(self, path: str) -> None:
         super().__init__(1, "keys-sqlite")
         self._path = path
@@ -51,12 +54,6 @@ class SqliteKeyStore(ThreadedStore):
                     db.execute(stmt)
             self._db = db
         return self._db
-
-    async def _call(self, fn: Any, *args: object) -> Any:
-        try:
-            return await self._run(fn, *args)
-        except sqlite3.Error as exc:
-            raise KeyStoreUnavailable(f"key store (sqlite) failed: {type(exc).__name__}") from None
 
     def _create(self, rec: KeyRecord) -> None:
         db = self._conn()
@@ -107,7 +104,7 @@ class SqliteKeyStore(ThreadedStore):
         row = self._conn().execute("SELECT v FROM api_key_meta WHERE k = 'generation'").fetchone()
         return int(row[0]) if row else 0
 
-    def _hit(self, bucket: str, window: int) -> int:
+    def _hit(self, bucket: str, window: int, window_seconds: int) -> int:  # old windows are pruned by number
         db = self._conn()
         with db:
             n = int(db.execute(HIT, (bucket, window)).fetchone()[0])
@@ -120,36 +117,3 @@ class SqliteKeyStore(ThreadedStore):
         if self._db is not None:
             self._db.close()
             self._db = None
-
-    async def create(self, rec: KeyRecord) -> None:
-        await self._call(self._create, rec)
-
-    async def get(self, key_id: str) -> KeyRecord | None:
-        return await self._call(self._get, key_id)  # type: ignore[no-any-return]
-
-    async def find(self, lookup_hash: str) -> KeyRecord | None:
-        return await self._call(self._find, lookup_hash)  # type: ignore[no-any-return]
-
-    async def list(self) -> list[KeyRecord]:
-        return await self._call(self._list)  # type: ignore[no-any-return]
-
-    async def revoke(self, key_id: str, at_ms: int) -> KeyRecord | None:
-        return await self._call(self._revoke, key_id, at_ms)  # type: ignore[no-any-return]
-
-    async def delete(self, key_id: str) -> bool:
-        return await self._call(self._delete, key_id)  # type: ignore[no-any-return]
-
-    async def touch(self, key_id: str, at_ms: int) -> None:
-        await self._call(self._touch, key_id, at_ms)
-
-    async def generation(self) -> int:
-        return await self._call(self._generation)  # type: ignore[no-any-return]
-
-    async def hit(self, bucket: str, window: int, window_seconds: int) -> int:
-        return await self._call(self._hit, bucket, window)  # type: ignore[no-any-return]
-
-    async def close(self) -> None:
-        try:
-            await self._run(self._close)
-        finally:
-            self._shutdown()

@@ -68,7 +68,12 @@ class KeyStore(Protocol):
 
 
 class ThreadedStore:
-    """Runs a blocking backend's calls on its own small thread pool."""
+    """A blocking backend behind the KeyStore coroutines: each call runs on the backend's own small thread pool and
+    its errors (`errors`) become KeyStoreUnavailable. Subclasses implement the blocking `_create`, `_get`, ...
+    """
+
+    errors: tuple[type[BaseException], ...] = ()
+    backend = ""
 
     def __init__(self, threads: int, name: str) -> None:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name)
@@ -77,8 +82,59 @@ class ThreadedStore:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, fn, *args)
 
+    async def _call(self, fn: Callable[..., T], *args: object) -> T:
+        try:
+            return await self._run(fn, *args)
+        except self.errors as exc:
+            raise KeyStoreUnavailable(f"key store ({self.backend}) failed: {type(exc).__name__}") from None
+
     def _shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+    # the blocking operations each backend implements
+    def _create(self, rec: KeyRecord) -> None: raise NotImplementedError
+    def _get(self, key_id: str) -> KeyRecord | None: raise NotImplementedError
+    def _find(self, lookup_hash: str) -> KeyRecord | None: raise NotImplementedError
+    def _list(self) -> list[KeyRecord]: raise NotImplementedError
+    def _revoke(self, key_id: str, at_ms: int) -> KeyRecord | None: raise NotImplementedError
+    def _delete(self, key_id: str) -> bool: raise NotImplementedError
+    def _touch(self, key_id: str, at_ms: int) -> None: raise NotImplementedError
+    def _generation(self) -> int: raise NotImplementedError
+    def _hit(self, bucket: str, window: int, window_seconds: int) -> int: raise NotImplementedError
+    def _close(self) -> None: raise NotImplementedError
+
+    async def create(self, rec: KeyRecord) -> None:
+        await self._call(self._create, rec)
+
+    async def get(self, key_id: str) -> KeyRecord | None:
+        return await self._call(self._get, key_id)
+
+    async def find(self, lookup_hash: str) -> KeyRecord | None:
+        return await self._call(self._find, lookup_hash)
+
+    async def list(self) -> list[KeyRecord]:
+        return await self._call(self._list)
+
+    async def revoke(self, key_id: str, at_ms: int) -> KeyRecord | None:
+        return await self._call(self._revoke, key_id, at_ms)
+
+    async def delete(self, key_id: str) -> bool:
+        return await self._call(self._delete, key_id)
+
+    async def touch(self, key_id: str, at_ms: int) -> None:
+        await self._call(self._touch, key_id, at_ms)
+
+    async def generation(self) -> int:
+        return await self._call(self._generation)
+
+    async def hit(self, bucket: str, window: int, window_seconds: int) -> int:
+        return await self._call(self._hit, bucket, window, window_seconds)
+
+    async def close(self) -> None:
+        try:
+            await self._run(self._close)
+        finally:
+            self._shutdown()
 
 
 def key_store_for(data_dir: str, settings: KeySettings) -> KeyStore:
