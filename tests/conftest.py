@@ -8,7 +8,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from support.procs import STORE_KEY, Proc, start_gateway, start_localstore  # noqa: E402
+from support.procs import LOG_DIR, STORE_KEY, Proc, start_gateway, start_localstore  # noqa: E402
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Keep only this run's process logs (a failing test's log stays for reading after the run)."""
+    if LOG_DIR.is_dir():
+        for old in LOG_DIR.glob("*.log"):
+            old.unlink(missing_ok=True)
 
 
 @pytest.fixture

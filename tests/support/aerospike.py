@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Self
 
-from .procs import free_port
+from .procs import LOG_DIR, free_port
 
 SERVER_SCRIPT = Path(__file__).with_name("aerospike_server.py")
 READY_TIMEOUT_S = 15.0
@@ -74,7 +74,8 @@ class AerospikeServer:
             self._args += ["--ns", ns]
         if cluster_name:
             self._args += ["--cluster-name", cluster_name]
-        self.log_path = Path(tempfile.mkstemp(prefix="aerospike-", suffix=".log")[1])
+        LOG_DIR.mkdir(exist_ok=True)
+        self.log_path = Path(tempfile.mkstemp(prefix="aerospike-", suffix=".log", dir=LOG_DIR)[1])
         self.popen: subprocess.Popen | None = None
         self._start()
 

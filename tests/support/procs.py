@@ -14,6 +14,8 @@ import urllib.request
 from pathlib import Path
 
 READY_TIMEOUT_S = 30.0
+# Process logs of the latest test run (tests/conftest.py empties it when a run starts).
+LOG_DIR = Path(tempfile.gettempdir()) / "layer-test-logs"
 STORE_KEY = "test-store-key"  # the store key the test gateways are configured with
 
 
@@ -40,7 +42,8 @@ class Proc:
     def __init__(self, name: str, cmd: list[str], env: dict[str, str], url: str, ready_path: str) -> None:
         self.name = name
         self.url = url
-        self.log_path = Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log")[1])
+        LOG_DIR.mkdir(exist_ok=True)
+        self.log_path = Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log", dir=LOG_DIR)[1])
         self._log = open(self.log_path, "wb")
         self.popen = subprocess.Popen(
             cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
