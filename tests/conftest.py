@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from support.procs import LOG_DIR, STORE_KEY, Proc, start_gateway, start_localstore  # noqa: E402
+from support.procs import LOG_DIR, STORE_KEY, Proc, start_gateway, start_localstore
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
