@@ -8,7 +8,9 @@ no new C dependency.
 Threads: point reads run inline on the event loop (a WAL read never waits for writers and costs less than one
 executor hop; its busy timeout is tiny so a lock can never stall the loop). Writes, and reads of many ids, run in
 the worker's small thread pool with per-thread connections, where waiting on another process's write lock is
-harmless and bounded by the cache timeout.
+harmless and bounded by the cache timeout. Writes that arrive while a write transaction runs are committed together
+in the next one (group commit): a busy worker pays one executor hop and one commit for many concurrent writes, not
+one each (a lone write mirror costs ~100 µs of SQLite plus ~150 µs of hop here; under load most of that is shared).
 
 Bounded size: a trigger-maintained byte total; past LAYER_CACHE_MAX_BYTES the oldest-written rows are evicted
 down to 90 % (FIFO by write time: an LRU would turn every read into a write and serialize all workers).
@@ -22,7 +24,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +102,8 @@ class LocalCache:
         self.oversized_total = 0
         self.evicted_total = 0
         self.jobs = LocalJobStore(self)
+        self._queued: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._committing = False
 
     def set_name(self, ns: str) -> str:
         return ns  # one table keyed (ns, id); the "set" only labels metrics
@@ -205,11 +209,11 @@ class LocalCache:
     async def put_many(self, ns: str, docs: Sequence[CacheDoc], mode: PutMode = "replace") -> PutReport:
         if not docs:
             return PutReport()
-        report = await self.runner.call("batch_put", ns, self._put_many, ns, docs, mode)
+        report: PutReport = await self._write(lambda conn: self._put_many(conn, ns, docs, mode))
         self.oversized_total += len(report.oversized)
         return report
 
-    def _put_many(self, ns: str, docs: Sequence[CacheDoc], mode: PutMode) -> PutReport:
+    def _put_many(self, conn: sqlite3.Connection, ns: str, docs: Sequence[CacheDoc], mode: PutMode) -> PutReport:
         report = PutReport()
         rows: list[tuple[Any, ...]] = []
         seq = time.time_ns()
@@ -221,19 +225,11 @@ class LocalCache:
                 report.oversized.append(doc.id)
             elif blob is not None or mode == "update":
                 rows.append((ns, doc.id, blob, doc.vector, size, seq, *extra))
-        conn = self._thread_conn()
-        conn.execute("begin immediate")
-        try:
-            changed = 0
-            for row in rows:  # rowcount excludes the size triggers' changes
-                changed += conn.execute(UPSERT[mode], row).rowcount
-            if report.oversized and mode != "fill":
-                _delete(conn, ns, report.oversized)
-            self.evicted_total += _evict(conn, self._s.max_bytes)
-            conn.execute("commit")
-        except BaseException:
-            conn.execute("rollback")
-            raise
+        changed = 0
+        for row in rows:  # rowcount excludes the size triggers' changes
+            changed += conn.execute(UPSERT[mode], row).rowcount
+        if report.oversized and mode != "fill":
+            _delete(conn, ns, report.oversized)
         report.stored = changed
         report.skipped = len(rows) - report.stored
         return report
@@ -243,28 +239,71 @@ class LocalCache:
         if not unique:
             return
         try:
-            await self.runner.call("batch_delete", ns, self._write_tx, _tombstone, ns, unique)
+            await self._write(lambda conn: _tombstone(conn, ns, unique))
         except CacheError:
             self.runner.remember_invalidation(ns, unique)
             raise
 
-    def _write_tx(self, fn: Any, *args: Any) -> Any:
+    async def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run fn(conn) in a write transaction, together with the other writes queued meanwhile (group commit).
+        With no commit running, this write commits at once itself; writes that arrive during a commit are
+        committed together by a background task. A failed transaction fails every write in it, each with the
+        CacheError its own call would have raised."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queued.append((fn, future))
+        if self._committing:
+            return await future
+        self._committing = True
+        try:
+            await self._commit_batch()
+        finally:
+            if self._queued:
+                asyncio.get_running_loop().create_task(self._commit_rest())
+            else:
+                self._committing = False
+        return future.result()
+
+    async def _commit_rest(self) -> None:
+        try:
+            while self._queued:
+                await self._commit_batch()
+        finally:
+            self._committing = False
+
+    async def _commit_batch(self) -> None:
+        batch, self._queued = self._queued, []
+        try:
+            results = await self.runner.call("write_batch", "*", self._write_tx, [fn for fn, _ in batch])
+        except BaseException as exc:  # handed to every write of the batch; a cancellation is re-raised
+            error = exc if isinstance(exc, Exception) else CacheError("cache write cancelled")
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            if error is not exc:
+                raise
+            return
+        for (_, future), result in zip(batch, results):
+            if not future.done():
+                future.set_result(result)
+
+    def _write_tx(self, fns: list[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
         conn = self._thread_conn()
         conn.execute("begin immediate")
         try:
-            result = fn(conn, *args)
+            results = [fn(conn) for fn in fns]
+            self.evicted_total += _evict(conn, self._s.max_bytes)
             conn.execute("commit")
         except BaseException:
             conn.execute("rollback")
             raise
-        return result
+        return results
 
     async def _replay(self, pending: dict[str, set[str]]) -> None:
         for ns, ids in pending.items():
             await self.delete_many(ns, list(ids))
 
     async def drop_namespace(self, ns: str) -> None:
-        await self.runner.call("drop_set", ns, self._write_tx, _drop, ns, guard_s=30.0)
+        await self.runner.call("drop_set", ns, self._write_tx, [lambda conn: _drop(conn, ns)], guard_s=30.0)
 
     async def close(self) -> None:
         self.runner.close()
@@ -281,7 +320,7 @@ class LocalJobStore:
         self._c = cache
 
     async def put(self, job: WarmJob) -> None:
-        await self._c.runner.call("job_put", "jobs", self._c._write_tx, _put_job, job)
+        await self._c._write(lambda conn: _put_job(conn, job))
 
     async def get(self, job_id: str) -> WarmJob | None:
         body = await self._c._read("job_get", "jobs", _select_job, job_id)
@@ -292,7 +331,7 @@ class LocalJobStore:
         return [_job_decode(body) for (body,) in rows or ()]
 
     async def delete_namespace(self, ns: str) -> None:
-        await self._c.runner.call("job_delete", "jobs", self._c._write_tx, _delete_jobs, ns)
+        await self._c._write(lambda conn: _delete_jobs(conn, ns))
 
 
 def _decode(blob: bytes, include: Sequence[str] | None) -> dict[str, Any]:

@@ -57,6 +57,23 @@ def test_batch_duplicates_missing_and_projection(cache_env: dict[str, str], ns: 
     run_with(cache_env, body)
 
 
+def test_concurrent_writes_all_land(cache_env: dict[str, str], ns: str) -> None:
+    """Many writes in flight at once (the embedded cache commits them in groups): each gets its own report and
+    every put and delete is applied, in the order each id was written."""
+    async def body(c: DocumentCache) -> None:
+        reports = await asyncio.gather(*(c.put_many(ns, [doc(f"c{i}", n=i), doc(f"c{i}-b", n=-i)])
+                                         for i in range(40)))
+        assert [r.stored for r in reports] == [2] * 40
+        await asyncio.gather(*(c.delete_many(ns, [f"c{i}-b"]) for i in range(0, 40, 2)),
+                             *(c.put_many(ns, [doc(f"c{i}", n=i * 10)]) for i in range(1, 40, 2)))
+        got = await c.get_many(ns, [f"c{i}" for i in range(40)] + [f"c{i}-b" for i in range(40)], ["n"])
+        assert {k: v["n"] for k, v in got.items() if not k.endswith("-b")} == \
+            {f"c{i}": i * 10 if i % 2 else i for i in range(40)}
+        assert sorted(k for k in got if k.endswith("-b")) == sorted(f"c{i}-b" for i in range(1, 40, 2))
+
+    run_with(cache_env, body)
+
+
 def test_vectors_and_put_modes(cache_env: dict[str, str], ns: str) -> None:
     b64 = base64.b64encode(struct.pack("<3f", 0.5, -1.25, 3.0)).decode()
 
