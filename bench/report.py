@@ -105,6 +105,13 @@ def markdown(report: dict[str, Any]) -> str:
     if soak:
         lines.append(f"\nsoak ({soak.get('seconds')} s): {soak.get('status')}, peak RSS/worker "
                      f"{_f(soak.get('rss_peak_mb'))} MB, growth {_f(soak.get('rss_growth'), 4)}")
+    cache = report.get("cache") or {}
+    for backend in ("local", "aerospike"):
+        r = cache.get(backend)
+        if isinstance(r, dict):
+            parts = [f"{name} {_f(x.get('rps'), 0)} req/s p50 {_f(x.get('p50_ms'), 3)} ms p99 {_f(x.get('p99_ms'), 3)} ms"
+                     f" {_f(x.get('cpu_us_per_req'))} µs CPU/req" for name, x in r.items() if isinstance(x, dict)]
+            lines.append(f"cache {backend}: {r.get('status')}; " + "; ".join(parts))
     for size, r in (report.get("localstore") or {}).items():
         if isinstance(r, dict):
             lines.append(f"localstore {size} docs: {r.get('status')}, ANN p50 {_f(_get(r, 'ann_top10', 'median_ms'), 3)}"

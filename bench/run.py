@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench import mix, throughput
+from bench import cache_bench, mix, throughput
 from bench.localstore_bench import run as localstore_run
 from bench.nginx import start_canned, start_proxy
 from bench.procs import NCPU, PROXY_CPU, ensure_tools, start_bare_proxy, start_gateway, start_localstore
@@ -27,7 +27,7 @@ from bench.profile import profile
 from bench.report import check_budgets, markdown, statuses
 
 HERE = Path(__file__).resolve().parent
-PARTS = ("throughput", "scaling", "profile", "mix", "soak", "localstore")
+PARTS = ("throughput", "scaling", "profile", "cache", "mix", "soak", "localstore")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -138,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_s)
         if "throughput" not in skip:
             part_throughput(args, budgets, report, tmp, stamp, skip)
+        if "cache" not in skip:
+            seconds = args.seconds if args.seconds is not None else (0 if args.smoke else 3)
+            report["cache"] = cache_bench.run(tmp, seconds, args.repeats or (1 if args.smoke else 3))
         if "mix" not in skip:
             part_mix(args, budgets, report, tmp, skip)
         if "localstore" not in skip:
