@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, unquote
 
 import msgspec
 
-from .errors import StoreError, bad, shape
+from .errors import StoreError, bad, invalid_type, shape
 from .faults import Faults
 from .query import parse_consistency, rrf, run_query
 from .registry import Registry
@@ -196,7 +196,7 @@ class App:
                 raise shape("metadata patch: expected an object")
             ro = body.get("read_only")
             if ro is not None and not isinstance(ro, bool):
-                raise shape("read_only: invalid type, expected a boolean")
+                raise invalid_type(ro, "a boolean", "read_only")
             if set(body) - {"read_only", "pinning"}:
                 raise bad(f"unknown field(s): {sorted(set(body) - {'read_only', 'pinning'})}")
             if ro is not None and ro != ns.read_only:
@@ -210,7 +210,7 @@ class App:
         try:
             size = int(size_raw)
         except ValueError:
-            raise shape("page_size: invalid type, expected an integer") from None
+            raise invalid_type(size_raw, "an integer", "page_size") from None
         if not 1 <= size <= 1000:
             raise bad("page_size must be between 1 and 1000")
         assert self.reg is not None
@@ -260,7 +260,7 @@ class App:
 
 def _count(v: Any, what: str) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise shape(f"{what}: invalid type, expected a non-negative integer")
+        raise invalid_type(v, "a non-negative integer", what)
     return v
 
 

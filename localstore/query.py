@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import bad, shape
+from .errors import bad, invalid_type, shape
 from .filters import compile_filter
 from .ranking import rank_rows
 from .state import Docs, Namespace
@@ -22,7 +22,7 @@ def parse_consistency(c: Any) -> bool:
     if c is None:
         return False
     if not isinstance(c, dict):
-        raise shape(f"invalid type: {type(c).__name__} {c!r}, expected struct Consistency")
+        raise invalid_type(c, "struct Consistency")
     level = c.get("level", "strong")
     if level not in ("strong", "eventual"):
         raise shape(f"unknown variant `{level}`, expected `strong` or `eventual`")
@@ -31,7 +31,7 @@ def parse_consistency(c: Any) -> bool:
 
 def _int(v: Any, what: str) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise shape(f"{what}: invalid type, expected a non-negative integer")
+        raise invalid_type(v, "a non-negative integer", what)
     return v
 
 

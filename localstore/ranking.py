@@ -6,9 +6,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import StoreError, bad, shape
+from .errors import StoreError, bad, shape, unexpected
 from .filters import compile_filter
 from .state import Docs, Namespace
+from .text import PRE_TOKENIZED
 from .values import f32, to_vector
 
 Ranked = list[tuple[dict[str, Any], Any]]
@@ -126,6 +127,9 @@ def _score(ns: Namespace, docs: Docs, expr: Any, allowed: set[Any] | None) -> di
             raise bad(f"attribute '{expr[0]}' does not have full_text_search enabled")
         if not isinstance(expr[2], (str, list)):
             raise shape("BM25 query must be a string")
+        if cfg["fts"].get("tokenizer") == PRE_TOKENIZED and not isinstance(expr[2], list):
+            raise bad(f'invalid BM25 query: for rank_by field "{expr[0]}", expecting []string (its tokenizer is '
+                      f"{PRE_TOKENIZED}), got {unexpected(expr[2])}")
         return docs.term_index(expr[0], cfg["fts"]).scores(expr[2], cfg["fts"], allowed)
     if len(expr) == 2 and expr[0] == "Attribute" and isinstance(expr[1], str):
         return {r["id"]: float(r[expr[1]]) for r in docs.rows.values()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import bad
+from .text import LANGUAGES, PRE_TOKENIZED, TOKENIZERS
 from .values import MULTI_RE, valid_type, vec_dims
 
 FTS_DEFAULTS: dict[str, Any] = {
@@ -14,6 +15,21 @@ FTS_DEFAULTS: dict[str, Any] = {
 OPTION_KEYS = {"type", "ann", "filterable", "full_text_search", "regex", "glob", "fuzzy", "sparse_knn", "embed"}
 
 Schema = dict[str, dict[str, Any]]  # attr -> {"type", "filterable", "fts", "ann", "regex", "glob"}
+
+
+def _check_fts(name: str, typ: str, fts: dict[str, Any]) -> None:
+    if fts.get("language") not in LANGUAGES:
+        raise bad(f"schema for '{name}': unsupported full_text_search language {fts.get('language')!r}")
+    if fts.get("tokenizer") not in TOKENIZERS:
+        raise bad(f"schema for '{name}': unknown full_text_search tokenizer {fts.get('tokenizer')!r}")
+    if fts["tokenizer"] == PRE_TOKENIZED and typ != "[]string":
+        raise bad(f"schema for '{name}': tokenizer {PRE_TOKENIZED} requires type []string")
+    length = fts.get("max_token_length")
+    if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= 254:
+        raise bad(f"schema for '{name}': full_text_search max_token_length must be 1..254, got {length!r}")
+    for flag in ("stemming", "remove_stopwords", "case_sensitive", "ascii_folding"):
+        if not isinstance(fts.get(flag), bool):
+            raise bad(f"schema for '{name}': full_text_search {flag} must be a boolean")
 
 
 def is_vector(cfg: dict[str, Any]) -> bool:
@@ -67,6 +83,7 @@ def apply_update(schema: Schema, name: str, param: Any, id_type: str | None) -> 
                 raise bad(f"schema for '{name}': full_text_search requires string or []string")
             base = dict(cfg["fts"] or FTS_DEFAULTS)
             base.update(fts if isinstance(fts, dict) else {})
+            _check_fts(name, typ, base)
             cfg["fts"] = base
             if "filterable" not in param and not cur:
                 cfg["filterable"] = False

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .errors import StoreError, bad, not_found, shape
+from .errors import StoreError, bad, invalid_type, not_found, shape
 from .filters import compile_filter
 from .schema import Schema, apply_update, is_vector
 from .state import Effects, Namespace
@@ -44,7 +44,7 @@ class Plan:
 
 def _rows_from_columns(cols: Any, what: str) -> list[dict[str, Any]]:
     if not isinstance(cols, dict):
-        raise shape(f"{what}: invalid type, expected a map of columns")
+        raise invalid_type(cols, "a map of columns", what)
     if "id" not in cols or not isinstance(cols["id"], list):
         raise bad(f"{what}: columns require an id array")
     n = len(cols["id"])
@@ -59,7 +59,7 @@ def _row_list(body: dict[str, Any], rows_key: str, cols_key: str) -> list[dict[s
     if rows_key in body:
         rows = body[rows_key]
         if not isinstance(rows, list):
-            raise shape(f"{rows_key}: invalid type: map, expected a sequence")
+            raise invalid_type(rows, "a sequence", rows_key)
         for r in rows:
             if not isinstance(r, dict):
                 raise shape(f"{rows_key}: each row must be an object")
@@ -115,7 +115,7 @@ def plan_write(ns: Namespace, body: dict[str, Any], exists: bool) -> Plan:
     p = Plan(ns)
     if body.get("schema") is not None:
         if not isinstance(body["schema"], dict):
-            raise shape("schema: invalid type, expected a map")
+            raise invalid_type(body["schema"], "a map", "schema")
         for name, param in body["schema"].items():
             new_id = apply_update(p.schema, name, param, p.id_type)
             if new_id:
@@ -185,7 +185,7 @@ def plan_write(ns: Namespace, body: dict[str, Any], exists: bool) -> Plan:
     dels = body.get("deletes")
     if dels is not None:
         if not isinstance(dels, list):
-            raise shape("deletes: invalid type, expected a sequence")
+            raise invalid_type(dels, "a sequence", "deletes")
         cond = _cond(body, "delete_condition", p)
         for raw_id in dels:
             doc_id = check_id(raw_id, p.id_type or (id_type_of(raw_id) if isinstance(raw_id, (int, str)) else None))
