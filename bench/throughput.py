@@ -139,9 +139,9 @@ def added_latency(r: Runner, direct: str, nginx: str, gw_url: str, gw_pids: list
                   repeats: int) -> dict[str, Any]:
     req = query("bench-pass")
     out: dict[str, Any] = {"rate": rate}
-    for label, conns in (("paced", PACED_CONNS), ("burst", BURST_CONNS)):
+    for label, conns, times in (("paced", PACED_CONNS, repeats), ("burst", BURST_CONNS, 1)):  # burst: reported only
         runs: dict[str, list[load.Result]] = {"direct": [], "nginx": [], "gateway": []}
-        for _ in range(repeats):  # interleaved, so drift on the shared machine hits every target alike
+        for _ in range(times):  # interleaved, so drift on the shared machine hits every target alike
             runs["direct"].append(load.run(direct, req, r.seconds, conns=conns, rps=rate))
             runs["nginx"].append(load.run(nginx, req, r.seconds, conns=conns, rps=rate))
             runs["gateway"].append(load.run(gw_url, req, r.seconds, conns=conns, rps=rate, pids=gw_pids))
