@@ -311,15 +311,16 @@ def test_aerospike_outage_is_soft_and_recovers(tmp_path: Path) -> None:
         assert (status, body["error"]) == (503, "cache_cold")
         assert stack.call("GET", "/v2/namespaces/down/warm-jobs")[0] == 503
 
-        def both_workers_see_it_down() -> bool:  # each worker's refresher probes within STATE_REFRESH_S
+        def both_workers_see_it(up: bool) -> bool:  # each worker's refresher probes within STATE_REFRESH_S
             seen = {}
             for _ in range(20):
                 health = stack.call("GET", "/health")[2]
                 seen[health["worker"]["pid"]] = health["aerospike"]
-            return len(seen) == 2 and all(not a["connected"] and a.get("last_error") for a in seen.values())
+            return len(seen) == 2 and all(a["connected"] == up and (up or a.get("last_error")) for a in seen.values())
 
-        assert wait_for(both_workers_see_it_down, 6.0)
+        assert wait_for(lambda: both_workers_see_it(up=False), 6.0)
         server.restart()
+        assert wait_for(lambda: both_workers_see_it(up=True), 10.0), "every worker recovers by itself"
         assert wait_for(lambda: fetch(stack, "down", "a", ["v"])[0] == "hit", 10.0)
         assert stack.call("POST", "/v2/namespaces/down/warm")[0] == 202
     finally:
