@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -104,4 +105,29 @@ def start_gateway(upstream_url: str, upstream_key: str, data_dir: str | Path, wo
            "--workers", str(workers)]
     full_env = base_env(TURBOPUFFER_API_URL=upstream_url, TURBOPUFFER_API_KEY=upstream_key,
                         LAYER_DATA_DIR=str(data_dir), **env)
-    return Proc("gateway", cmd, full_env, f"http://127.0.0.1:{port}", "/ready")
+    proc = Proc("gateway", cmd, full_env, f"http://127.0.0.1:{port}", "/ready")
+    try:
+        wait_for_workers(proc.url, workers)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
+
+
+def wait_for_workers(url: str, workers: int) -> None:
+    """Until every worker has answered: /ready proves only that one of them started (a fresh checkout compiles its
+    modules on first import, so the others can be seconds behind)."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while len(seen) < workers:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as resp:  # a new connection each time
+                seen.add(int(json.loads(resp.read())["worker"]["pid"]))
+        except urllib.error.HTTPError as e:  # /health answers 503 while the upstream is down; it still names the pid
+            seen.add(int(json.loads(e.read())["worker"]["pid"]))
+        except (OSError, ValueError, KeyError):
+            pass
+        if len(seen) < workers:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {len(seen)} of {workers} gateway workers answered within {READY_TIMEOUT_S}s")
+            time.sleep(0.01)
