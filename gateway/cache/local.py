@@ -104,6 +104,7 @@ class LocalCache:
         self.jobs = LocalJobStore(self)
         self._queued: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
         self._committing = False
+        self._committer: asyncio.Task[None] | None = None  # the background commit of writes queued meanwhile
 
     def set_name(self, ns: str) -> str:
         return ns  # one table keyed (ns, id); the "set" only labels metrics
@@ -258,7 +259,7 @@ class LocalCache:
             await self._commit_batch()
         finally:
             if self._queued:
-                asyncio.get_running_loop().create_task(self._commit_rest())
+                self._committer = asyncio.get_running_loop().create_task(self._commit_rest())
             else:
                 self._committing = False
         return future.result()
@@ -269,6 +270,7 @@ class LocalCache:
                 await self._commit_batch()
         finally:
             self._committing = False
+            self._committer = None
 
     async def _commit_batch(self) -> None:
         batch, self._queued = self._queued, []
