@@ -1,9 +1,9 @@
 """Full-text search: tokenisation (§5.1 FTS options) and BM25 scoring over a per-state term-frequency cache.
 
 Word tokenizers: lowercase (unless case_sensitive), ASCII-fold (ascii_folding), split into words, drop tokens
-longer than max_token_length, drop stopwords (remove_stopwords; the Snowball English list, the list tantivy's
-English stop filter uses; other languages have no list here), then stem (stemming) with the Snowball stemmer of
-`language`. `pre_tokenized_array` takes the elements of a []string verbatim as the tokens.
+longer than max_token_length, drop stopwords (remove_stopwords; the Snowball English list: Turbopuffer does not
+document its list, and this one reproduces the live rankings we port; other languages have no list here), then stem
+(stemming) with the Snowball stemmer of `language`. `pre_tokenized_array` takes the elements of a []string verbatim as the tokens.
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ def tokenize(text: Any, fts: dict[str, Any] | None = None) -> list[str]:
 
 def positioned_tokens(text: Any, fts: dict[str, Any] | None) -> tuple[list[str], int]:
     """(tokens, positions): removed stopwords leave their positions behind, and BM25's document length counts
-    positions (as tantivy's field norms do; live scores rank "walrus is slow" above "the fox is quick")."""
+    positions, a position-based field norm (the live service ranks "walrus is slow and inferior" above "the fox is
+    quick and brown" for equally matching terms, which token counts after stopword removal cannot explain)."""
     if fts is not None and fts.get("tokenizer") == PRE_TOKENIZED:
         items = text if isinstance(text, list) else [text]
         tokens = [t for t in items if isinstance(t, str)]
