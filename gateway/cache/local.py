@@ -51,6 +51,7 @@ SCHEMA_WAIT_S = 10.0
 JOBS_KEPT = 100
 INLINE_MAX_IDS = 32
 INLINE_BUSY_MS = 5
+BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 EVICT_TO = 0.9
 SCHEMA = """
 create table if not exists docs(
@@ -168,16 +169,21 @@ class LocalCache:
         return self._loop_conn
 
     async def _read(self, op: str, ns: str, fn: Any, *args: Any) -> Any:
-        """A short read: inline on the loop thread while the cache is healthy, else through the pool (probe)."""
+        """A short read: inline on the loop thread while the cache is healthy, else through the pool (probe).
+        A WAL read is rarely busy (another process checkpointing or recovering the WAL); then it waits in the pool,
+        within the cache timeout, rather than stall the loop or count as an outage."""
         conn = self._inline_conn()
-        if conn is None:
-            return await self.runner.call(op, ns, lambda: fn(self._thread_conn(), *args))
-        try:
-            result = fn(conn, *args)
-        except sqlite3.Error as exc:
-            self.runner._failed(op, ns, exc, 0.0)
-            raise CacheError(f"cache {op} failed: {exc}") from exc
-        return result
+        if conn is not None:
+            try:
+                return fn(conn, *args)
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorcode", None) not in BUSY_CODES:
+                    self.runner._failed(op, ns, exc, 0.0)
+                    raise CacheError(f"cache {op} failed: {exc}") from exc
+            except sqlite3.Error as exc:
+                self.runner._failed(op, ns, exc, 0.0)
+                raise CacheError(f"cache {op} failed: {exc}") from exc
+        return await self.runner.call(op, ns, lambda: fn(self._thread_conn(), *args))
 
     # -- reads ---------------------------------------------------------------------------------------------------
 
