@@ -53,8 +53,9 @@ def part_throughput(args: argparse.Namespace, b: dict[str, Any], report: dict[st
     canned, canned_url = start_canned(tmp / "canned")
     try:
         nginx, nginx_url = start_proxy(tmp / "nginx", canned_url)
-        bare, bare_url = start_bare_proxy(canned_url)
+        bare = None
         try:
+            bare, bare_url = start_bare_proxy(canned_url)
             report["throughput"] = {}
             for i, transport in enumerate(transports):
                 runner = throughput.Runner(seconds, repeats)
@@ -77,7 +78,8 @@ def part_throughput(args: argparse.Namespace, b: dict[str, Any], report: dict[st
                                                                                transports[0]))
                 report["scaling"] = {"transport": transports[0], **runner.out["scaling"]}
         finally:
-            bare.stop()
+            if bare is not None:
+                bare.stop()
             nginx.stop()
     finally:
         canned.stop()
