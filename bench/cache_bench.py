@@ -13,27 +13,20 @@ from __future__ import annotations
 
 import json
 import os
-import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from bench import load
 from bench.load import Request
 from bench.procs import LOAD_CPU, NCPU, PROXY_CPU, http, start_gateway, start_localstore
+from bench.throughput import Runner, check
 
-TESTS = Path(__file__).resolve().parent.parent / "tests"
 KEY = "bench-cache-key"
 AUTH = {"authorization": f"Bearer {KEY}"}
 NS = "bench-cache"
 DOCS = 200
 BATCH = 100
-
-
-def _aerospike() -> Any:
-    sys.path.insert(0, str(TESTS))
-    from support.aerospike import start_aerospike  # the wire test server, run as a subprocess
-
-    return start_aerospike()
 
 
 def _seed(gw_url: str) -> None:
@@ -44,16 +37,10 @@ def _seed(gw_url: str) -> None:
         raise RuntimeError(f"seeding {NS}: HTTP {status}: {body[:200]!r}")
 
 
-def _hit(gw_url: str, req: Request) -> Request:
-    status, headers, body = http(req.method, gw_url + req.path, req.body, req.headers)
-    if status != 200 or headers.get("x-layer-cache") != "hit":
-        raise RuntimeError(f"{req.method} {req.path}: HTTP {status}, x-layer-cache "
-                           f"{headers.get('x-layer-cache')!r}: {body[:200]!r}")
-    return req
-
-
 def measure_backend(backend: str, tmp: Path, seconds: float, repeats: int) -> dict[str, Any]:
-    server = _aerospike() if backend == "aerospike" else None
+    from support.aerospike import start_aerospike  # the wire test server; bench.procs put tests/ on sys.path
+
+    server = start_aerospike() if backend == "aerospike" else None
     procs: list[Any] = []
     try:
         if server is not None and NCPU > 1:
@@ -64,13 +51,14 @@ def measure_backend(backend: str, tmp: Path, seconds: float, repeats: int) -> di
         gw, gw_url = start_gateway(store_url, KEY, str(tmp / f"gw-{backend}"), 1, "pyreqwest", PROXY_CPU, **env)
         procs.append(gw)
         _seed(gw_url)
-        single = _hit(gw_url, Request("GET", f"/v2/namespaces/{NS}/documents/doc-7", None, AUTH))
+        hit = ("x-layer-cache", "hit")
+        single = check(gw_url, Request("GET", f"/v2/namespaces/{NS}/documents/doc-7", None, AUTH), hit)
         ids = [f"doc-{i}" for i in range(BATCH)]
-        batch = _hit(gw_url, Request("POST", f"/v2/namespaces/{NS}/documents", json.dumps({"ids": ids}).encode(),
-                                     AUTH))
+        batch = check(gw_url, Request("POST", f"/v2/namespaces/{NS}/documents", json.dumps({"ids": ids}).encode(),
+                                      AUTH), hit)
         out: dict[str, Any] = {}
         for name, req in (("fetch_hit", single), (f"fetch_{BATCH}_ids_hit", batch)):
-            res = load.median_of([load.run(gw_url, req, seconds, pids=gw.pids()) for _ in range(repeats)])
+            res = load.interleaved({"gateway": (gw_url, gw.pids())}, req, seconds, repeats)["gateway"]
             if res.errors:
                 raise RuntimeError(f"{backend} {name}: {res.errors} of {res.requests} failed: {res.bad_statuses}")
             out[name] = res.as_dict()
@@ -83,10 +71,7 @@ def measure_backend(backend: str, tmp: Path, seconds: float, repeats: int) -> di
 
 
 def run(tmp: Path, seconds: float, repeats: int) -> dict[str, Any]:
-    out: dict[str, Any] = {"note": "gateway 1 worker pinned; aerospike = the project's wire test server (Python)"}
+    runner = Runner(seconds, repeats)
     for backend in ("local", "aerospike"):
-        try:
-            out[backend] = {"status": "ok", **measure_backend(backend, tmp, seconds, repeats)}
-        except Exception as exc:  # noqa: BLE001 - reported, never faked
-            out[backend] = {"status": f"error: {type(exc).__name__}: {str(exc)[:300]}"}
-    return out
+        runner.scenario(backend, partial(measure_backend, backend, tmp, seconds, repeats))
+    return {"note": "gateway 1 worker pinned; aerospike = the project's wire test server (Python)", **runner.out}

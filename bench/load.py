@@ -6,6 +6,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,3 +134,14 @@ def median_of(results: list[Result]) -> Result:
                   steal=max(r.steal for r in results), repeats=sum(r.repeats for r in results),
                   bad_statuses={k: sum(r.bad_statuses.get(k, 0) for r in results)
                                 for k in {k for r in results for k in r.bad_statuses}})
+
+
+def interleaved(targets: Mapping[str, tuple[str, list[int] | None]], req: Request, seconds: float, repeats: int,
+                **kw: Any) -> dict[str, Result]:
+    """`repeats` rounds of one run per target, round-robin (drift on the shared machine hits every target alike);
+    the field-wise median per target. `kw` goes to run() (conns, rps)."""
+    runs: dict[str, list[Result]] = {k: [] for k in targets}
+    for _ in range(repeats):
+        for name, (url, pids) in targets.items():
+            runs[name].append(run(url, req, seconds, pids=pids, **kw))
+    return {k: median_of(v) for k, v in runs.items()}

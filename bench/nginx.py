@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from bench.procs import LOAD_CPU, PROXY_CPU, Proc, free_port, http_status, pinned, which_nginx
+from bench.procs import LOAD_CPU, PROXY_CPU, Proc, free_port, pinned, which_nginx
 
 USER = "user root;\n" if os.geteuid() == 0 else ""  # workers must read the canned files in a private temp dir
 WATERMARK_NS = "bench-updating"
@@ -76,7 +76,7 @@ def start_nginx(name: str, root: Path, conf: str, port: int, cpu: str) -> Proc:
     if nginx is None:
         raise RuntimeError("nginx not installed")
     cmd = pinned([nginx, "-p", str(root), "-c", str(path), "-g", "daemon off;"], cpu)
-    return Proc(name, cmd, ready_url=f"http://127.0.0.1:{port}/health")
+    return Proc(f"bench-{name}", cmd, None, f"http://127.0.0.1:{port}", "/health")
 
 
 def start_canned(root: Path) -> tuple[Proc, str]:
@@ -94,5 +94,3 @@ def start_proxy(root: Path, upstream_url: str) -> tuple[Proc, str]:
 def set_updating(root: Path, updating: bool) -> None:
     (root / "meta.json").write_text(UPDATING_META if updating else STABLE_META)
 
-
-__all__ = ["BIG_NS", "WATERMARK_NS", "http_status", "set_updating", "start_canned", "start_proxy"]

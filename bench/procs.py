@@ -4,28 +4,23 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-READY_TIMEOUT_S = 30.0
-TOOLS = {"nginx": "nginx", "wrk": "wrk", "h2load": "nghttp2-client"}
+# The process helpers the tests use (tests/support/procs.py): one Proc for both; the tests tree also holds the
+# Aerospike wire test server that bench/cache_bench.py starts.
+TESTS = Path(__file__).resolve().parent.parent / "tests"
+sys.path.insert(0, str(TESTS))
+from support.procs import Proc, base_env, free_port
+
+TOOLS = {"nginx": "nginx", "h2load": "nghttp2-client"}
 NCPU = os.cpu_count() or 1
 # Gateway (and the nginx proxy under test) on one core; load generator and canned upstream on the other.
 PROXY_CPU = "1" if NCPU > 1 else "0"
 LOAD_CPU = "0"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def which_nginx() -> str | None:
@@ -33,7 +28,7 @@ def which_nginx() -> str | None:
 
 
 def ensure_tools() -> None:
-    """Install nginx, wrk and h2load with apt-get when missing (fresh machine)."""
+    """Install nginx and h2load with apt-get when missing (fresh machine)."""
     missing = [pkg for tool, pkg in TOOLS.items() if not (which_nginx() if tool == "nginx" else shutil.which(tool))]
     if not missing:
         return
@@ -48,17 +43,6 @@ def pinned(cmd: list[str], cpu: str) -> list[str]:
     return ["taskset", "-c", cpu, *cmd] if shutil.which("taskset") and NCPU > 1 else cmd
 
 
-def http_status(url: str, headers: dict[str, str] | None = None, timeout: float = 2.0) -> int:
-    req = urllib.request.Request(url, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as e:
-        return int(e.code)
-    except (urllib.error.URLError, OSError):
-        return 0
-
-
 def http(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None,
          timeout: float = 30.0) -> tuple[int, dict[str, str], bytes]:
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
@@ -71,68 +55,6 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict[str, st
         return int(e.code), {k.lower(): v for k, v in e.headers.items()}, e.read()
 
 
-class Proc:
-    """A child process in its own session with output in a log file; stop() always reaps it."""
-
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str] | None = None, ready_url: str | None = None,
-                 cwd: str | None = None) -> None:
-        self.name = name
-        self.url = ""
-        self.log_path = Path(tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")[1])
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed by stop()
-        self.popen = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
-        if ready_url:
-            self._wait_ready(ready_url)
-
-    def _wait_ready(self, url: str) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.popen.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.popen.returncode}: {self.log()[-2000:]}")
-            if http_status(url, timeout=0.5) == 200:
-                return
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"{self.name} not ready within {READY_TIMEOUT_S}s: {self.log()[-2000:]}")
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")[-8000:]
-
-    def pids(self) -> list[int]:
-        """The process and all its descendants (gateway workers)."""
-        out, todo = [], [self.popen.pid]
-        while todo:
-            pid = todo.pop()
-            out.append(pid)
-            try:
-                kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-            except OSError:
-                kids = []
-            todo.extend(int(k) for k in kids)
-        return out
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.popen.poll() is None:
-            try:
-                os.killpg(self.popen.pid, signal.SIGTERM)
-                self.popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(timeout=timeout)
-            except ProcessLookupError:
-                pass
-        if not self._log.closed:
-            self._log.close()
-
-
-def base_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TURBOPUFFER_", "LAYER_", "AEROSPIKE_"))}
-    env.update(extra)
-    return env
-
-
 def start_gateway(upstream_url: str, key: str, data_dir: str, workers: int, transport: str,
                   cpu: str | None = PROXY_CPU, **env: str) -> tuple[Proc, str]:
     port = free_port()
@@ -140,10 +62,9 @@ def start_gateway(upstream_url: str, key: str, data_dir: str, workers: int, tran
            "--workers", str(workers)]
     full = base_env(TURBOPUFFER_API_URL=upstream_url, TURBOPUFFER_API_KEY=key, LAYER_DATA_DIR=data_dir,
                     LAYER_UPSTREAM_TRANSPORT=transport, LAYER_LOG_LEVEL="warning", **env)
-    url = f"http://127.0.0.1:{port}"
-    proc = Proc(f"gateway-{transport}", pinned(cmd, cpu) if cpu else cmd, full, url + "/ready")
-    proc.url = url
-    return proc, url
+    proc = Proc(f"bench-gateway-{transport}", pinned(cmd, cpu) if cpu else cmd, full, f"http://127.0.0.1:{port}",
+                "/ready")
+    return proc, proc.url
 
 
 def start_bare_proxy(upstream_url: str, cpu: str = PROXY_CPU) -> tuple[Proc, str]:
@@ -151,20 +72,18 @@ def start_bare_proxy(upstream_url: str, cpu: str = PROXY_CPU) -> tuple[Proc, str
     port = free_port()
     cmd = [sys.executable, "-m", "granian", "--interface", "rsgi", "--loop", "uvloop", "--workers", "1",
            "--host", "127.0.0.1", "--port", str(port), "bench.bare_proxy:app"]
-    url = f"http://127.0.0.1:{port}"
-    root = str(Path(__file__).resolve().parent.parent)
-    proc = Proc("bare-proxy", pinned(cmd, cpu), base_env(BARE_UPSTREAM=upstream_url), url + "/ready", cwd=root)
-    return proc, url
+    proc = Proc("bench-bare-proxy", pinned(cmd, cpu), base_env(BARE_UPSTREAM=upstream_url), f"http://127.0.0.1:{port}",
+                "/ready", cwd=str(TESTS.parent))
+    return proc, proc.url
 
 
 def start_localstore(data_dir: str, key: str, cpu: str | None = None) -> tuple[Proc, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "localstore", "serve", "--host", "127.0.0.1", "--port", str(port),
            "--data-dir", data_dir]
-    url = f"http://127.0.0.1:{port}"
-    proc = Proc("localstore", pinned(cmd, cpu) if cpu else cmd, base_env(LOCALSTORE_API_KEY=key),
-                url + "/_localstore/health")
-    return proc, url
+    proc = Proc("bench-localstore", pinned(cmd, cpu) if cpu else cmd, base_env(LOCALSTORE_API_KEY=key),
+                f"http://127.0.0.1:{port}", "/_localstore/health")
+    return proc, proc.url
 
 
 def cpu_seconds(pids: list[int]) -> float:

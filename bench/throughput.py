@@ -97,20 +97,12 @@ class Runner:
         except Exception as exc:  # noqa: BLE001 - a missing feature is reported, never faked
             self.out[name] = {"status": f"error: {type(exc).__name__}: {str(exc)[:300]}"}
 
-    def measure(self, url: str, req: Request, pids: list[int] | None, repeats: int | None = None,
-                **kw: Any) -> load.Result:
-        return load.median_of([load.run(url, req, self.seconds, pids=pids, **kw)
-                               for _ in range(repeats or 1)])
 
 
 def compare(r: Runner, targets: Mapping[str, tuple[str, list[int] | None]], req: Request,
             repeats: int = 1) -> dict[str, Any]:
     """Interleaved runs of the same request against each target; medians and ratios within this run."""
-    runs: dict[str, list[load.Result]] = {k: [] for k in targets}
-    for _ in range(repeats):
-        for name, (url, pids) in targets.items():
-            runs[name].append(load.run(url, req, r.seconds, pids=pids))
-    res = {k: load.median_of(v) for k, v in runs.items()}
+    res = load.interleaved(targets, req, r.seconds, repeats)
     out: dict[str, Any] = {k: v.as_dict() for k, v in res.items()}
     for k, v in res.items():
         if v.errors > max(0, v.requests // 1000) or not v.requests:  # > 0.1% errors: the scenario is broken
@@ -139,13 +131,9 @@ def added_latency(r: Runner, direct: str, nginx: str, gw_url: str, gw_pids: list
                   repeats: int) -> dict[str, Any]:
     req = query("bench-pass")
     out: dict[str, Any] = {"rate": rate}
+    targets = {"direct": (direct, None), "nginx": (nginx, None), "gateway": (gw_url, gw_pids)}
     for label, conns, times in (("paced", PACED_CONNS, repeats), ("burst", BURST_CONNS, 1)):  # burst: reported only
-        runs: dict[str, list[load.Result]] = {"direct": [], "nginx": [], "gateway": []}
-        for _ in range(times):  # interleaved, so drift on the shared machine hits every target alike
-            runs["direct"].append(load.run(direct, req, r.seconds, conns=conns, rps=rate))
-            runs["nginx"].append(load.run(nginx, req, r.seconds, conns=conns, rps=rate))
-            runs["gateway"].append(load.run(gw_url, req, r.seconds, conns=conns, rps=rate, pids=gw_pids))
-        res = {k: load.median_of(v) for k, v in runs.items()}
+        res = load.interleaved(targets, req, r.seconds, times, conns=conns, rps=rate)
         if any(v.errors for v in res.values()):
             raise RuntimeError(f"errors at fixed rate ({label}): { {k: v.errors for k, v in res.items()} }")
         d = res["direct"]

@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 READY_TIMEOUT_S = 30.0
-# Process logs of the latest test run (tests/conftest.py empties it when a run starts).
+# Process logs of the latest test run and of benches (tests/conftest.py empties it when a test run starts).
 LOG_DIR = Path(tempfile.gettempdir()) / "layer-test-logs"
 STORE_KEY = "test-store-key"  # the store key the test gateways are configured with
 
@@ -38,16 +38,18 @@ def http_status(url: str, headers: dict[str, str] | None = None, timeout: float 
 
 
 class Proc:
-    """A child process with its output in a log file; stop() always reaps it."""
+    """A child process in its own session with its output in a log file, started and waited for until `url +
+    ready_path` answers 200; stop() always reaps it. Used by the tests and by bench/."""
 
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str], url: str, ready_path: str) -> None:
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str] | None, url: str, ready_path: str,
+                 cwd: str | None = None) -> None:
         self.name = name
         self.url = url
         LOG_DIR.mkdir(exist_ok=True)
         self.log_path = Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log", dir=LOG_DIR)[1])
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed by stop()
         self.popen = subprocess.Popen(
-            cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+            cmd, env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )
         self._wait_ready(url + ready_path)
 
@@ -65,6 +67,19 @@ class Proc:
     def log(self) -> str:
         self._log.flush()
         return self.log_path.read_text(errors="replace")[-8000:]
+
+    def pids(self) -> list[int]:
+        """The process and all its descendants (gateway workers)."""
+        out, todo = [], [self.popen.pid]
+        while todo:
+            pid = todo.pop()
+            out.append(pid)
+            try:
+                kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                kids = []
+            todo.extend(int(k) for k in kids)
+        return out
 
     def send_signal(self, sig: int) -> None:
         if self.popen.poll() is None:
