@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.aerospike import AerospikeServer, start_aerospike
 
 from gateway.cache import DocumentCache, open_cache
 
@@ -17,17 +18,12 @@ BREAKER_MS = 300
 MAX_RECORD = 4096
 
 
-def start_server() -> Any:
-    support = pytest.importorskip("support.aerospike", reason="tests/support/aerospike.py not available yet")
-    return support.start_aerospike()
+def start_server() -> AerospikeServer:
+    return start_aerospike()
 
 
-def aerospike_env(server: Any) -> dict[str, str]:
-    env = {"AEROSPIKE_HOSTS": server.hosts_env}
-    ns = getattr(server, "namespace", None)
-    if ns:
-        env["AEROSPIKE_NAMESPACE"] = ns
-    return env
+def aerospike_env(server: AerospikeServer) -> dict[str, str]:
+    return {"AEROSPIKE_HOSTS": server.hosts_env}
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import STORE_KEY, Stack
+from keys_support import STORE_KEY, Stack
 
 from gateway.auth import ADMIN, PUBLIC, READ, WRITE
 from gateway.router import build_router

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-from conftest import call, start_stack, stop_stack
+from keys_support import call, start_stack, stop_stack
 
 LIMIT = 5
 

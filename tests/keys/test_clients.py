@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import turbopuffer
-from conftest import STORE_KEY, Stack
 from hevlayer import AsyncHevlayer, HevlayerError
 from hevlayer.models import (
     ApiKey,
@@ -21,6 +20,7 @@ from hevlayer.models import (
     MintKeyResponse,
     StatusResponse,
 )
+from keys_support import STORE_KEY, Stack
 
 from gateway.keys import cli
 

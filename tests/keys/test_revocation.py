@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytest
-from conftest import Stack, aerospike_env, start_stack, stop_stack
+from keys_support import Stack, aerospike_env, start_stack, stop_stack
 
 BOUND_S = 1.0
 MAX_CONNECTIONS = 64

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from conftest import aerospike_env
+from keys_support import aerospike_env
 
 from gateway.keys.model import Entitlement, KeyRecord, now_ms
 from gateway.keys.store import KeyStore, open_key_store

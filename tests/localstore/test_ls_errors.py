@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import Client
+from ls_support import Client
 from support.procs import start_localstore
 
 

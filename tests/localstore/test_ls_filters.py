@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import Client
+from ls_support import Client
 
 ROWS = [
     {"id": 1, "n": 1, "s": "apple", "tags": ["red", "green"], "nums": [1, 5], "b": True},

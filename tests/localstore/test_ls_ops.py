@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import Client
+from ls_support import Client
 from support.procs import Proc, start_localstore
 
 

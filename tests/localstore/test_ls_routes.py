@@ -7,7 +7,7 @@ import json
 import struct
 from pathlib import Path
 
-from conftest import Client
+from ls_support import Client
 
 FIXTURE = Path("/work/shared/fixtures/turbopuffer-live-bm25.json")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import Client
+from ls_support import Client
 
 
 def _schema(**fts: object) -> dict:
