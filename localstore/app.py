@@ -14,31 +14,51 @@ from urllib.parse import parse_qs, unquote
 
 import msgspec
 
+from .accounting import BILLABLE_QUERIED_MIN, elapsed_ms, returned_bytes
 from .errors import StoreError, bad, invalid_type, shape
 from .faults import Faults
+from .operations import Operations, copy_request
 from .query import parse_consistency, rrf, run_query
 from .registry import Registry
 from .schema import apply_update, full_view, meta_view
+from .values import rfc3339
 from .writes import READ_ONLY
 
 JSON_HEADERS = [("content-type", "application/json")]
+GZIP_HEADERS = [("content-encoding", "gzip"), ("vary", "accept-encoding")]
+GZIP_MIN_BYTES = 1024  # smaller bodies are sent as they are (the official client gzips requests from 1 KiB too)
+GZIP_LEVEL = 1
 decode_json = msgspec.json.Decoder().decode
 encode_json = msgspec.json.Encoder().encode
-BILLING_Q = 256_000_000
 
 
 def _err(status: int, message: str) -> tuple[int, Any]:
     return status, {"status": "error", "error": message}
 
 
-def _rfc3339(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e6):06d}Z"
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an Accept-Encoding header admits gzip (`gzip`/`x-gzip` or `*` with a non-zero q)."""
+    star = False
+    for item in accept_encoding.split(","):
+        coding, _, params = item.partition(";")
+        name, _, q = params.strip().partition("=")
+        try:
+            weight = float(q) if name.strip().lower() == "q" else 1.0
+        except ValueError:
+            weight = 0.0
+        coding = coding.strip().lower()
+        if coding in ("gzip", "x-gzip"):
+            return weight > 0
+        if coding == "*":
+            star = weight > 0
+    return star
 
 
 class App:
     def __init__(self) -> None:
         self.reg: Registry | None = None
         self.faults = Faults()
+        self.operations = Operations()
         self.key = os.environ.get("LOCALSTORE_API_KEY") or None
 
     def __rsgi_init__(self, loop: Any) -> None:
@@ -68,7 +88,10 @@ class App:
             print(f"localstore internal error: {e!r}", file=sys.stderr, flush=True)
             status, body = _err(500, f"internal error: {e}")
         headers = JSON_HEADERS if status != 429 else JSON_HEADERS + [("retry-after", "0")]
-        protocol.response_bytes(status, headers, encode_json(body))
+        data = encode_json(body)
+        if len(data) >= GZIP_MIN_BYTES and accepts_gzip(scope.headers.get("accept-encoding", "")):
+            data, headers = gzip.compress(data, GZIP_LEVEL, mtime=0), headers + GZIP_HEADERS
+        protocol.response_bytes(status, headers, data)
 
     async def _body(self, scope: Any, protocol: Any) -> Any:
         raw = await protocol()
@@ -139,6 +162,7 @@ class App:
         if not isinstance(body, dict):
             raise shape("query: expected an object")
         eventual = parse_consistency(body.get("consistency"))
+        t_exec = time.perf_counter()
         docs, unindexed = ns.view(eventual)
         enc = body.get("vector_encoding", "float")
         if "queries" in body:
@@ -164,12 +188,12 @@ class App:
             out: dict[str, Any] = {"results": results}
         else:
             out = run_query(ns, body, docs, enc)
-        returned = len(encode_json(out.get("rows", out.get("results", []))))
-        ms = int((time.perf_counter() - t0) * 1000)
-        out["billing"] = {"billable_logical_bytes_queried": BILLING_Q, "billable_logical_bytes_returned": returned}
+        executed_ms = elapsed_ms(t_exec)
+        out["billing"] = {"billable_logical_bytes_queried": BILLABLE_QUERIED_MIN,
+                          "billable_logical_bytes_returned": returned_bytes(out, ns.schema, ns.id_type)}
         out["performance"] = {"approx_namespace_size": len(ns.current.rows), "cache_hit_ratio": 1.0,
                               "cache_temperature": "hot", "exhaustive_search_count": unindexed,
-                              "query_execution_ms": ms, "server_total_ms": ms}
+                              "query_execution_ms": executed_ms, "server_total_ms": elapsed_ms(t0)}
         return 200, out
 
     def _metadata(self, name: str, v2: bool) -> dict[str, Any]:
@@ -177,8 +201,8 @@ class App:
         ns = self.reg.get(name)
         out: dict[str, Any] = {
             "approx_logical_bytes": ns.current.nbytes, "approx_row_count": len(ns.current.rows),
-            "created_at": _rfc3339(ns.created_at), "updated_at": _rfc3339(ns.updated_at),
-            "last_write_at": _rfc3339(ns.updated_at),
+            "created_at": rfc3339(ns.created_at), "updated_at": rfc3339(ns.updated_at),
+            "last_write_at": rfc3339(ns.updated_at),
             "schema": meta_view(ns.schema, ns.id_type, ns.metric),
             "encryption": {"mode": "default"} if v2 else {"sse": True}, "index": ns.index_status()}
         if ns.read_only:
@@ -247,6 +271,16 @@ class App:
             run_query(ns, body, docs, "float")
         return 200, {"plan_text": f"exact scan over {len(docs.rows)} rows of namespace '{name}'"}
 
+    def h_async(self, method: str, name: str, body: Any, scope: Any) -> tuple[int, Any]:
+        assert self.reg is not None
+        write = copy_request(body)
+        fault = self.faults.match("copy", name)
+        delay_s = fault["delay_ms"] / 1000 if fault else 0.0
+        return 200, {"token": self.operations.start(name, write, self.reg.write, delay_s, fault and fault["status"])}
+
+    def h_operation(self, method: str, name: str, body: Any, scope: Any) -> tuple[int, Any]:
+        return 200, self.operations.get(name, unquote(scope.path.rstrip("/").rsplit("/", 1)[1]))
+
     def h_recall(self, method: str, name: str, body: Any, scope: Any) -> tuple[int, Any]:
         assert self.reg is not None
         ns = self.reg.get(name)
@@ -270,9 +304,12 @@ def _route(p: list[str]) -> tuple[str | None, str, tuple[str, ...]]:
         if p[0] == "v2" and n == 3:
             return "write", p[2], ("POST", "DELETE")
         if p[0] == "v2" and n == 4:
-            sub = {"query": "query", "metadata": "metadata_v2", "explain_query": "explain_query"}.get(p[3])
+            sub = {"query": "query", "metadata": "metadata_v2", "explain_query": "explain_query",
+                   "async": "async"}.get(p[3])
             if sub:
                 return sub, p[2], ("GET",) if sub == "metadata_v2" else ("POST",)
+        if p[0] == "v1" and n == 5 and p[3] == "operations":
+            return "operation", p[2], ("GET",)
         if p[0] == "v1" and n == 2:
             return "namespaces", "", ("GET",)
         if p[0] == "v1" and n == 4:

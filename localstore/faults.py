@@ -6,8 +6,9 @@ from typing import Any
 
 from .errors import shape
 
+# "copy" is not a request: it delays (delay_ms) or fails (status) the copy an async copy operation runs.
 ROUTES = {"query", "write", "metadata", "namespaces", "delete", "schema", "hint_cache_warm", "explain_query",
-          "recall", "*"}
+          "recall", "async", "operation", "copy", "*"}
 
 
 class Faults:

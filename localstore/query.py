@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
+from .compute import compile_computed
 from .errors import bad, invalid_type, shape
 from .filters import compile_filter
 from .ranking import rank_rows
+from .schema import is_vector
 from .state import Docs, Namespace
-from .values import f32_list, vec_b64
+from .values import MULTI_RE, f32_list, vec_b64
 
 QUERY_KEYS = {"rank_by", "top_k", "limit", "offset", "filters", "include_attributes", "exclude_attributes",
-              "aggregate_by", "group_by", "consistency", "distance_metric", "vector_encoding"}
+              "compute_attributes", "aggregate_by", "group_by", "consistency", "distance_metric", "vector_encoding"}
 MAX_TOP_K = 10_000
 
 
@@ -106,6 +110,10 @@ def run_query(ns: Namespace, q: Any, docs: Docs, encoding: str) -> dict[str, Any
     if offset + (limit or 0) > MAX_TOP_K:
         raise bad(f"offset + limit must be at most {MAX_TOP_K}")
     project = _projector(q, ns, encoding)
+    computed = q.get("compute_attributes")
+    if computed is not None and agg is not None:
+        raise bad("compute_attributes cannot be combined with aggregate_by")
+    compute = compile_computed(ns, docs, computed) if computed is not None else None
     flt = q.get("filters")
     rows = list(docs.rows.values())
     filtered = flt is not None
@@ -127,6 +135,9 @@ def run_query(ns: Namespace, q: Any, docs: Docs, encoding: str) -> dict[str, Any
         if dist is not None:
             o["$dist"] = dist
         out_rows.append(o)
+    if compute is not None:
+        for o, values in zip(out_rows, compute([r for r, _ in ranked])):
+            o.update(values)
     return {"rows": out_rows}
 
 
@@ -147,7 +158,7 @@ def _per_limit(ranked: list[Any], per: dict[str, Any]) -> list[Any]:
 
 
 def _hashable(v: Any) -> Any:
-    return tuple(v) if isinstance(v, list) else v
+    return tuple(_hashable(x) for x in v) if isinstance(v, list) else v
 
 
 def _aggregate(ns: Namespace, rows: list[dict[str, Any]], agg: Any, group_by: Any, limit: int | None) -> dict[str, Any]:
@@ -177,25 +188,76 @@ def _aggregate(ns: Namespace, rows: list[dict[str, Any]], agg: Any, group_by: An
         return res
     if not group_by:
         return {"aggregations": compute(rows)}
-    if not isinstance(group_by, list) or not all(isinstance(g, str) for g in group_by):
-        raise shape("group_by: expected an array of attribute names")
-    for g in group_by:
-        if g != "id" and g not in ns.schema:
-            raise bad(f"group_by references unknown attribute '{g}'")
+    keys = _group_keys(ns, group_by, agg)
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault(tuple(_hashable(r.get(g)) for g in group_by), []).append(r)
+        for key in _group_values(r, keys):
+            groups.setdefault(key, []).append(r)
 
-    def gkey(k: tuple[Any, ...]) -> tuple[Any, ...]:
-        return tuple((v is not None, v) for v in k)
+    def order(k: tuple[Any, ...]) -> tuple[Any, ...]:
+        return tuple((v is not None, v) for v in k)  # null groups first
     out = []
-    for k in sorted(groups, key=gkey):
-        g = {name: (list(v) if isinstance(v, tuple) else v) for name, v in zip(group_by, k) if v is not None}
+    for k in sorted(groups, key=order):
+        g = {name: _plain(v) for (name, _, _), v in zip(keys, k)}
         g.update(compute(groups[k]))
         out.append(g)
     if limit is not None:
         out = out[:limit]
     return {"aggregation_groups": out}
+
+
+GroupKey = tuple[str, str, bool]  # (name in the output, source attribute, ForEachUnique)
+
+
+def _group_keys(ns: Namespace, group_by: Any, agg: dict[str, Any]) -> list[GroupKey]:
+    """`group_by` entries: an attribute name, or `{alias: ["ForEachUnique", array_attribute]}` (one group per
+    distinct element; a row whose array is empty is in no group, a row without the attribute in the null group)."""
+    if not isinstance(group_by, list):
+        raise invalid_type(group_by, "a sequence", "group_by")
+    keys: list[GroupKey] = []
+    for i, entry in enumerate(group_by):
+        fn = next(iter(entry.values())) if isinstance(entry, dict) and len(entry) == 1 else None
+        if isinstance(entry, str):
+            key = (entry, entry, False)
+        elif isinstance(fn, list) and len(fn) == 2 and fn[0] == "ForEachUnique" and isinstance(fn[1], str):
+            key = (str(next(iter(entry))), fn[1], True)
+        else:
+            raise shape(f"group_by[{i}]: expected an attribute name or {{alias: [\"ForEachUnique\", attribute]}}")
+        name, source, explode = key
+        cfg = ns.schema.get(source)
+        if name == "id" or source == "id":
+            raise bad("group_by: cannot group by id")
+        if cfg is None:
+            raise bad(f"group_by references unknown attribute '{source}'")
+        if is_vector(cfg) or cfg["type"] == "{}f16" or MULTI_RE.match(cfg["type"]):
+            raise bad(f"group_by: cannot group by vector attribute '{source}'")
+        if explode and not cfg["type"].startswith("[]"):
+            raise bad(f"group_by: ForEachUnique needs an array attribute, '{source}' is {cfg['type']}")
+        if any(k[0] == name for k in keys):
+            raise bad(f"group_by: '{name}' is used more than once")
+        if name in agg:
+            raise bad(f"group_by: '{name}' is also an aggregate_by label")
+        keys.append(key)
+    if sum(k[2] for k in keys) > 1:
+        raise bad("group_by: ForEachUnique can be used at most once")
+    return keys
+
+
+def _group_values(row: dict[str, Any], keys: list[GroupKey]) -> Iterator[tuple[Any, ...]]:
+    per_key = []
+    for _, source, explode in keys:
+        v = row.get(source)
+        if not explode:
+            per_key.append([_hashable(v)])
+        elif isinstance(v, list):
+            per_key.append(list(dict.fromkeys(_hashable(x) for x in v)))
+        else:
+            per_key.append([None])
+    return itertools.product(*per_key)
+
+
+def _plain(v: Any) -> Any:
+    return [_plain(x) for x in v] if isinstance(v, tuple) else v
 
 
 def rrf(results: list[list[dict[str, Any]]], opts: dict[str, Any], limit: int, offset: int) -> list[dict[str, Any]]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
 
-from .errors import StoreError, bad, shape, unexpected
+from .errors import StoreError, bad, shape
 from .filters import compile_filter
 from .state import Docs, Namespace
 from .text import PRE_TOKENIZED
@@ -30,7 +31,7 @@ def rank_rows(ns: Namespace, docs: Docs, rows: list[dict[str, Any]], rank_by: An
             raise bad("rank_by: at most 8 order-by keys")
         return _order(ns, rows, rank_by)
     allowed = {r["id"] for r in rows} if filtered else None
-    scores = _score(ns, docs, rank_by, allowed)
+    scores = score_expression(ns, docs, rank_by, allowed)
     by_id = docs.rows
     items = [(i, s) for i, s in scores.items() if s > 0 and i in by_id and (allowed is None or i in allowed)]
     items.sort(key=lambda t: (-t[1], t[0]))
@@ -66,15 +67,7 @@ def _vector(ns: Namespace, docs: Docs, rows: list[dict[str, Any]], attr: str, qv
     q = to_vector(qv, m.mat.shape[1] if len(m.ids) else None, "query vector")
     if not len(m.ids):
         return []
-    if ns.metric == "euclidean_squared":
-        diff = m.mat - q
-        dist = np.einsum("ij,ij->i", diff, diff).astype(np.float32)
-    else:
-        dots = m.mat @ q
-        qn = np.float32(np.linalg.norm(q))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            dist = np.float32(1) - dots / (m.norms * qn)
-        dist = np.nan_to_num(dist, nan=1.0).astype(np.float32)
+    dist = distances(ns.metric, m.mat, m.norms, q)
     if filtered:
         idx = np.fromiter((m.pos[r["id"]] for r in rows if r["id"] in m.pos), dtype=np.int64)
     else:
@@ -93,12 +86,27 @@ def _vector(ns: Namespace, docs: Docs, rows: list[dict[str, Any]], attr: str, qv
     return [(by_id[ids[idx[j]]], float(str(sel[j]))) for j in order]
 
 
-def _score(ns: Namespace, docs: Docs, expr: Any, allowed: set[Any] | None) -> dict[Any, float]:
+def distances(metric: str | None, mat: np.ndarray, norms: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """float32 distance of each matrix row to `q` under the namespace's metric (cosine when unset)."""
+    if metric == "euclidean_squared":
+        diff = mat - q
+        return np.einsum("ij,ij->i", diff, diff).astype(np.float32)
+    dots = mat @ q
+    qn = np.float32(np.linalg.norm(q))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dist = np.float32(1) - dots / (norms * qn)
+    return np.nan_to_num(dist, nan=1.0).astype(np.float32)
+
+
+def score_expression(ns: Namespace, docs: Docs, expr: Any, allowed: set[Any] | None,
+                     computed: bool = False) -> dict[Any, float]:
+    """Scores of a BM25 / score expression per row id (rows that score 0 are absent); `computed`: BM25 scored as
+    `compute_attributes` scores it (TermIndex.scores)."""
     if not isinstance(expr, list) or not expr:
         raise shape(f"invalid rank_by expression {expr!r}")
     head = expr[0]
     if head in ("Sum", "Max") and len(expr) == 2 and isinstance(expr[1], list):
-        parts = [_score(ns, docs, e, allowed) if isinstance(e, list) else e for e in expr[1]]
+        parts = [score_expression(ns, docs, e, allowed, computed) if isinstance(e, list) else e for e in expr[1]]
         out: dict[Any, float] = {}
         floor = 0.0
         for p in parts:
@@ -116,21 +124,17 @@ def _score(ns: Namespace, docs: Docs, expr: Any, allowed: set[Any] | None) -> di
         if not isinstance(w, (int, float)) or isinstance(w, bool) or not isinstance(sub, list):
             raise shape("Product expects a number and a ranking expression")
         fw = float(np.float32(w))
-        return {i: float(np.float32(s * fw)) for i, s in _score(ns, docs, sub, allowed).items()}
+        return {i: float(np.float32(s * fw)) for i, s in score_expression(ns, docs, sub, allowed, computed).items()}
     if head == "Product" and len(expr) == 2 and isinstance(expr[1], list) and len(expr[1]) == 2:
-        return _score(ns, docs, ["Product", *expr[1]], allowed)
+        return score_expression(ns, docs, ["Product", *expr[1]], allowed, computed)
     if len(expr) in (3, 4) and expr[1] == "BM25" and isinstance(expr[0], str):
         cfg = ns.schema.get(expr[0])
         if cfg is None:
             raise bad(f"rank_by references unknown attribute '{expr[0]}'")
         if not cfg["fts"]:
             raise bad(f"attribute '{expr[0]}' does not have full_text_search enabled")
-        if not isinstance(expr[2], (str, list)):
-            raise shape("BM25 query must be a string")
-        if cfg["fts"].get("tokenizer") == PRE_TOKENIZED and not isinstance(expr[2], list):
-            raise bad(f'invalid BM25 query: for rank_by field "{expr[0]}", expecting []string (its tokenizer is '
-                      f"{PRE_TOKENIZED}), got {unexpected(expr[2])}")
-        return docs.term_index(expr[0], cfg["fts"]).scores(expr[2], cfg["fts"], allowed)
+        _check_text_input(expr[0], expr[2], cfg["fts"].get("tokenizer") == PRE_TOKENIZED)
+        return docs.term_index(expr[0], cfg["fts"]).scores(expr[2], cfg["fts"], allowed, computed)
     if len(expr) == 2 and expr[0] == "Attribute" and isinstance(expr[1], str):
         return {r["id"]: float(r[expr[1]]) for r in docs.rows.values()
                 if isinstance(r.get(expr[1]), (int, float)) and r[expr[1]] > 0}
@@ -139,3 +143,19 @@ def _score(ns: Namespace, docs: Docs, expr: Any, allowed: set[Any] | None) -> di
     except StoreError:
         raise bad(f"unsupported rank_by expression {expr!r}") from None
     return {r["id"]: 1.0 for r in docs.rows.values() if pred(r, None)}
+
+
+def _check_text_input(attr: str, query: Any, tokens: bool) -> None:
+    """A BM25 query is a string, or an array of strings for a pre_tokenized_array field (Turbopuffer's wording)."""
+    ok = isinstance(query, list) and all(isinstance(t, str) for t in query) if tokens else isinstance(query, str)
+    if not ok:
+        raise bad(f"invalid input '{_shown(query)}' for rank_by field \"{attr}\", "
+                  f"expecting {'[]string' if tokens else 'string'}")
+
+
+def _shown(v: Any) -> str:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, list):
+        return "[" + ", ".join(_shown(x) for x in v) + "]"
+    return json.dumps(v)

@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from .accounting import elapsed_whole_ms
 from .errors import bad, not_found, shape
 from .state import Namespace
 from .storage import Store
@@ -60,11 +61,11 @@ class Registry:
             plan.id_type = plan.id_type or src.id_type
         creates = bool(plan.fx) or body.get("create_namespace") is True or copy_src is not None
         if existing is None and not creates and body.get("schema") is None:
-            return write_response(plan, body, 0, _ms(t0))
+            return write_response(plan, body, 0, elapsed_whole_ms(t0))
         if body.get("create_namespace") is True and existing is None and plan.id_type is None:
             plan.id_type = "uint"
         self._commit(ns, plan)
-        resp = write_response(plan, body, sum(64 for _ in plan.fx), _ms(t0))
+        resp = write_response(plan, body, sum(64 for _ in plan.fx), elapsed_whole_ms(t0))
         if copy_src is not None:
             resp.pop("rows_upserted", None)
             resp.pop("upserted_ids", None)
@@ -103,7 +104,3 @@ class Registry:
         if len(names) > page_size:
             nxt = base64.urlsafe_b64encode(msgspec.json.encode({"start_after": page[-1]})).decode()
         return {"namespaces": [{"id": n} for n in page], "next_cursor": nxt}
-
-
-def _ms(t0: float) -> int:
-    return int((time.perf_counter() - t0) * 1000)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import time
 from typing import Any
 
 import numpy as np
@@ -88,6 +89,11 @@ def f32_list(arr: np.ndarray) -> list[float]:
 
 def f32(x: float) -> float:
     return float(str(np.float32(x)))
+
+
+def rfc3339(ts: float) -> str:
+    """A Unix time as RFC 3339 UTC with microseconds."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e6):06d}Z"
 
 
 def vec_b64(arr: np.ndarray) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .errors import StoreError, bad, invalid_type, not_found, shape
+from .errors import StoreError, bad, invalid_type, not_found, shape, unexpected
 from .filters import compile_filter
 from .schema import Schema, apply_update, is_vector
 from .state import Effects, Namespace
@@ -18,6 +18,7 @@ WRITE_KEYS = {"upsert_rows", "upsert_columns", "patch_rows", "patch_columns", "d
               "disable_backpressure", "return_affected_ids"}
 METRICS = ("cosine_distance", "euclidean_squared")
 READ_ONLY = "💔 Writes not permitted. This namespace is read-only."
+CMEK = "customer-managed"
 
 
 class Plan:
@@ -110,6 +111,8 @@ def plan_write(ns: Namespace, body: dict[str, Any], exists: bool) -> Plan:
     unknown = set(body) - WRITE_KEYS
     if unknown:
         raise bad(f"unknown field(s) in write request: {sorted(unknown)}")
+    if body.get("encryption") is not None:
+        check_encryption(body["encryption"], "encryption")
     if ns.read_only and exists:
         raise bad(READ_ONLY)
     p = Plan(ns)
@@ -226,11 +229,35 @@ def write_response(p: Plan, body: dict[str, Any], nbytes: int, ms: int) -> dict[
 
 
 def source_name(v: Any) -> str:
+    """The source namespace of `copy_from_namespace` / `branch_from_namespace` (a name or a config object)."""
     if isinstance(v, str):
         return v
     if isinstance(v, dict) and isinstance(v.get("source_namespace"), str):
+        if v.get("dest_encryption") is not None:
+            check_encryption(v["dest_encryption"], "dest_encryption")
         return str(v["source_namespace"])
     raise shape("copy source: expected a namespace name or {\"source_namespace\": str}")
+
+
+def check_encryption(value: Any, where: str) -> None:
+    """The store has default encryption only. A customer-managed key is answered as Turbopuffer answers a key it
+    cannot use (400 "Malformed Cloud KMS crypto key: <name>"), never accepted and then ignored."""
+    if not isinstance(value, dict):
+        raise invalid_type(value, "struct Encryption", where)
+    if "cmek" in value:  # the pre-2.0 shape {"cmek": {"key_name": ...}}
+        value = {"mode": CMEK, **(value["cmek"] if isinstance(value["cmek"], dict) else {})}
+    mode = value.get("mode")
+    if mode == "default":
+        return
+    if mode != CMEK:
+        if mode is None:
+            raise shape(f"{where}: missing field `mode`")
+        raise shape(f"{where}: unknown variant `{mode}`, expected `default` or `{CMEK}`")
+    key = value.get("key_name")
+    if not isinstance(key, str):
+        raise shape(f"{where}: missing field `key_name`" if key is None else
+                    f"{where}.key_name: invalid type: {unexpected(key)}, expected a string")
+    raise bad(f"Malformed Cloud KMS crypto key: {key}")
 
 
 def check_exists(name: str, body: dict[str, Any], exists: bool) -> None:

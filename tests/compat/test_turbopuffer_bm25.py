@@ -143,7 +143,9 @@ def test_bm25_pre_tokenized_array(tpuf: Turbopuffer) -> None:
     )
     assert ids(ns.query(rank_by=("content", "BM25", ["jumped"]), top_k=10).rows) == [1]
     assert len(ns.query(rank_by=("content", "BM25", ["dog"]), top_k=10).rows or []) == 2
-    # A pre-tokenized field must be queried with an array of tokens.
-    with pytest.raises(turbopuffer.APIError) as err:
+    # A pre-tokenized field must be queried with an array of tokens; the official test's own match (Turbopuffer's
+    # wording; the client's message shows the body dict, hence the escaped quotes).
+    with pytest.raises(
+        turbopuffer.APIError, match=r"""invalid input \\'jumped\\' for rank_by field "content", expecting \[\]string"""
+    ):
         ns.query(rank_by=("content", "BM25", "jumped"), top_k=10)
-    assert 'for rank_by field "content", expecting []string' in str(err.value)
