@@ -20,7 +20,6 @@ from gateway.http import (
     Ctx,
     GatewayError,
     Response,
-    bad_request,
     json_decode,
     json_encode,
     json_response,
@@ -37,19 +36,6 @@ ROW_KEYS = ("upsert_rows", "patch_rows")
 COLUMN_KEYS = ("upsert_columns", "patch_columns")
 MANAGED_KEYS = (*ROW_KEYS, *COLUMN_KEYS, "deletes", "delete_by_filter", "patch_by_filter")
 FRACTION_DIGITS = re.compile(r"(\.\d{6})\d+")
-# Shape errors use Turbopuffer's (serde) wording so clients see the same message with or without the gateway.
-SERDE_NAMES = {dict: "map", list: "sequence", str: "string", int: "integer", float: "floating point", bool: "boolean",
-               type(None): "null"}
-SERDE_EXPECTED = {dict: "a map", list: "a sequence"}
-
-
-def _type(v: Any) -> str:
-    return SERDE_NAMES.get(type(v), type(v).__name__)
-
-
-def _expect(value: Any, kind: type, where: str) -> None:
-    if not isinstance(value, kind):
-        raise validation_error(f"invalid type: {_type(value)}, expected {SERDE_EXPECTED[kind]} - at `{where}`")
 
 
 def _check_names(names: Any, where: str, allowed: str | None = STAMP) -> None:
@@ -60,46 +46,38 @@ def _check_names(names: Any, where: str, allowed: str | None = STAMP) -> None:
 
 def stamp_write(doc: dict[str, Any], stamp: int) -> int:
     """Reject reserved attributes and stamp `_hevlayer_upserted_at` on every upserted/patched row (overwriting a
-    caller's value). Returns the number of rows stamped."""
+    caller's value). Returns the number of rows stamped. Parts whose shape is not Turbopuffer's are left as they
+    are: upstream rejects the whole write with its own error, so nothing unstamped is ever stored."""
     rows = 0
     if isinstance(doc.get("schema"), dict):
         _check_names(doc["schema"], "$.schema", allowed=None)  # the stamp's type is the gateway's to declare
     for key in ROW_KEYS:
-        if key in doc:
-            _expect(doc[key], list, f"$.{key}")
-            for i, row in enumerate(doc[key]):
-                _expect(row, dict, f"$.{key}[{i}]")
+        for i, row in enumerate(doc.get(key) if isinstance(doc.get(key), list) else ()):
+            if isinstance(row, dict):
                 _check_names(row, f"$.{key}[{i}]")
                 row[STAMP] = stamp
-            rows += len(doc[key])
+                rows += 1
     for key in COLUMN_KEYS:
-        if key in doc:
-            cols = doc[key]
-            _expect(cols, dict, f"$.{key}")
+        cols = doc.get(key)
+        if isinstance(cols, dict):
             _check_names(cols, f"$.{key}")
-            ids = cols.get("id")
-            _expect(ids, list, f"$.{key}.id")
-            cols[STAMP] = [stamp] * len(ids)
-            rows += len(ids)
-    if "patch_by_filter" in doc:
-        pbf = doc["patch_by_filter"]
-        _expect(pbf, dict, "$.patch_by_filter")
-        _expect(pbf.get("patch"), dict, "$.patch_by_filter.patch")
+            if isinstance(cols.get("id"), list):
+                cols[STAMP] = [stamp] * len(cols["id"])
+                rows += len(cols["id"])
+    pbf = doc.get("patch_by_filter")
+    if isinstance(pbf, dict) and isinstance(pbf.get("patch"), dict):
         _check_names(pbf["patch"], "$.patch_by_filter.patch")
         pbf["patch"][STAMP] = stamp
     return rows
 
 
-def decode_object(body: bytes, what: str) -> dict[str, Any]:
-    if not body.strip():
-        raise validation_error(f"{what} body must be a JSON object")
+def decode_object(body: bytes) -> dict[str, Any] | None:
+    """The body as a JSON object, or None when it is not one (upstream answers that with its own error)."""
     try:
         doc = json_decode(body)
-    except msgspec.DecodeError as exc:
-        raise bad_request(f"invalid JSON body: {exc}") from None
-    if not isinstance(doc, dict):
-        raise validation_error(f"invalid type: {_type(doc)}, expected a map - at `$`")
-    return doc
+    except msgspec.DecodeError:
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 # ---- cache seams (the cache engineer fills these; each is a no-op while state.cache is None) ----
@@ -136,7 +114,7 @@ def cache_state(state: WorkerState, ns: str) -> dict[str, Any]:
 # ---- write ----
 async def write(ctx: Ctx, state: WorkerState) -> Response:
     ns = ctx.params["ns"]
-    doc = decode_object(ctx.body, "write")
+    doc = decode_object(ctx.body) or {}
     if "upserts" in doc or "patches" in doc:
         raise validation_error("custom write bodies were removed; use native Turbopuffer write keys "
                                "(upsert_rows, upsert_columns, patch_rows, patch_columns, deletes, ...)")
@@ -216,7 +194,7 @@ async def metadata(ctx: Ctx, state: WorkerState) -> Response:
     metrics.HEAD_DURATION.labels(metrics.ns_label(ns), metrics.status_label(resp.status)).observe(
         time.perf_counter() - ctx.started)
     if doc is None:
-        if resp.status == 404:
+        if resp.status == 404:  # the Layer contract's answer for this enhanced route (layer.md §3.7)
             raise GatewayError("not_found", f"namespace '{ns}' not found", status=404)
         return relay(resp)
     doc.setdefault("id", ns)

@@ -8,7 +8,7 @@ from urllib.parse import quote
 import msgspec
 
 from gateway.auth import can_read
-from gateway.http import JSON, Ctx, GatewayError, Response, bad_request, json_decode, json_encode
+from gateway.http import JSON, Ctx, GatewayError, Response, json_decode, json_encode
 from gateway.router import RouteSpec
 from gateway.state import WorkerState
 from gateway.upstream import UpstreamResponse
@@ -63,11 +63,12 @@ def reserved_attribute(name: str, where: str) -> GatewayError:
 
 
 def check_schema_update(body: bytes) -> None:
-    """`POST /v1/namespaces/{ns}/schema` may not touch `_hevlayer_*` attributes (the stamp must stay filterable)."""
+    """`POST /v1/namespaces/{ns}/schema` may not touch `_hevlayer_*` attributes (the stamp must stay filterable).
+    A body that is not a JSON object is upstream's to reject."""
     try:
-        schema = json_decode(body) if body.strip() else {}
-    except msgspec.DecodeError as exc:
-        raise bad_request(f"invalid JSON body: {exc}") from None
+        schema = json_decode(body)
+    except msgspec.DecodeError:
+        return
     for name in schema if isinstance(schema, dict) else ():
         if name.startswith(RESERVED_PREFIX):
             raise reserved_attribute(name, "schema")

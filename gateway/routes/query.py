@@ -18,7 +18,7 @@ from msgspec import UNSET, Raw, UnsetType
 
 from gateway import metrics
 from gateway.cursor import decode_cursor, encode_cursor
-from gateway.http import Ctx, Response, bad_request, json_encode, validation_error
+from gateway.http import Ctx, Response, json_encode, validation_error
 from gateway.router import RouteSpec
 from gateway.routes.passthrough import relay, upstream_path
 from gateway.state import WorkerState
@@ -34,23 +34,24 @@ LAYER_KEYS = ("vector", "nearest_to_id", "as_of", "between", "cursor", "include_
 
 
 class QueryView(msgspec.Struct):
-    """The fields the gateway looks at; everything else stays in the raw bytes."""
+    """The fields the gateway looks at. Turbopuffer's own fields stay raw JSON (upstream validates them and answers
+    in its own words); only Layer's keys are typed, so only they can fail to decode here."""
 
     rank_by: Raw | UnsetType = UNSET
-    top_k: int | UnsetType = UNSET
+    top_k: Raw | UnsetType = UNSET
     limit: Raw | UnsetType = UNSET
     filters: Raw | UnsetType = UNSET
     consistency: Raw | UnsetType = UNSET
     queries: Raw | UnsetType = UNSET
     aggregate_by: Raw | UnsetType = UNSET
-    include_attributes: bool | list[str] | UnsetType = UNSET
-    exclude_attributes: list[str] | UnsetType = UNSET
+    include_attributes: Raw | UnsetType = UNSET
+    exclude_attributes: Raw | UnsetType = UNSET
+    offset: Raw | UnsetType = UNSET
     vector: list[float] | str | UnsetType = UNSET
     nearest_to_id: list[str | int] | UnsetType = UNSET
     as_of: int | UnsetType = UNSET
     between: tuple[int, int] | UnsetType = UNSET
     cursor: str | UnsetType = UNSET
-    offset: int | UnsetType = UNSET
     include_leg_breakdown: bool | UnsetType = UNSET
 
 
@@ -133,25 +134,34 @@ def traceparent(ctx: Ctx) -> str:
     return f"00-{rnd[:32]}-{rnd[32:]}-01"
 
 
-def decode_view(body: bytes) -> QueryView:
+def decode_view(body: bytes) -> QueryView | None:
+    """The view of a query body; None when the body is not a JSON object (upstream's to reject). A Layer key of the
+    wrong type is the gateway's own 422 (only Layer keys are typed, so only they carry an error path)."""
     try:
         return query_view_decoder.decode(body)
     except msgspec.ValidationError as exc:
-        raise validation_error(f"invalid query request: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise bad_request(f"invalid JSON body: {exc}") from None
+        if " - at `$." in str(exc):
+            raise validation_error(f"invalid query request: {exc}") from None
+        return None
+    except msgspec.DecodeError:
+        return None
+
+
+def raw_value(raw: Raw | UnsetType) -> Any:
+    return None if raw is UNSET else msgspec.json.decode(raw)
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _page_size(view: QueryView) -> int | None:
     if view.top_k is not UNSET:
-        return view.top_k
-    if view.limit is not UNSET:
-        limit = msgspec.json.decode(view.limit)
-        if isinstance(limit, int):
-            return limit
-        if isinstance(limit, dict) and isinstance(limit.get("total"), int) and "per" not in limit:
-            return limit["total"]
-    return None
+        return _count(raw_value(view.top_k))
+    limit = raw_value(view.limit)
+    if isinstance(limit, dict) and "per" not in limit:
+        return _count(limit.get("total"))
+    return _count(limit)
 
 
 def _temporal(view: QueryView) -> Any:
@@ -199,21 +209,23 @@ async def layer_rewrite(ctx: Ctx, state: WorkerState, view: QueryView, plan: Pla
 
 def hide_stamp(q: Any) -> None:
     """`include_attributes: true` / `exclude_attributes` would return the gateway's stamp, which Turbopuffer never
-    returns: ask for "everything except the stamp" instead. An explicit list naming the stamp is honoured."""
+    returns: ask for "everything except the stamp" instead. An explicit list naming the stamp is honoured; a
+    malformed `exclude_attributes` is left for upstream to reject."""
     if not isinstance(q, dict):
         return
-    exclude = q.get("exclude_attributes")
+    exclude = q.get("exclude_attributes", [])
+    if not isinstance(exclude, list) or STAMP in exclude:
+        return
     if q.get("include_attributes") is True:
         del q["include_attributes"]
-        q["exclude_attributes"] = [*exclude, STAMP] if isinstance(exclude, list) else [STAMP]
-    elif isinstance(exclude, list) and STAMP not in exclude:
+        q["exclude_attributes"] = [*exclude, STAMP]
+    elif "exclude_attributes" in q:
         q["exclude_attributes"] = [*exclude, STAMP]
 
 
 def _shows_stamp(view: QueryView) -> bool:
-    if view.include_attributes is True:
-        return True
-    return view.exclude_attributes is not UNSET and STAMP not in view.exclude_attributes
+    exclude = raw_value(view.exclude_attributes)
+    return raw_value(view.include_attributes) is True or isinstance(exclude, list) and STAMP not in exclude
 
 
 def with_watermark(doc: dict[str, Any], w: int) -> dict[str, Any]:
@@ -227,21 +239,18 @@ def with_watermark(doc: dict[str, Any], w: int) -> dict[str, Any]:
 
 
 async def plan_query(ctx: Ctx, state: WorkerState) -> Plan:
-    if not ctx.body.strip():
-        raise validation_error("query body must be a JSON object")
-    view = decode_view(ctx.body)
     plan = Plan()
+    view = decode_view(ctx.body)
+    if view is None:  # not a JSON object: forwarded as it came, upstream answers
+        plan.body = ctx.body
+        return plan
     plan.multi = view.queries is not UNSET
     plan.has_filter = view.filters is not UNSET or view.as_of is not UNSET or view.between is not UNSET
     plan.has_rank_by = view.rank_by is not UNSET or view.vector is not UNSET or view.nearest_to_id is not UNSET
-    if not (plan.multi or plan.has_rank_by or view.filters is not UNSET or view.aggregate_by is not UNSET):
-        raise validation_error("query request must specify one of `vector`, `nearest_to_id` or `rank_by` "
-                               "(or `filters` / `aggregate_by`)")
     plan.page_size = None if plan.multi else _page_size(view)
-    plan.offset = view.offset if view.offset is not UNSET else 0
-    if view.consistency is not UNSET:
-        level = msgspec.json.decode(view.consistency)
-        plan.strong = isinstance(level, dict) and level.get("level") == "strong"
+    plan.offset = _count(raw_value(view.offset)) or 0
+    consistency = raw_value(view.consistency)
+    plan.strong = isinstance(consistency, dict) and consistency.get("level") == "strong"
     ns = ctx.params["ns"]
     plan.watermark, inject = state.watcher.decision(ns)
     plan.inject = inject and not plan.strong
@@ -249,7 +258,8 @@ async def plan_query(ctx: Ctx, state: WorkerState) -> Plan:
     if plan.inject or plan.multi or plan.layer or _shows_stamp(view):
         plan.doc = await layer_rewrite(ctx, state, view, plan)
         hide_stamp(plan.doc)
-        for sub in plan.doc.get("queries") or ():
+        queries = plan.doc.get("queries")
+        for sub in queries if isinstance(queries, list) else ():
             hide_stamp(sub)
         if view.consistency is UNSET:
             plan.doc["consistency"] = {"level": "eventual"}

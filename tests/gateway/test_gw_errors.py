@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import json
 import time
@@ -13,22 +14,16 @@ from gw_support import KEY, Stack, call
 from support.procs import Proc, free_port, start_gateway
 
 NS = "/v2/namespaces/bad"
+# Only what Layer adds is the gateway's to reject (its reserved and Layer-only fields, cursors, tags, the body
+# encoding it must undo to look inside); everything else is Turbopuffer's and relayed (test_gw_conformance.py).
 CASES = [
     # (method, path, raw body, extra headers, status, words the message must contain)
-    ("POST", NS, b"{not json", {}, 400, ["invalid JSON"]),
-    ("POST", NS + "/query", b'{"top_k": 1,', {}, 400, ["invalid JSON"]),
-    ("POST", NS + "/query", b"[]", {}, 422, ["`object`", "`array`"]),
-    ("POST", NS, b"[1, 2]", {}, 422, ["invalid type: sequence, expected a map"]),
-    ("POST", NS, b"", {}, 422, ["JSON object"]),
-    ("POST", NS, b'{"upsert_rows": {"id": 1}}', {}, 422, ["invalid type: map, expected a sequence", "$.upsert_rows"]),
-    ("POST", NS, b'{"upsert_rows": [5]}', {}, 422, ["invalid type: integer, expected a map", "$.upsert_rows[0]"]),
-    ("POST", NS, b'{"upsert_columns": {"a": [1]}}', {}, 422, ["$.upsert_columns.id"]),
     ("POST", NS, b'{"upserts": []}', {}, 422, ["custom write bodies"]),
-    ("POST", NS + "/query", b'{"top_k": "ten"}', {}, 422, ["`int`", "$.top_k"]),
+    ("POST", NS, b'{"upsert_rows": [{"id": 1, "_hevlayer_x": 1}]}', {}, 422, ["_hevlayer_x", "$.upsert_rows[0]"]),
+    ("POST", "/v1/namespaces/bad/schema", b'{"_hevlayer_upserted_at": "int"}', {}, 422, ["reserved"]),
     ("POST", NS + "/query", b'{"vector": [1, "x"]}', {}, 422, ["$.vector"]),
     ("POST", NS + "/query", b'{"nearest_to_id": "a"}', {}, 422, ["$.nearest_to_id"]),
     ("POST", NS + "/query", b'{"vector": []}', {}, 422, ["`vector`"]),
-    ("POST", NS + "/query", b'{"top_k": 1}', {}, 422, ["`vector`", "`nearest_to_id`"]),
     ("POST", NS + "/query", b'{"vector": [1.0], "cursor": "***"}', {}, 422, ["invalid cursor"]),
     ("POST", NS + "/query", b'{"vector": [1.0], "cursor": "eyJvIjotMX0"}', {}, 422, ["invalid cursor"]),
     ("POST", NS + "/query", b'{"rank_by": ["id", "asc"], "as_of": 5, "between": [1, 2]}', {}, 422,
@@ -85,8 +80,6 @@ def test_huge_bodies_are_rejected_with_413(stack: Stack) -> None:
                  headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
     assert conn.getresponse().status == 200
     conn.close()
-    import gzip
-
     bomb = gzip.compress(b'{"upsert_rows": [{"id": 1, "s": "' + b"x" * (4 << 20) + b'"}]}')
     r = stack("POST", NS, raw=bomb, headers={"Content-Encoding": "gzip"})
     assert r.status == 413, r

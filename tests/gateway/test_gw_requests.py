@@ -165,7 +165,7 @@ def test_passthrough_routes_relay_upstream(stack: Stack) -> None:
     r = stack("GET", "/v1/namespaces/none-such/schema")
     assert r.status == 404 and r.json()["status"] == "error", "upstream error relayed verbatim"
     r = stack("POST", f"/v2/namespaces/{ns}", {"upsert_rows": {"id": 1}})
-    assert r.status == 422 and "upsert_rows" in r.json()["message"]
+    assert r.status == 422 and r.json()["status"] == "error" and "upsert_rows" in r.json()["error"]
     r = stack("POST", f"/v2/namespaces/{ns}-copy?stainless_overload=copyFrom",
               {"copy_from_namespace": {"source_namespace": ns}})
     assert r.status == 200, r
