@@ -29,6 +29,7 @@ from gateway.auth import (
     bearer_token,
     store_key_matches,
 )
+from gateway.compression import TooLarge, compress_response, gunzip
 from gateway.config import load_config
 from gateway.http import INTERNAL_ERROR, Ctx, GatewayError, Response, error_response
 from gateway.logs import log_request, setup_logging
@@ -68,13 +69,12 @@ async def read_body(ctx: Ctx, proto: Any, limit: int) -> bytes:
     if encoding and body:
         encoding = encoding.strip().lower()
         if encoding == "gzip":
-            inflater = zlib.decompressobj(wbits=31)
             try:
-                body = inflater.decompress(body, limit + 1)
+                body = gunzip(body, limit)
             except zlib.error as exc:
                 raise GatewayError("bad_request", f"request body is not valid gzip: {exc}", status=400) from None
-            if len(body) > limit or inflater.unconsumed_tail:
-                raise _too_large(limit)
+            except TooLarge:
+                raise _too_large(limit) from None
         elif encoding != "identity":
             raise GatewayError("unsupported_encoding", f"unsupported Content-Encoding `{encoding}`", status=415)
     return body
@@ -203,6 +203,7 @@ class GatewayApp:
             resp = error_response(INTERNAL_ERROR)
         finally:
             state.inflight -= 1
+        resp = await compress_response(resp, ctx.headers.get("accept-encoding"))
         proto.response_bytes(resp.status, resp.headers, resp.body)
         self._observe(ctx, resp.status)
 

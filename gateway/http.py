@@ -21,14 +21,17 @@ json_decode = msgspec.json.decode
 
 
 class Response:
-    """One downstream response: status, header list and body bytes, rendered once."""
+    """One downstream response: status, header list and body bytes, rendered once. `relayed`: an upstream body
+    passed through as it came (never re-encoded; gateway.compression only compresses the gateway's own bodies)."""
 
-    __slots__ = ("body", "headers", "status")
+    __slots__ = ("body", "headers", "relayed", "status")
 
-    def __init__(self, status: int, body: bytes, headers: list[tuple[str, str]] | None = None) -> None:
+    def __init__(self, status: int, body: bytes, headers: list[tuple[str, str]] | None = None,
+                 relayed: bool = False) -> None:
         self.status = status
         self.body = body
         self.headers = JSON_HEADERS if headers is None else headers
+        self.relayed = relayed
 
 
 def json_response(status: int, obj: Any, extra: list[tuple[str, str]] | None = None) -> Response:

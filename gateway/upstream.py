@@ -17,7 +17,7 @@ from gateway.config import Config
 from gateway.http import Ctx, upstream_error
 
 # Upstream response headers the official client acts on (turbopuffer.md §17.3); everything else is dropped.
-RELAYED_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry")
+RELAYED_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry", "content-encoding")
 
 
 class UpstreamResponse(Struct):
@@ -129,9 +129,12 @@ class Upstream:
         return self._transport
 
     async def request(self, method: str, path: str, key: str | None, body: bytes | None = None,
-                      what: str = "request", ctx: Ctx | None = None) -> UpstreamResponse:
-        """Call the upstream; HTTP errors come back as responses, transport failures raise 502 GatewayError."""
-        headers = [("accept", "application/json")]
+                      what: str = "request", ctx: Ctx | None = None,
+                      accept_encoding: str | None = None) -> UpstreamResponse:
+        """Call the upstream; HTTP errors come back as responses, transport failures raise 502 GatewayError.
+        `accept_encoding`: gzip or identity for the client on relayed routes (the body may then come back gzipped, see
+        gateway.compression); otherwise identity, so the gateway's own calls read plain bodies."""
+        headers = [("accept", "application/json"), ("accept-encoding", accept_encoding or "identity")]
         if key:
             headers.append(("authorization", f"Bearer {key}"))
         if body is not None:

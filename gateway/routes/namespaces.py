@@ -15,6 +15,7 @@ from gateway import metrics
 from gateway.auth import can_read
 from gateway.cache import mirror
 from gateway.cache.mirror import MirrorPlan
+from gateway.compression import forwarded_encoding, identity_body
 from gateway.consistency import STABLE, UNKNOWN, UPDATING, NamespaceWatch, now_ms, status_from_metadata
 from gateway.http import (
     Ctx,
@@ -94,7 +95,7 @@ async def cache_mirror_after_write(state: WorkerState, ns: str, doc: dict[str, A
     """Phase: after the upstream answered (invalidate on rejection; mirror response-driven writes on success)."""
     if state.cache is None or plan is None:
         return
-    await mirror.after_write(state.cache.store, ns, doc, resp.ok, resp.body, plan)
+    await mirror.after_write(state.cache.store, ns, doc, resp.ok, identity_body(resp) or b"", plan)
 
 
 async def cache_purge_namespace(state: WorkerState, ns: str) -> None:
@@ -122,7 +123,8 @@ async def write(ctx: Ctx, state: WorkerState) -> Response:
     rows = stamp_write(doc, now_ms()) if managed else 0
     plan = await cache_mirror_before_write(state, ns, doc) if managed else None
     body = json_encode(doc) if managed else ctx.body
-    resp = await state.upstream.request("POST", upstream_path(ctx), ctx.upstream_key, body, "write", ctx)
+    resp = await state.upstream.request("POST", upstream_path(ctx), ctx.upstream_key, body, "write", ctx,
+                                        accept_encoding=forwarded_encoding(ctx))
     await cache_mirror_after_write(state, ns, doc, resp, plan)
     if resp.ok and managed:
         state.watcher.watch(ns, ctx.upstream_key, due=True)
@@ -139,7 +141,8 @@ def _observe_write(ctx: Ctx, ns: str, status: int, rows: int) -> None:
 # ---- delete ----
 async def delete(ctx: Ctx, state: WorkerState) -> Response:
     ns = ctx.params["ns"]
-    resp = await state.upstream.request("DELETE", upstream_path(ctx), ctx.upstream_key, None, "namespace delete", ctx)
+    resp = await state.upstream.request("DELETE", upstream_path(ctx), ctx.upstream_key, None, "namespace delete", ctx,
+                                        accept_encoding=forwarded_encoding(ctx))
     if resp.ok:
         state.watcher.forget(ns)
         await cache_purge_namespace(state, ns)

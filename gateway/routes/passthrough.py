@@ -8,7 +8,8 @@ from urllib.parse import quote
 import msgspec
 
 from gateway.auth import can_read
-from gateway.http import JSON, Ctx, GatewayError, Response, json_decode, json_encode
+from gateway.compression import forwarded_encoding, identity_body
+from gateway.http import JSON, Ctx, GatewayError, Response, json_decode, json_encode, upstream_error
 from gateway.router import RouteSpec
 from gateway.state import WorkerState
 from gateway.upstream import UpstreamResponse
@@ -25,18 +26,38 @@ def upstream_path(ctx: Ctx, path: str | None = None) -> str:
 
 
 def relay(resp: UpstreamResponse, extra: list[tuple[str, str]] | None = None) -> Response:
+    """Upstream's status, body (as it came, gzipped or not) and the headers the client acts on."""
     headers = [("content-type", resp.content_type or JSON), *resp.headers]
     if extra:
         headers.extend(extra)
-    return Response(resp.status, resp.body, headers)
+    return Response(resp.status, resp.body, headers, relayed=True)
+
+
+def rewritten(resp: UpstreamResponse, body: bytes) -> Response:
+    """A body the gateway rebuilt from an upstream answer: upstream's status and headers, minus its content encoding
+    (the new body is plain; gateway.compression gzips it again when the client asked)."""
+    headers = [("content-type", JSON), *((h, v) for h, v in resp.headers if h != "content-encoding")]
+    return Response(resp.status, body, headers)
+
+
+def readable_body(resp: UpstreamResponse) -> bytes:
+    """The plain bytes of an upstream body the gateway must read (502 when it cannot be inflated)."""
+    body = identity_body(resp)
+    if body is None:
+        raise upstream_error("Turbopuffer answered with a body the gateway cannot decode (corrupt or too large)")
+    return body
+
+
+async def send(ctx: Ctx, state: WorkerState, path: str | None = None, what: str = "request") -> UpstreamResponse:
+    """The request as received, to upstream, with the client's Accept-Encoding (the `prefer` header is never
+    forwarded, so upstream never goes async and the official client's respond-async polling cannot leave the
+    gateway)."""
+    return await state.upstream.request(ctx.method, upstream_path(ctx, path), ctx.upstream_key, ctx.body or None,
+                                        what, ctx, accept_encoding=forwarded_encoding(ctx))
 
 
 async def forward(ctx: Ctx, state: WorkerState, path: str | None = None, what: str = "request") -> Response:
-    """Forward the request as received (the `prefer` header is never forwarded, so upstream never goes async
-    and the official client's respond-async polling cannot leave the gateway)."""
-    body = ctx.body if ctx.body else None
-    resp = await state.upstream.request(ctx.method, upstream_path(ctx, path), ctx.upstream_key, body, what, ctx)
-    return relay(resp)
+    return relay(await send(ctx, state, path, what))
 
 
 async def passthrough(ctx: Ctx, state: WorkerState) -> Response:
@@ -45,16 +66,16 @@ async def passthrough(ctx: Ctx, state: WorkerState) -> Response:
 
 async def list_v1(ctx: Ctx, state: WorkerState) -> Response:
     """`GET /v1/namespaces` verbatim, except that a scoped key sees only the namespaces it may read."""
-    resp = await forward(ctx, state, what="namespace list")
+    resp = await send(ctx, state, what="namespace list")
     principal = ctx.principal
     if principal is None or principal.admin or resp.status != 200:
-        return resp
+        return relay(resp)
     try:
-        page = json_decode(resp.body)
+        page = json_decode(readable_body(resp))
         page["namespaces"] = [n for n in page["namespaces"] if can_read(principal, str(n.get("id")))]
     except (msgspec.DecodeError, TypeError, KeyError, AttributeError):
-        return resp
-    return Response(200, json_encode(page), resp.headers)
+        raise upstream_error("Turbopuffer namespace list returned an unexpected body") from None
+    return rewritten(resp, json_encode(page))
 
 
 def reserved_attribute(name: str, where: str) -> GatewayError:
@@ -83,18 +104,17 @@ async def schema_or_metadata(ctx: Ctx, state: WorkerState) -> Response:
     """Proxied like any route, but the stamp attribute is hidden from the schema (v1 schema and v1 metadata)."""
     if ctx.method == "POST":
         check_schema_update(ctx.body)
-    resp = await state.upstream.request(ctx.method, upstream_path(ctx), ctx.upstream_key, ctx.body or None,
-                                        f"{ctx.method} {ctx.route.template}", ctx)
+    resp = await send(ctx, state, what=f"{ctx.method} {ctx.route.template}")
     if not resp.ok:
         return relay(resp)
     try:
-        doc = json_decode(resp.body)
+        doc = json_decode(readable_body(resp))
     except msgspec.DecodeError:
         return relay(resp)
     target = doc.get("schema") if ctx.route.template.endswith("/metadata") and isinstance(doc, dict) else doc
     if not without_stamp(target):
         return relay(resp)
-    return Response(resp.status, json_encode(doc), [("content-type", JSON), *resp.headers])
+    return rewritten(resp, json_encode(doc))
 
 
 NS = "/v2/namespaces/{ns}"

@@ -17,6 +17,7 @@ import msgspec
 from msgspec import UNSET, Raw, UnsetType
 
 from gateway import metrics
+from gateway.compression import forwarded_encoding, identity_body
 from gateway.cursor import decode_cursor, encode_cursor
 from gateway.http import Ctx, Response, json_encode, validation_error
 from gateway.router import RouteSpec
@@ -276,7 +277,9 @@ async def plan_query(ctx: Ctx, state: WorkerState) -> Plan:
 async def send_with_retry(ctx: Ctx, state: WorkerState, plan: Plan, path: str) -> UpstreamResponse:
     """One upstream call, plus exactly one immediate retry on 429 with the watermark forced on (when known and the
     caller did not ask for strong consistency). A persisting 429 is relayed; other statuses are never retried."""
-    resp = await state.upstream.request("POST", path, ctx.upstream_key, plan.body, "query", ctx)
+    encoding = forwarded_encoding(ctx)
+    resp = await state.upstream.request("POST", path, ctx.upstream_key, plan.body, "query", ctx,
+                                        accept_encoding=encoding)
     if resp.status != 429:
         return resp
     body = plan.body
@@ -284,7 +287,8 @@ async def send_with_retry(ctx: Ctx, state: WorkerState, plan: Plan, path: str) -
         doc = plan.doc if plan.doc is not None else msgspec.json.decode(plan.body)
         body = json_encode(with_watermark(doc, plan.watermark))
         plan.inject = True
-    retry = await state.upstream.request("POST", path, ctx.upstream_key, body, "query (retry)", ctx)
+    retry = await state.upstream.request("POST", path, ctx.upstream_key, body, "query (retry)", ctx,
+                                         accept_encoding=encoding)
     metrics.QUERY_RETRIES.labels(metrics.ns_label(ctx.params["ns"]), "ok" if retry.ok else str(retry.status)).inc()
     return retry
 
@@ -293,8 +297,9 @@ def next_cursor(resp: UpstreamResponse, plan: Plan) -> str | None:
     """Layer single queries only (native bodies page with their own offset); decodes just the row ids."""
     if not plan.layer or plan.multi or not plan.page_size or not resp.ok:
         return None
+    body = identity_body(resp)
     try:
-        rows = result_view_decoder.decode(resp.body).rows
+        rows = result_view_decoder.decode(body).rows if body is not None else None
     except msgspec.DecodeError:
         return None
     if rows is None or len(rows) < plan.page_size or plan.offset + len(rows) >= 10_000:

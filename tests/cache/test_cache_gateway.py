@@ -31,9 +31,10 @@ class Stack:
     def __init__(self, gw: Proc, store: Proc, server: Any) -> None:
         self.gw, self.store, self.server = gw, store, server
 
-    def tpuf(self, direct: bool = False) -> turbopuffer.Turbopuffer:
+    def tpuf(self, direct: bool = False, compression: bool = False) -> turbopuffer.Turbopuffer:
         """The official client, through the gateway or (direct=True) straight at the store, bypassing the cache."""
-        return turbopuffer.Turbopuffer(api_key=KEY, base_url=self.store.url if direct else self.gw.url, max_retries=0)
+        return turbopuffer.Turbopuffer(api_key=KEY, base_url=self.store.url if direct else self.gw.url, max_retries=0,
+                                       compression=compression)
 
     def call(self, method: str, path: str, body: Any = None,
              base: str | None = None) -> tuple[int, dict[str, str], Any]:
@@ -160,6 +161,20 @@ def test_filter_and_conditional_writes_mirror_affected_ids(stack: Stack, ns: str
                    upsert_condition=["v", "Lt", 10])
     assert [str(i) for i in (res.upserted_ids or [])] == ["f3"]
     assert fetch(stack, ns, "f3", ["v"]) == ("hit", {"v": 30})
+
+
+def test_mirror_reads_gzipped_write_answers(stack: Stack, ns: str) -> None:
+    """A client asking for gzip gets the store's gzipped write answer relayed; the mirror still reads its affected
+    ids (inflated), so documents deleted by filter leave the cache instead of being served stale."""
+    gw = stack.tpuf(compression=True).namespace(ns)
+    docs = [{"id": f"gz-{i:03d}-" + "x" * 40, "vector": [1.0, float(i)], "k": "x"} for i in range(60)]
+    gw.write(upsert_rows=docs, distance_metric="cosine_distance")
+    assert fetch(stack, ns, docs[7]["id"])[0] == "hit"
+    res = gw.with_raw_response.write(delete_by_filter=["k", "Eq", "x"])
+    assert res.headers.get("content-encoding") == "gzip"  # the affected ids make it > 1 KiB
+    assert res.parse().rows_deleted == 60
+    for doc in (docs[7], docs[59]):
+        assert stack.call("GET", f"/v2/namespaces/{ns}/documents/{doc['id']}")[0] == 404
 
 
 def test_nearest_to_id_uses_cached_vectors(stack: Stack, ns: str) -> None:
