@@ -11,6 +11,7 @@ from bench.procs import LOAD_CPU, PROXY_CPU, Proc, free_port, pinned, which_ngin
 USER = "user root;\n" if os.geteuid() == 0 else ""  # workers must read the canned files in a private temp dir
 WATERMARK_NS = "bench-updating"
 BIG_NS = "bench-big"
+SCHEMA_NS = "bench-schema"  # a v1 schema with the gateway's stamp: the gateway rewrites it (compression bench)
 QUERY_BODY = json.dumps({
     "rows": [{"id": f"doc-{i}", "$dist": 0.1 * i, "title": f"title {i}"} for i in range(1, 11)],
     "billing": {"billable_logical_bytes_queried": 1024, "billable_logical_bytes_returned": 96},
@@ -37,16 +38,26 @@ def big_rows(n: int) -> str:
     return json.dumps({"rows": rows}, separators=(",", ":"))
 
 
+def wide_schema(attrs: int) -> str:
+    schema = {"id": {"type": "uint", "filterable": None, "full_text_search": None},
+              "_hevlayer_upserted_at": {"type": "int", "filterable": True, "full_text_search": None}}
+    schema.update({f"attribute_{i:03d}": {"type": "string", "filterable": True, "full_text_search": None}
+                   for i in range(attrs)})
+    return json.dumps(schema, separators=(",", ":"))
+
+
 def canned_conf(root: Path, port: int) -> str:
     root.mkdir(parents=True, exist_ok=True)
     (root / "meta.json").write_text(STABLE_META)
     (root / "big.json").write_text(big_rows(1000))
+    (root / "schema.json").write_text(wide_schema(120))
     return _EVENTS.format(root=root) + f"""http {{ {_HTTP.format(root=root)}
   default_type application/json;
   geo $dollar {{ default "$"; }}
   server {{ listen 127.0.0.1:{port} reuseport backlog=4096;
     location = /v2/namespaces/{WATERMARK_NS}/metadata {{ alias {root}/meta.json; }}
     location = /v2/namespaces/{BIG_NS}/query {{ alias {root}/big.json; error_page 405 =200 $uri; }}
+    location = /v1/namespaces/{SCHEMA_NS}/schema {{ alias {root}/schema.json; }}
     location ~ ^/v2/namespaces/[^/]+/query$ {{ return 200 {_quote(QUERY_BODY)}; }}
     location ~ ^/v2/namespaces/[^/]+/metadata$ {{ return 200 {_quote(STABLE_META)}; }}
     location ~ ^/v2/namespaces/[^/]+$ {{ return 200 {_quote(WRITE_BODY)}; }}

@@ -75,6 +75,14 @@ def markdown(report: dict[str, Any]) -> str:
                                  f"+{_f(x['added_p50_ms'], 3)} | +{_f(x['added_p99_ms'], 3)} | "
                                  f"{_f(x['gateway'].get('cpu_us_per_req'))} | ok |")
                 continue
+            if name == "compression_rewritten_schema" and r.get("status") == "ok":
+                for label in ("plain", "gzip"):
+                    x = r[label]
+                    lines.append(f"| {transport} | rewritten v1 schema, {label} ({r[f'{label}_bytes']} B; gzip adds "
+                                 f"{_f(r['added_cpu_us_per_req'])} µs CPU/req) | {_f(x.get('rps'), 0)} | - | - | - | "
+                                 f"{_f(x.get('p50_ms'), 3)} | {_f(x.get('p99_ms'), 3)} | "
+                                 f"{_f(x.get('cpu_us_per_req'))} | ok |")
+                continue
             g, n, d = r.get("gateway", {}), r.get("nginx", {}), r.get("direct", {})
             lines.append(f"| {transport} | {name} | {_f(g.get('rps'), 0)} | {_f(n.get('rps'), 0)} | "
                          f"{_f(d.get('rps'), 0)} | {_f(r.get('gateway_over_nginx_rps'), 3)} | "
@@ -112,6 +120,11 @@ def markdown(report: dict[str, Any]) -> str:
             parts = [f"{name} {_f(x.get('rps'), 0)} req/s p50 {_f(x.get('p50_ms'), 3)} ms p99 {_f(x.get('p99_ms'), 3)} ms"
                      f" {_f(x.get('cpu_us_per_req'))} µs CPU/req" for name, x in r.items() if isinstance(x, dict)]
             lines.append(f"cache {backend}: {r.get('status')}; " + "; ".join(parts))
+    micro = _get(report, "compression", "micro") or {}
+    if micro:
+        lines.append(f"gzip level 1 (gateway/compression.py, in process): {micro.get('status')}; " + "; ".join(
+            f"{k} {_f(v['gzip_cpu_us'])} µs CPU ({_f(v['gzip_mb_s'])} MB/s, ratio {_f(v['ratio'], 3)}), inflate "
+            f"{_f(v['inflate_cpu_us'])} µs" for k, v in micro.items() if isinstance(v, dict)))
     for size, r in (report.get("localstore") or {}).items():
         if isinstance(r, dict):
             lines.append(f"localstore {size} docs: {r.get('status')}, ANN p50 {_f(_get(r, 'ann_top10', 'median_ms'), 3)}"

@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench import cache_bench, mix, throughput
+from bench import cache_bench, compression_bench, mix, throughput
 from bench.localstore_bench import run as localstore_run
 from bench.nginx import start_canned, start_proxy
 from bench.procs import NCPU, PROXY_CPU, ensure_tools, start_bare_proxy, start_gateway, start_localstore
@@ -27,7 +27,7 @@ from bench.profile import profile
 from bench.report import check_budgets, markdown, statuses
 
 HERE = Path(__file__).resolve().parent
-PARTS = ("throughput", "scaling", "profile", "cache", "mix", "soak", "localstore")
+PARTS = ("throughput", "scaling", "profile", "cache", "mix", "soak", "localstore", "compression")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -145,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
             report["cache"] = cache_bench.run(tmp, seconds, args.repeats or (1 if args.smoke else 3))
         if "mix" not in skip:
             part_mix(args, budgets, report, tmp, skip)
+        if "compression" not in skip:
+            runner = throughput.Runner(0, 1)
+            runner.scenario("micro", partial(compression_bench.micro, args.smoke))
+            report["compression"] = runner.out
         if "localstore" not in skip:
             sizes, queries = ([1000], 20) if args.smoke else ([10_000, 100_000], 200)
             report["localstore"] = localstore_run(sizes, queries)

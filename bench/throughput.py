@@ -10,7 +10,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench import load
+from bench import compression_bench, load
 from bench.load import Request
 from bench.nginx import BIG_NS, WATERMARK_NS, set_updating
 from bench.procs import NCPU, PROXY_CPU, Proc, http, start_gateway
@@ -171,6 +171,8 @@ def gateway_suite(r: Runner, canned: str, canned_root: Path, nginx: str, nginx_p
             for size, label in ((1024, "1KB"), (100 * 1024, "100KB"), (1024 * 1024, "1MB")):
                 w = Request("POST", "/v2/namespaces/bench-size", write_body(1, size), AUTH)
                 r.scenario(f"write_body_{label}", partial(checked_compare, r, lite, gw_url, w))
+            r.scenario("compression_rewritten_schema",
+                       partial(compression_bench.end_to_end, r.seconds, r.repeats, gw_url, pids, AUTH))
             for ns, label in (("bench-pass", "top_k_10"), (BIG_NS, "top_k_1000")):
                 q = query(ns, json.dumps({"rank_by": ["vector", "ANN", VEC], "top_k": 10 if ns != BIG_NS else 1000,
                                           "consistency": {"level": "strong"}}).encode())
