@@ -276,7 +276,8 @@ class App:
         write = copy_request(body)
         fault = self.faults.match("copy", name)
         delay_s = fault["delay_ms"] / 1000 if fault else 0.0
-        return 200, {"token": self.operations.start(name, write, self.reg.write, delay_s, fault and fault["status"])}
+        fail = fault["status"] if fault else None
+        return 200, {"token": self.operations.start(name, write, self.reg.write, delay_s, fail)}
 
     def h_operation(self, method: str, name: str, body: Any, scope: Any) -> tuple[int, Any]:
         return 200, self.operations.get(name, unquote(scope.path.rstrip("/").rsplit("/", 1)[1]))
