@@ -1,17 +1,16 @@
-"""CLI: `layer-gateway serve ...` (Granian, RSGI, uvloop, N workers) and `layer-gateway keys ...`."""
+"""CLI: `layer-gateway serve ...` (uvicorn or Granian, uvloop, N workers) and `layer-gateway keys ...`."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from gateway.config import EMBEDDED_MARKER, ConfigError, load_config
-
-TARGET = "gateway.app:app"
+from gateway.config import EMBEDDED_MARKER, SERVERS, ConfigError, load_config
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,6 +20,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
     serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--server", choices=SERVERS, default=None,
+                       help=f"HTTP server (default: $LAYER_SERVER, else {SERVERS[0]})")
     sub.add_parser("keys", help="manage scoped API keys (layer-gateway keys --help)", add_help=False)
     return parser
 
@@ -35,7 +36,16 @@ def _metrics_dir() -> tuple[str, bool]:
     return tempfile.mkdtemp(prefix="layer-metrics-"), True
 
 
-def serve(host: str, port: int, workers: int) -> int:
+def _raise_fd_limit() -> None:
+    """Every connection is a file descriptor: allow as many as the hard limit (LAYER_MAX_CONNECTIONS per worker)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard))
+
+
+def serve(host: str, port: int, workers: int, server: str | None = None) -> int:
+    if server is not None:
+        os.environ["LAYER_SERVER"] = server  # the workers read their settings from the environment
     try:
         config = load_config()
     except ConfigError as exc:
@@ -44,9 +54,7 @@ def serve(host: str, port: int, workers: int) -> int:
     if workers < 1:
         print("layer-gateway: --workers must be >= 1", file=sys.stderr)
         return 2
-    from granian import Granian
-    from granian.constants import Interfaces, Loops
-
+    from gateway import servers
     from gateway.embedded import EmbeddedStore, EmbeddedStoreError, admin_key
 
     metrics_dir, owned = _metrics_dir()
@@ -65,12 +73,10 @@ def serve(host: str, port: int, workers: int) -> int:
                   f"{store.url} (data in {store.data_dir})", flush=True)
             print(f"layer-gateway: admin key ({source}): {key}", flush=True)
         config = load_config()
-        print(f"layer-gateway: listening on http://{host}:{port} with {workers} worker(s), upstream "
-              f"{config.upstream_url}", flush=True)
-        kill_timeout = max(config.drain_timeout_ms, config.drain_grace_ms) // 1000 + 5
-        Granian(TARGET, address=host, port=port, interface=Interfaces.RSGI, workers=workers, loop=Loops.uvloop,
-                log_access=False, workers_kill_timeout=kill_timeout).serve()
-        return 0
+        print(f"layer-gateway: listening on http://{host}:{port} with {workers} {config.server.server} worker(s), "
+              f"upstream {config.upstream_url}", flush=True)
+        _raise_fd_limit()
+        return servers.run(config, host, port, workers)
     finally:
         if store is not None:
             store.stop()
@@ -85,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return keys_main(argv[1:])
     args = _parser().parse_args(argv)
-    return serve(args.host, args.port, args.workers)
+    return serve(args.host, args.port, args.workers, args.server)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
-"""The RSGI application: per-worker startup/shutdown and the one request driver.
+"""The gateway's core, independent of the server interface: per-worker startup/shutdown and the one request driver.
 
-Phases, in order: early_request (route match, drain check) -> auth -> request body -> handler (the route's own
-phases: validate, stamp, cache mirror, watermark, upstream, response filter) -> response -> logging/metrics.
-Every request gets exactly one response call: the driver runs inside a single try and any exception becomes a
-JSON error through gateway.http.error_response.
+Phases, in order: early_request (route match) -> auth -> request body -> handler (the route's own phases: validate,
+stamp, cache mirror, watermark, upstream, response filter) -> response -> logging/metrics. Every request gets exactly
+one response: `Gateway.handle` runs the driver inside a single try and any exception becomes a JSON error through
+gateway.http.error_response. The server adapters (gateway/servers/) turn their request into a `Ctx` and a body
+stream, call `handle`, write the `Response` and call `observe`.
 """
 
 from __future__ import annotations
@@ -12,11 +13,8 @@ import asyncio
 import importlib
 import inspect
 import logging
-import os
-import signal
-import time
 import zlib
-from typing import Any
+from collections.abc import AsyncIterator
 
 from gateway import metrics
 from gateway.auth import (
@@ -38,9 +36,8 @@ from gateway.state import WorkerState
 
 log = logging.getLogger("gateway.app")
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-ALWAYS_SERVED = frozenset({"/health", "/ready", "/metrics"})
-DRAINING = GatewayError("gateway_draining", "gateway pod is draining; retry on another endpoint", status=503,
-                        source="internal", headers=[("connection", "close"), ("x-should-retry", "true")])
+# While draining every response tells keep-alive clients to reconnect (through the balancer, to another instance).
+CONNECTION_CLOSE = ("connection", "close")
 # Optional per-worker hooks other modules provide: `async def attach(state)` / `async def detach(state)`.
 WORKER_HOOK_MODULES = ("gateway.cache", "gateway.keys")
 
@@ -49,22 +46,18 @@ def _too_large(limit: int) -> GatewayError:
     return GatewayError("payload_too_large", f"request body exceeds the {limit}-byte limit", status=413)
 
 
-async def read_body(ctx: Ctx, proto: Any, limit: int) -> bytes:
+async def read_body(ctx: Ctx, chunks: AsyncIterator[bytes], limit: int) -> bytes:
+    """The whole body; `chunks` (the adapter's BodyStream) enforces the slow-client limits and raises 408."""
     length = ctx.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise _too_large(limit)
-    if length is not None:
-        body: bytes = await proto()
-    else:  # chunked: stop reading as soon as the limit is passed
-        parts, size = [], 0
-        async for chunk in proto:
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit)
-            parts.append(chunk)
-        body = b"".join(parts)
-    if len(body) > limit:
-        raise _too_large(limit)
+    parts, size = [], 0
+    async for chunk in chunks:  # stop reading as soon as the limit is passed
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        parts.append(chunk)
+    body = parts[0] if len(parts) == 1 else b"".join(parts)
     encoding = ctx.headers.get("content-encoding")
     if encoding and body:
         encoding = encoding.strip().lower()
@@ -97,16 +90,14 @@ async def authenticate(ctx: Ctx, state: WorkerState) -> None:
     authorize(ctx.principal, ctx.route.route_class, ctx.namespace)
 
 
-async def drive(ctx: Ctx, state: WorkerState, proto: Any) -> Response:
+async def drive(ctx: Ctx, state: WorkerState, chunks: AsyncIterator[bytes]) -> Response:
     route, params = state.router.match(ctx.method, ctx.path)
     ctx.route, ctx.params = route, params
     ctx.namespace = params.get("ns")
-    if state.draining and route.template not in ALWAYS_SERVED:
-        raise DRAINING
     if route.route_class != PUBLIC:
         await authenticate(ctx, state)
     if ctx.method in BODY_METHODS:
-        ctx.body = await read_body(ctx, proto, state.config.max_body_bytes)
+        ctx.body = await read_body(ctx, chunks, state.config.max_body_bytes)
     return await route.handler(ctx, state)
 
 
@@ -135,67 +126,56 @@ async def _flush_metrics(state: WorkerState) -> None:
             log.exception("metrics flush failed")
 
 
-class GatewayApp:
+class Gateway:
+    """One worker's gateway. `startup`/`shutdown` run once per worker process (the adapter calls them from its
+    server's per-worker hooks); `handle` answers one request."""
+
     def __init__(self) -> None:
         self.state: WorkerState | None = None
         self._metrics_task: asyncio.Task[None] | None = None
 
-    # ---- per-worker lifecycle (RSGI: the loop is not running in these two) ----
-    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def startup(self) -> None:
         config = load_config()
         setup_logging(config.log_level)
-        self.state = WorkerState(config, build_router())
-        loop.run_until_complete(self._startup())
-        # Replace Granian's SIGTERM handler: drain first, then hand over to its SIGINT shutdown path.
-        loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
+        self.state = state = WorkerState(config, build_router())
+        state.watcher.start()
+        self._metrics_task = asyncio.get_running_loop().create_task(_flush_metrics(state))
+        await _call_hooks(state, "attach")
 
-    async def _startup(self) -> None:
-        assert self.state is not None
-        self.state.watcher.start()
-        self._metrics_task = asyncio.get_running_loop().create_task(_flush_metrics(self.state))
-        await _call_hooks(self.state, "attach")
-
-    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self.state is not None:
-            loop.run_until_complete(self._shutdown())
-        metrics.worker_exit()
-
-    async def _shutdown(self) -> None:
-        assert self.state is not None
-        await self.state.watcher.stop()
-        if self._metrics_task is not None:
-            self._metrics_task.cancel()
-        try:
-            await _call_hooks(self.state, "detach")
-        finally:
-            await self.state.upstream.close()
-
-    def _on_sigterm(self) -> None:
-        state = self.state
-        if state is None or state.draining:
+    async def shutdown(self) -> None:
+        """Stop background work (watcher, metric flushes, the modules' detach hooks: warm jobs are marked as
+        interrupted there), close the upstream client and write this worker's last metrics. Idempotent."""
+        state, self.state = self.state, None
+        if state is None:
             return
-        state.draining = True
-        log.info("draining", extra={"fields": {"inflight": state.inflight, "pid": state.pid}})
-        asyncio.get_event_loop().create_task(self._drain(state))
+        try:
+            await state.watcher.stop()
+            if self._metrics_task is not None:
+                self._metrics_task.cancel()
+            await _call_hooks(state, "detach")
+        finally:
+            try:
+                await state.upstream.close()
+            finally:
+                metrics.worker_exit()
 
-    async def _drain(self, state: WorkerState) -> None:
-        now = time.monotonic()
-        grace_end = now + state.config.drain_grace_ms / 1000
-        deadline = now + max(state.config.drain_timeout_ms, state.config.drain_grace_ms) / 1000
-        while time.monotonic() < deadline and (state.inflight > 0 or time.monotonic() < grace_end):
-            await asyncio.sleep(0.01)
-        log.info("drained", extra={"fields": {"inflight": state.inflight, "pid": state.pid}})
-        os.kill(os.getpid(), signal.SIGINT)
+    def begin_drain(self) -> None:
+        """SIGTERM: /ready answers 503 and every response carries `Connection: close` from now on."""
+        state = self.state
+        if state is not None and not state.draining:
+            state.draining = True
+            log.info("draining", extra={"fields": {"inflight": state.inflight, "pid": state.pid}})
 
-    # ---- one request ----
-    async def __rsgi__(self, scope: Any, proto: Any) -> None:
+    @property
+    def inflight(self) -> int:
+        return self.state.inflight if self.state is not None else 0
+
+    async def handle(self, ctx: Ctx, chunks: AsyncIterator[bytes]) -> Response:
         state = self.state
         assert state is not None
-        ctx = Ctx(scope.method, scope.path, scope.query_string, scope.headers)
-        ctx.scope = scope
         state.inflight += 1
         try:
-            resp = await drive(ctx, state, proto)
+            resp = await drive(ctx, state, chunks)
         except GatewayError as err:
             resp = error_response(err)
         except Exception:
@@ -204,16 +184,14 @@ class GatewayApp:
         finally:
             state.inflight -= 1
         resp = await compress_response(resp, ctx.headers.get("accept-encoding"))
-        proto.response_bytes(resp.status, resp.headers, resp.body)
-        self._observe(ctx, resp.status)
+        if state.draining:
+            resp = Response(resp.status, resp.body, [*resp.headers, CONNECTION_CLOSE])
+        return resp
 
     @staticmethod
-    def _observe(ctx: Ctx, status: int) -> None:
+    def observe(ctx: Ctx, status: int) -> None:
         route = ctx.route.name if ctx.route is not None else "unmatched"
         metrics.inc(metrics.request_counter(route, ctx.method, status))
         principal = ctx.principal.name if ctx.principal is not None else None
         log_request(ctx.method, route, ctx.namespace, status, ctx.started, ctx.upstream_seconds, principal,
                     ctx.log_extra)
-
-
-app = GatewayApp()

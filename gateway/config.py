@@ -10,6 +10,7 @@ from msgspec import Struct
 
 DEFAULT_DATA_DIR = "./.layer"
 TRANSPORTS = ("pyreqwest", "aiohttp")
+SERVERS = ("uvicorn", "granian")  # the first is the default: it wins `just bench` on the full gateway (README)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # Set by `layer-gateway serve` in the environment its workers inherit when it started the local store itself.
 EMBEDDED_MARKER = "LAYER_EMBEDDED_STORE"
@@ -50,6 +51,21 @@ class KeySettings(Struct, frozen=True):
     cluster_name: str | None = None
 
 
+class ServerSettings(Struct, frozen=True):
+    """The HTTP server and its slow-client limits (docs/configuration.md, docs/security.md), passed to whichever
+    server runs the gateway."""
+
+    server: str = SERVERS[0]
+    header_timeout_ms: int = 5_000  # connect (or end of the previous response) -> request headers complete
+    body_timeout_ms: int = 10_000  # longest wait for the next body chunk
+    body_min_rate: int = 1024  # bytes/s averaged over the body, checked once it took longer than body_timeout_ms
+    keepalive_timeout_ms: int = 20_000  # idle keep-alive connection -> closed (granian: see docs/security.md)
+    max_header_bytes: int = 16 * 1024  # request line + headers
+    max_headers: int = 100
+    max_connections: int = 1000  # per worker: beyond it new connections wait in the listen backlog
+    backlog: int = 2048
+
+
 class Config(Struct, frozen=True):
     upstream_url: str | None  # None only in the serve process before the embedded store is up
     upstream_key: str | None  # None = derive-from-request: the caller's bearer goes upstream
@@ -70,6 +86,7 @@ class Config(Struct, frozen=True):
     metrics_dir: str | None
     cache: CacheSettings
     keys: KeySettings
+    server: ServerSettings = ServerSettings()
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
@@ -138,6 +155,23 @@ def load_key_settings(env: Mapping[str, str]) -> KeySettings:
     )
 
 
+def load_server_settings(env: Mapping[str, str]) -> ServerSettings:
+    max_headers = _int(env, "LAYER_MAX_HEADERS", 100, 1)
+    if max_headers > 100:  # hyper (granian) has a fixed limit of 100
+        raise ConfigError(f"LAYER_MAX_HEADERS must be an integer between 1 and 100, got {max_headers}")
+    return ServerSettings(
+        server=_choice(env, "LAYER_SERVER", SERVERS[0], SERVERS),
+        header_timeout_ms=_int(env, "LAYER_HEADER_TIMEOUT_MS", 5_000, 100),
+        body_timeout_ms=_int(env, "LAYER_BODY_TIMEOUT_MS", 10_000, 100),
+        body_min_rate=_int(env, "LAYER_BODY_MIN_RATE", 1024, 0),
+        keepalive_timeout_ms=_int(env, "LAYER_KEEPALIVE_TIMEOUT_MS", 20_000, 100),
+        max_header_bytes=_int(env, "LAYER_MAX_HEADER_BYTES", 16 * 1024, 8 * 1024),
+        max_headers=max_headers,
+        max_connections=_int(env, "LAYER_MAX_CONNECTIONS", 1000, 1),
+        backlog=_int(env, "LAYER_LISTEN_BACKLOG", 2048, 16),
+    )
+
+
 def _url(env: Mapping[str, str]) -> str | None:
     url = env.get("TURBOPUFFER_API_URL", "").strip()
     if url:
@@ -169,13 +203,14 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         stable_poll_interval_ms=_int(env, "CONSISTENCY_STABLE_POLL_INTERVAL_MS", 5_000, 10),
         safety_margin_ms=_int(env, "CONSISTENCY_SAFETY_MARGIN_MS", 500, 0),
         watch_idle_ms=_int(env, "LAYER_WATCH_IDLE_MS", 600_000, 1000),
-        drain_grace_ms=_int(env, "LAYER_DRAIN_GRACE_MS", 0, 0),
+        drain_grace_ms=_int(env, "LAYER_DRAIN_GRACE_MS", 5_000, 0),
         drain_timeout_ms=_int(env, "LAYER_DRAIN_TIMEOUT_MS", 30_000, 0),
         list_concurrency=_int(env, "LAYER_LIST_CONCURRENCY", 16, 1),
         log_level=_choice(env, "LAYER_LOG_LEVEL", "info", LOG_LEVELS),
         metrics_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or None,
         cache=load_cache_settings(env),
         keys=load_key_settings(env),
+        server=load_server_settings(env),
     )
 
 

@@ -94,7 +94,10 @@ NOT_FOUND_ROUTE = "no route for {method} {path}"
 
 
 class Ctx:
-    """Per-request state, created once by the driver; derived values are parsed on first use."""
+    """Per-request state, created once by the server adapter; derived values are parsed on first use.
+
+    `headers` is the adapter's header view (`.get(lower_case_name) -> str | None` only); `scope` is the server's own
+    request object, for rarely needed fields through the adapter's properties (`client`)."""
 
     __slots__ = (
         "_query",
@@ -119,7 +122,7 @@ class Ctx:
         self.method = method
         self.path = path
         self.query_string = query_string
-        self.headers = headers  # the RSGI headers object; ask .get() for single headers only
+        self.headers = headers  # ask .get() for single headers only
         self.body = b""
         self.route: Any = None
         self.params: dict[str, str] = {}
@@ -131,13 +134,18 @@ class Ctx:
         self.status = 0
         self._query: dict[str, str] | None = None
         self.log_extra: dict[str, Any] | None = None
-        self.scope: Any = None  # the RSGI scope, for rarely needed fields (e.g. `client` for rate limits)
+        self.scope: Any = None
 
     @property
     def query(self) -> dict[str, str]:
         if self._query is None:
             self._query = dict(parse_qsl(self.query_string, keep_blank_values=True))
         return self._query
+
+    @property
+    def client(self) -> str:
+        """The downstream peer as "host:port" (RSGI's `scope.client`; the ASGI adapter overrides it)."""
+        return str(getattr(self.scope, "client", "") or "unknown")
 
     def path_with_query(self) -> str:
         return f"{self.path}?{self.query_string}" if self.query_string else self.path

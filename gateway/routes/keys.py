@@ -24,7 +24,7 @@ def _service(state: WorkerState) -> KeyService:
 
 
 def _client_address(ctx: Ctx) -> str:
-    client = str(getattr(ctx.scope, "client", "") or "unknown")
+    client = ctx.client
     host, sep, port = client.rpartition(":")
     return host if sep and port.isdigit() else client
 

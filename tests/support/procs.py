@@ -18,6 +18,9 @@ READY_TIMEOUT_S = 30.0
 # Process logs of the latest test run and of benches (tests/conftest.py empties it when a test run starts).
 LOG_DIR = Path(tempfile.gettempdir()) / "layer-test-logs"
 STORE_KEY = "test-store-key"  # the store key the test gateways are configured with
+# The HTTP server every test gateway runs (`LAYER_SERVER=granian python -m pytest tests` runs the suite under
+# Granian; .ci/run does both). Unset: the gateway's default.
+SERVER = os.environ.get("LAYER_SERVER", "").strip()
 
 
 def free_port() -> int:
@@ -102,7 +105,12 @@ class Proc:
 
 
 def base_env(**extra: str) -> dict[str, str]:
+    """The test run's environment without any Turbopuffer/Layer/Aerospike setting, except the server under test;
+    gateways stop without a drain grace (SIGTERM is how every test stops its gateway) unless `extra` sets one."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TURBOPUFFER_", "LAYER_", "AEROSPIKE_"))}
+    if SERVER:
+        env["LAYER_SERVER"] = SERVER
+    env["LAYER_DRAIN_GRACE_MS"] = "0"
     env.update(extra)
     return env
 

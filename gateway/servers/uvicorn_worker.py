@@ -1,0 +1,284 @@
+"""`layer-gateway serve --server uvicorn`: one uvicorn worker (ASGI, uvloop, httptools) per forked process
+(gateway/servers/supervisor.py), with the slow-client limits uvicorn lacks and our own accept loop.
+
+- `LimitedProtocol` is uvicorn's httptools protocol plus a header read timeout (from connect, or from the first byte
+  of a keep-alive request, to complete headers: 408 when some bytes came, a silent close otherwise) and limits on the
+  header bytes and count (431). uvicorn's own keep-alive timeout closes idle connections.
+- `Acceptor` accepts from the shared listening socket only while the worker holds fewer than `max_connections`
+  connections; beyond it the socket is not read and new connections wait in the kernel's backlog (uvicorn's
+  `limit_concurrency` would accept them and answer 503). It also closes the socket for the drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+import time
+from email.utils import formatdate
+from typing import Any
+
+import httptools
+from uvicorn.config import Config as UvicornConfig
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from gateway.config import ServerSettings, load_config
+from gateway.http import json_encode
+from gateway.servers.asgi import AsgiApp
+from gateway.servers.drain import Drain
+
+log = logging.getLogger("gateway.uvicorn")
+EMPTY_STATE: dict[str, Any] = {}
+
+
+class _HeaderLimit(Exception):
+    pass
+
+
+class LimitedProtocol(HttpToolsProtocol):
+    def __init__(self, config: UvicornConfig, server_state: ServerState, settings: ServerSettings,
+                 acceptor: Acceptor) -> None:
+        super().__init__(config, server_state, EMPTY_STATE)
+        self.settings = settings
+        self.acceptor = acceptor
+        self.idle_since: float | None = None
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._header_bytes = 0
+        self._header_count = 0
+        self._in_message = False
+
+    # -- connection ------------------------------------------------------------------------------------------------
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.idle_since = self.loop.time()
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)
+        self.acceptor.connection_closed()
+
+    def data_received(self, data: bytes) -> None:
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._send_error(400, "bad_request", "protocol upgrades are not supported")
+        except httptools.HttpParserError:
+            if self._header_count > self.settings.max_headers or self._header_bytes > self.settings.max_header_bytes:
+                self._send_error(431, "request_header_fields_too_large",
+                                 f"request headers exceed {self.settings.max_headers} fields or "
+                                 f"{self.settings.max_header_bytes} bytes")
+            else:
+                self._send_error(400, "bad_request", "invalid HTTP request")
+
+    # -- parser callbacks ------------------------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.idle_since = None
+        self._in_message = True
+        self._header_bytes = self._header_count = 0
+        if self._header_timer is None:
+            self._arm_header_timer()
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        self._count(len(url), 0)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        super().on_header(name, value)
+        self._count(len(name) + len(value) + 4, 1)
+
+    def on_headers_complete(self) -> None:
+        self._cancel_header_timer()
+        self._in_message = False
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self.idle_since = self.loop.time()
+
+    # -- limits ----------------------------------------------------------------------------------------------------
+    def _count(self, size: int, headers: int) -> None:
+        self._header_bytes += size
+        self._header_count += headers
+        if self._header_count > self.settings.max_headers or self._header_bytes > self.settings.max_header_bytes:
+            raise _HeaderLimit  # httptools turns it into HttpParserError in data_received
+
+    def _arm_header_timer(self) -> None:
+        self._header_timer = self.loop.call_later(self.settings.header_timeout_ms / 1000, self._header_timeout)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing():
+            return
+        if self._in_message:
+            self._send_error(408, "request_timeout",
+                             f"request headers not complete within {self.settings.header_timeout_ms} ms")
+        else:
+            self.transport.close()
+
+    def _send_error(self, status: int, kind: str, message: str) -> None:
+        body = json_encode({"error": kind, "message": message})
+        self.transport.write(b"".join([
+            STATUS_LINE[status], b"content-type: application/json\r\nconnection: close\r\n",
+            b"x-should-retry: false\r\ncontent-length: ", str(len(body)).encode(), b"\r\n\r\n", body]))
+        self.transport.close()
+
+    def is_idle(self) -> bool:
+        return self.idle_since is not None and (self.cycle is None or self.cycle.response_complete)
+
+
+class Acceptor:
+    def __init__(self, sock: socket.socket, server_state: ServerState, settings: ServerSettings) -> None:
+        self.sock = sock
+        self.server_state = server_state
+        self.limit = settings.max_connections
+        self.loop = asyncio.get_running_loop()
+        self.factory: Any = None
+        self.pending = 0
+        self.reading = False
+        self.open = True
+        sock.setblocking(False)
+
+    def start(self, factory: Any) -> None:
+        self.factory = factory
+        self._resume()
+
+    def _resume(self) -> None:
+        if self.open and not self.reading:
+            self.loop.add_reader(self.sock.fileno(), self._accept)
+            self.reading = True
+
+    def _pause(self) -> None:
+        if self.reading:
+            self.loop.remove_reader(self.sock.fileno())
+            self.reading = False
+
+    def _accept(self, limit: int | None = None) -> None:
+        limit = self.limit if limit is None else limit
+        while len(self.server_state.connections) + self.pending < limit:
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and the like: the connection stays in the backlog
+                log.warning("accept failed: %s", exc)
+                return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.pending += 1
+            self.loop.create_task(self._attach(conn))
+        self._pause()  # at the limit: new connections wait in the backlog until one of ours closes
+
+    async def _attach(self, conn: socket.socket) -> None:
+        try:
+            await self.loop.connect_accepted_socket(self.factory, conn)
+        except OSError:
+            conn.close()
+        finally:
+            self.pending -= 1
+
+    def connection_closed(self) -> None:
+        if self.open and not self.reading and len(self.server_state.connections) + self.pending < self.limit:
+            self._resume()
+
+    def close(self) -> None:
+        """Take what is already queued (it is answered, with `Connection: close`), then close the socket: from
+        here a new connection is refused by the kernel (once every worker has closed its copy)."""
+        if not self.open:
+            return
+        self._pause()
+        self.open = False
+        self._accept(limit=sys.maxsize)
+        self.sock.close()
+
+
+class UvicornListener:
+    """The drain's view of a uvicorn worker."""
+
+    def __init__(self, app: AsgiApp, acceptor: Acceptor, server_state: ServerState) -> None:
+        self.app = app
+        self.acceptor = acceptor
+        self.server_state = server_state
+        self.done = asyncio.Event()
+
+    def close_idle(self, idle_s: float) -> None:
+        now = asyncio.get_running_loop().time()
+        for conn in list(self.server_state.connections):
+            if conn.is_idle() and now - conn.idle_since >= idle_s:
+                conn.transport.close()
+
+    def stop_accepting(self) -> None:
+        self.acceptor.close()
+
+    def busy(self) -> bool:
+        return bool(self.server_state.connections) or self.acceptor.pending > 0 or self.app.gateway.inflight > 0
+
+    async def finish(self, clean: bool) -> None:
+        for conn in list(self.server_state.connections):
+            conn.transport.abort()  # cut: the client sees its connection fail
+        await self.app.gateway.shutdown()
+        self.done.set()
+
+
+async def _date_header(server_state: ServerState) -> None:
+    while True:
+        server_state.default_headers = [(b"date", formatdate(time.time(), usegmt=True).encode())]
+        await asyncio.sleep(1.0)
+
+
+async def _serve(sock: socket.socket) -> int:
+    config = load_config()
+    settings = config.server
+    app = AsgiApp()
+    await app.startup()
+    server_state = ServerState()
+    ticker = asyncio.get_running_loop().create_task(_date_header(server_state))
+    uv_config = UvicornConfig(app, http="httptools", ws="none", lifespan="off", proxy_headers=False,
+                              server_header=False, date_header=False, log_config=None, access_log=False,
+                              timeout_keep_alive=max(1, round(settings.keepalive_timeout_ms / 1000)))
+    uv_config.load()
+    acceptor = Acceptor(sock, server_state, settings)
+    listener = UvicornListener(app, acceptor, server_state)
+    drain = Drain(app.gateway, listener, config.drain_grace_ms, config.drain_timeout_ms)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, drain.begin)
+    loop.add_signal_handler(signal.SIGINT, drain.begin, False)
+    loop.add_signal_handler(signal.SIGQUIT, drain.stop_now)
+    acceptor.start(lambda: LimitedProtocol(uv_config, server_state, settings, acceptor))
+    await listener.done.wait()
+    ticker.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await ticker
+    return 0
+
+
+def serve_worker(sock: socket.socket) -> int:
+    import uvloop
+
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(_serve(sock))
+    finally:
+        loop.close()
+
+
+def run(config: Any, host: str, port: int, workers: int) -> int:
+    from gateway.servers.supervisor import Supervisor
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(config.server.backlog)
+    kill_after = (config.drain_grace_ms + config.drain_timeout_ms) / 1000 + 5
+    return Supervisor(sock, workers, serve_worker, kill_after).run()
