@@ -1,4 +1,4 @@
-"""Process lifecycle: drain on SIGTERM, the embedded default start, bad configuration, metrics across workers."""
+"""Process lifecycle: the embedded default start, bad configuration, metrics across workers (drain: test_gw_drain.py)."""
 
 from __future__ import annotations
 
@@ -12,32 +12,6 @@ from pathlib import Path
 import pytest
 from gw_support import KEY, Reply, Stack, call, wait_for, wait_until
 from support.procs import Proc, base_env, free_port, http_status, start_gateway, start_localstore
-
-
-def test_sigterm_drains_without_losing_requests(tmp_path: Path) -> None:
-    store = start_localstore(tmp_path / "store", LOCALSTORE_API_KEY=KEY)
-    gw = start_gateway(store.url, KEY, tmp_path / "gw", LAYER_DRAIN_GRACE_MS="800")
-    try:
-        body = {"upsert_rows": [{"id": 1, "v": 1}]}
-        assert call(gw.url, "POST", "/v2/namespaces/drain", body).status == 200
-        call(store.url, "POST", "/_localstore/faults", {"route": "query", "delay_ms": 1500, "count": 1}, key=None)
-        slow: list[Reply] = []
-        query = {"rank_by": ["id", "asc"], "top_k": 5, "consistency": {"level": "strong"}}
-        t = threading.Thread(target=lambda: slow.append(call(gw.url, "POST", "/v2/namespaces/drain/query", query)))
-        t.start()
-        # the slow query is in flight once the store consumed its one-shot delay rule
-        wait_for(lambda: call(store.url, "GET", "/_localstore/faults", key=None).json() == {"faults": []}, timeout=5)
-        gw.send_signal(signal.SIGTERM)
-        ready = wait_until(lambda: call(gw.url, "GET", "/ready", key=None), lambda r: r.status == 503, timeout=2)
-        assert ready.json()["status"] == "draining"
-        late = call(gw.url, "POST", "/v2/namespaces/drain/query", query)
-        assert late.status == 503 and late.json()["error"] == "gateway_draining", late
-        t.join(10)
-        assert slow and slow[0].status == 200 and [r["id"] for r in slow[0].json()["rows"]] == [1], slow
-        assert gw.wait(15) == 0
-    finally:
-        gw.stop()
-        store.stop()
 
 
 def test_embedded_default_starts_and_stops_its_store(tmp_path: Path) -> None:
