@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
-from gw_support import KEY, Reply, Stack, call, wait_for, wait_until
-from support.procs import Proc, base_env, free_port, http_status, start_gateway, start_localstore
+from gw_support import Stack, call, wait_for
+from support.procs import Proc, base_env, free_port, http_status
 
 
 def test_embedded_default_starts_and_stops_its_store(tmp_path: Path) -> None:

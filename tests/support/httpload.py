@@ -68,6 +68,7 @@ class Load:
     targets: Callable[[], list[tuple[str, int]]]
     request: bytes
     conns: int
+    pause: float = 0.0  # seconds between two requests on one connection
     outcomes: list[Outcome] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -85,6 +86,10 @@ class Load:
 
     async def _main(self) -> None:
         await asyncio.gather(*(self._one() for _ in range(self.conns)))
+
+    def opened(self) -> bool:
+        """Every connection has carried a request (its keep-alive connection is established)."""
+        return len({id(o) for o in self.outcomes}) >= self.conns
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str] | None:
         for host, port in self.targets():
@@ -116,5 +121,7 @@ class Load:
                     fresh = False
                     if resp.close:
                         break
+                    if self.pause:
+                        await asyncio.sleep(self.pause)
             finally:
                 writer.close()
