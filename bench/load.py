@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.procs import LOAD_CPU, cpu_seconds, host_cpu_ticks, pinned
+from bench.procs import LOAD_CPU, cpu_seconds, ctx_switches, host_cpu_ticks, pinned
 
 STEAL_LIMIT = 0.10
 MAX_REPEATS = 2
@@ -34,6 +34,7 @@ class Result:
     requests: int = 0
     errors: int = 0
     cpu_us_per_req: float | None = None
+    ctx_switches_per_req: float | None = None
     steal: float = 0.0
     repeats: int = 0
     bad_statuses: dict[str, int] = field(default_factory=dict)
@@ -76,8 +77,10 @@ def _once(base_url: str, req: Request, seconds: float, conns: int, rps: int | No
             time.sleep(max(1, round(warmup)) if warmup > 0 else 0)
             total0, steal0 = host_cpu_ticks()
             cpu0 = cpu_seconds(pids) if pids else 0.0
+            cs0 = ctx_switches(pids) if pids else 0
             stdout, stderr = proc.communicate(timeout=seconds + warmup + 60)
             cpu1 = cpu_seconds(pids) if pids else 0.0
+            cs1 = ctx_switches(pids) if pids else 0
             total1, steal1 = host_cpu_ticks()
         finally:
             if proc.poll() is None:
@@ -106,7 +109,8 @@ def _once(base_url: str, req: Request, seconds: float, conns: int, rps: int | No
     cpu_time = cpu1 - cpu0
     return Result(rps=n / span if span > 0 else 0.0, p50_ms=_percentile(durations, 0.5),
                   p99_ms=_percentile(durations, 0.99), requests=n, errors=errors,
-                  cpu_us_per_req=cpu_time / n * 1e6 if pids and n else None, steal=steal,
+                  cpu_us_per_req=cpu_time / n * 1e6 if pids and n else None,
+                  ctx_switches_per_req=(cs1 - cs0) / n if pids and n else None, steal=steal,
                   bad_statuses={str(k): v for k, v in bad.items()})
 
 
@@ -128,9 +132,11 @@ def median_of(results: list[Result]) -> Result:
     if len(results) == 1:
         return results[0]
     cpu = [r.cpu_us_per_req for r in results if r.cpu_us_per_req is not None]
+    cs = [r.ctx_switches_per_req for r in results if r.ctx_switches_per_req is not None]
     return Result(rps=statistics.median(r.rps for r in results), p50_ms=statistics.median(r.p50_ms for r in results),
                   p99_ms=statistics.median(r.p99_ms for r in results), requests=sum(r.requests for r in results),
                   errors=sum(r.errors for r in results), cpu_us_per_req=statistics.median(cpu) if cpu else None,
+                  ctx_switches_per_req=statistics.median(cs) if cs else None,
                   steal=max(r.steal for r in results), repeats=sum(r.repeats for r in results),
                   bad_statuses={k: sum(r.bad_statuses.get(k, 0) for r in results)
                                 for k in {k for r in results for k in r.bad_statuses}})

@@ -56,25 +56,49 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict[str, st
 
 
 def start_gateway(upstream_url: str, key: str, data_dir: str, workers: int, transport: str,
-                  cpu: str | None = PROXY_CPU, **env: str) -> tuple[Proc, str]:
+                  cpu: str | None = PROXY_CPU, server: str | None = None, **env: str) -> tuple[Proc, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--workers", str(workers)]
+           "--workers", str(workers)] + (["--server", server] if server else [])
     full = base_env(TURBOPUFFER_API_URL=upstream_url, TURBOPUFFER_API_KEY=key, LAYER_DATA_DIR=data_dir,
                     LAYER_UPSTREAM_TRANSPORT=transport, LAYER_LOG_LEVEL="warning", **env)
-    proc = Proc(f"bench-gateway-{transport}", pinned(cmd, cpu) if cpu else cmd, full, f"http://127.0.0.1:{port}",
-                "/ready")
+    proc = Proc(f"bench-gateway-{server or 'default'}-{transport}", pinned(cmd, cpu) if cpu else cmd, full,
+                f"http://127.0.0.1:{port}", "/ready")
     return proc, proc.url
 
 
-def start_bare_proxy(upstream_url: str, cpu: str = PROXY_CPU) -> tuple[Proc, str]:
-    """bench/bare_proxy.py under Granian, one worker, pinned like the gateway."""
+# The floors (no gateway logic): Granian RSGI + pyreqwest, uvicorn + the httptools client, a raw uvloop Protocol
+# server + the httptools client.
+BARE = {
+    "granian": ["-m", "granian", "--interface", "rsgi", "--loop", "uvloop", "--http", "1", "--workers", "1",
+                "--host", "127.0.0.1", "--port", "{port}", "bench.bare_proxy:app"],
+    "uvicorn": ["-m", "uvicorn", "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--lifespan", "off",
+                "--host", "127.0.0.1", "--port", "{port}", "bench.bare_asgi:app"],
+    "raw": ["-m", "bench.bare_raw", "{port}"],
+}
+
+
+def start_bare(kind: str, upstream_url: str, cpu: str = PROXY_CPU) -> tuple[Proc, str]:
+    """One floor from BARE, one process, pinned like the gateway."""
     port = free_port()
-    cmd = [sys.executable, "-m", "granian", "--interface", "rsgi", "--loop", "uvloop", "--workers", "1",
-           "--host", "127.0.0.1", "--port", str(port), "bench.bare_proxy:app"]
-    proc = Proc("bench-bare-proxy", pinned(cmd, cpu), base_env(BARE_UPSTREAM=upstream_url), f"http://127.0.0.1:{port}",
+    cmd = [sys.executable, *(a.format(port=port) for a in BARE[kind])]
+    proc = Proc(f"bench-bare-{kind}", pinned(cmd, cpu), base_env(BARE_UPSTREAM=upstream_url), f"http://127.0.0.1:{port}",
                 "/ready", cwd=str(TESTS.parent))
     return proc, proc.url
+
+
+def ctx_switches(pids: list[int]) -> int:
+    """Voluntary + involuntary context switches of every thread of the given processes (/proc/<pid>/task/*/status)."""
+    total = 0
+    for pid in pids:
+        for status in Path(f"/proc/{pid}/task").glob("*/status"):
+            try:
+                for line in status.read_text().splitlines():
+                    if "ctxt_switches:" in line:
+                        total += int(line.split()[1])
+            except OSError:
+                continue
+    return total
 
 
 def start_localstore(data_dir: str, key: str, cpu: str | None = None) -> tuple[Proc, str]:

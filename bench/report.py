@@ -88,18 +88,23 @@ def markdown(report: dict[str, Any]) -> str:
                          f"{_f(d.get('rps'), 0)} | {_f(r.get('gateway_over_nginx_rps'), 3)} | "
                          f"{_f(g.get('p50_ms'), 3)} | {_f(g.get('p99_ms'), 3)} | {_f(g.get('cpu_us_per_req'))} | "
                          f"{r.get('status', '-')} |")
-            if "bare" in r:
-                b = r["bare"]
-                lines.append(f"| {transport} | {name}: bare Granian+pyreqwest proxy (gw/bare "
-                             f"{_f(r.get('gateway_over_bare_rps'), 3)}) | {_f(b.get('rps'), 0)} | - | - | "
-                             f"{_f(b['rps'] / n['rps'] if n.get('rps') else None, 3)} | {_f(b.get('p50_ms'), 3)} | "
-                             f"{_f(b.get('p99_ms'), 3)} | {_f(b.get('cpu_us_per_req'))} | {r.get('status', '-')} |")
     sc = report.get("scaling", {})
     for k in ("workers_1", "workers_2"):
         if k in sc:
             lines.append(f"| {sc.get('transport', '')} | passthrough {k} (unpinned) | {_f(sc[k]['rps'], 0)} | - | - "
                          f"| - | {_f(sc[k]['p50_ms'], 3)} | {_f(sc[k]['p99_ms'], 3)} | "
                          f"{_f(sc[k].get('cpu_us_per_req'))} | ok |")
+    srv = report.get("servers") or {}
+    if srv.get("status") == "ok":
+        lines += ["", (f"servers (query passthrough, one pinned core, interleaved; default by CPU/req: "
+                       f"{srv['default']}, configured {srv['configured_default']})"), "",
+                  "| target | req/s | p50 ms | CPU µs/req | x nginx (CPU) | ctx switches/req |", "|---|---|---|---|---|---|"]
+        for k, x in srv.items():
+            if isinstance(x, dict):
+                lines.append(f"| {k} | {_f(x.get('rps'), 0)} | {_f(x.get('p50_ms'), 3)} | {_f(x.get('cpu_us_per_req'))}"
+                             f" | {_f(x.get('x_nginx_cpu'), 3)} | {_f(x.get('ctx_switches_per_req'), 2)} |")
+    elif srv:
+        lines.append(f"servers: {srv.get('status')}")
     mix = report.get("mix", {})
     if mix:
         lines += ["", "| mix target | offered req/s | req/s | p50 ms | p99 ms | error rate | status |",

@@ -22,12 +22,12 @@ from typing import Any
 from bench import cache_bench, compression_bench, mix, throughput
 from bench.localstore_bench import run as localstore_run
 from bench.nginx import start_canned, start_proxy
-from bench.procs import NCPU, PROXY_CPU, ensure_tools, start_bare_proxy, start_gateway, start_localstore
+from bench.procs import NCPU, PROXY_CPU, ensure_tools, start_gateway, start_localstore
 from bench.profile import profile
 from bench.report import check_budgets, markdown, statuses
 
 HERE = Path(__file__).resolve().parent
-PARTS = ("throughput", "scaling", "profile", "cache", "mix", "soak", "localstore", "compression")
+PARTS = ("servers", "throughput", "scaling", "profile", "cache", "mix", "soak", "localstore", "compression")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -53,15 +53,18 @@ def part_throughput(args: argparse.Namespace, b: dict[str, Any], report: dict[st
     canned, canned_url = start_canned(tmp / "canned")
     try:
         nginx, nginx_url = start_proxy(tmp / "nginx", canned_url)
-        bare = None
         try:
-            bare, bare_url = start_bare_proxy(canned_url)
+            if "servers" not in skip:
+                runner = throughput.Runner(seconds, repeats)
+                runner.scenario("servers", lambda: throughput.servers(runner, canned_url, nginx_url, nginx.pids(),
+                                                                       str(tmp / "servers"), transports[0],
+                                                                       max(repeats, 1 if args.smoke else 4)))
+                report["servers"] = runner.out["servers"]
             report["throughput"] = {}
             for i, transport in enumerate(transports):
                 runner = throughput.Runner(seconds, repeats)
                 res, gw = throughput.gateway_suite(runner, canned_url, tmp / "canned", nginx_url, nginx.pids(),
-                                                   str(tmp / f"gw-{transport}"), transport, rate, full=i == 0,
-                                                   bare=(bare_url, bare.pids()) if i == 0 else None)
+                                                   str(tmp / f"gw-{transport}"), transport, rate, full=i == 0)
                 try:
                     if i == 0 and "profile" not in skip:
                         out = Path(args.out) / f"profile-{stamp}{'-smoke' if args.smoke else ''}.txt"
@@ -78,8 +81,6 @@ def part_throughput(args: argparse.Namespace, b: dict[str, Any], report: dict[st
                                                                                transports[0]))
                 report["scaling"] = {"transport": transports[0], **runner.out["scaling"]}
         finally:
-            if bare is not None:
-                bare.stop()
             nginx.stop()
     finally:
         canned.stop()

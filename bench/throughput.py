@@ -13,7 +13,7 @@ from typing import Any
 from bench import compression_bench, load
 from bench.load import Request
 from bench.nginx import BIG_NS, WATERMARK_NS, set_updating
-from bench.procs import NCPU, PROXY_CPU, Proc, http, start_gateway
+from bench.procs import BARE, NCPU, PROXY_CPU, Proc, http, start_bare, start_gateway
 
 STORE_KEY = "bench-store-key"
 AUTH = {"authorization": f"Bearer {STORE_KEY}"}
@@ -145,9 +145,46 @@ def added_latency(r: Runner, direct: str, nginx: str, gw_url: str, gw_pids: list
     return out
 
 
+def servers(r: Runner, canned: str, nginx: str, nginx_pids: list[int], data_dir: str, transport: str,
+            repeats: int) -> dict[str, Any]:
+    """The full gateway under each server and the floors, on the same pinned core, interleaved in one run: query
+    passthrough req/s, CPU µs and context switches per request. `default` is the server whose gateway costs the least
+    CPU per request (the README quotes it)."""
+    from gateway.config import SERVERS
+
+    targets: dict[str, tuple[str, list[int] | None]] = {"nginx": (nginx, nginx_pids)}
+    procs: list[Proc] = []
+    try:
+        for server in SERVERS:
+            gw, url = start_gateway(canned, STORE_KEY, f"{data_dir}/{server}", 1, transport, PROXY_CPU, server, **GW_ENV)
+            procs.append(gw)
+            targets[f"gateway_{server}"] = (url, gw.pids())
+        for kind in BARE:
+            bare, url = start_bare(kind, canned)
+            procs.append(bare)
+            targets[f"bare_{kind}"] = (url, bare.pids())
+        req = query("bench-pass")
+        for url, _ in targets.values():
+            check(url, req)
+        res = load.interleaved(targets, req, r.seconds, repeats)
+    finally:
+        for proc in procs:
+            proc.stop()
+    out: dict[str, Any] = {k: v.as_dict() for k, v in res.items()}
+    if any(v.errors for v in res.values()):
+        raise RuntimeError(f"errors: { {k: v.bad_statuses for k, v in res.items() if v.errors} }")
+    nginx_cpu = res["nginx"].cpu_us_per_req
+    for k, v in res.items():
+        if nginx_cpu and v.cpu_us_per_req:
+            out[k]["x_nginx_cpu"] = round(nginx_cpu / v.cpu_us_per_req, 3)
+    cpu = {s: res[f"gateway_{s}"].cpu_us_per_req or float("inf") for s in SERVERS}
+    out["default"] = min(cpu, key=lambda s: cpu[s])
+    out["configured_default"] = SERVERS[0]
+    return out
+
+
 def gateway_suite(r: Runner, canned: str, canned_root: Path, nginx: str, nginx_pids: list[int], data_dir: str,
-                  transport: str, rate: int, full: bool, bare: tuple[str, list[int]] | None = None,
-                  ) -> tuple[dict[str, Any], Proc]:
+                  transport: str, rate: int, full: bool) -> tuple[dict[str, Any], Proc]:
     """All part-1 scenarios against one gateway (1 worker, pinned); returns results and the still-running gateway
     (for profiling; the caller stops it)."""
     r.out = {}
@@ -157,8 +194,7 @@ def gateway_suite(r: Runner, canned: str, canned_root: Path, nginx: str, nginx_p
         targets = {"direct": (canned, None), "nginx": (nginx, nginx_pids), "gateway": (gw_url, pids)}
         lite = {"nginx": (nginx, nginx_pids), "gateway": (gw_url, pids)}
         pass_req = query("bench-pass")
-        with_bare = {**targets, "bare": bare} if bare else targets  # the stack's floor (bench/bare_proxy.py)
-        r.scenario("query_passthrough", lambda: compare(r, with_bare, check(gw_url, pass_req), r.repeats))
+        r.scenario("query_passthrough", lambda: compare(r, targets, check(gw_url, pass_req), r.repeats))
         r.scenario("added_latency_fixed_rate", lambda: added_latency(r, canned, nginx, gw_url, pids, rate, r.repeats))
         r.scenario("query_watermark", lambda: compare(
             r, targets, arm_watermark(gw_url, canned_root, 1)))

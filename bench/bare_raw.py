@@ -1,0 +1,65 @@
+"""The Python floor: a raw uvloop Protocol HTTP/1.1 server (httptools parser, keep-alive, no ASGI) + the httptools
+client. Not an option for the gateway (it means owning an HTTP server); it shows what any Python server on uvloop
+costs at least. `python -m bench.bare_raw PORT` with BARE_UPSTREAM set; `GET /ready` answers 200."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+import httptools
+import uvloop
+
+from bench.h1client import H1Client
+
+client = H1Client(os.environ.get("BARE_UPSTREAM", "http://127.0.0.1:9"))
+
+
+class Server(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.url = b""
+        self.body: list[bytes] = []
+        self.auth = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"authorization":
+            self.auth = value
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        url, body, self.url, self.body = self.url.decode(), b"".join(self.body), b"", []
+        method = self.parser.get_method().decode()
+        asyncio.get_running_loop().create_task(self._respond(method, url, body, self.auth))
+
+    async def _respond(self, method: str, url: str, body: bytes, auth: bytes) -> None:
+        if url == "/ready":
+            status, data = 200, b"ok"
+        else:
+            status, data = await client.request(method, url, b"authorization: %s\r\ncontent-type: application/json"
+                                                             b"\r\n" % auth, body)
+        assert self.transport is not None
+        self.transport.write(b"HTTP/1.1 %d OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                             % (status, len(data), data))
+
+
+async def main(port: int) -> None:
+    server = await asyncio.get_running_loop().create_server(Server, "127.0.0.1", port, backlog=4096)
+    await server.serve_forever()
+
+
+if __name__ == "__main__":
+    uvloop.run(main(int(sys.argv[1])))
