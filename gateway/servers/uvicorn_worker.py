@@ -3,7 +3,8 @@
 
 - `LimitedProtocol` is uvicorn's httptools protocol plus a header read timeout (from connect, or from the first byte
   of a keep-alive request, to complete headers: 408 when some bytes came, a silent close otherwise) and limits on the
-  header bytes and count (431). uvicorn's own keep-alive timeout closes idle connections.
+  header bytes and count (431). uvicorn's own keep-alive timeout closes idle connections. The header timeout is
+  checked by one sweep over the worker's connections every SWEEP_S, not by a timer per request (hot path).
 - `Acceptor` accepts from the shared listening socket only while the worker holds fewer than `max_connections`
   connections; beyond it the socket is not read and new connections wait in the kernel's backlog (uvicorn's
   `limit_concurrency` would accept them and answer 503). It also closes the socket for the drain.
@@ -33,6 +34,7 @@ from gateway.servers.drain import Drain
 
 log = logging.getLogger("gateway.uvicorn")
 EMPTY_STATE: dict[str, Any] = {}
+SWEEP_S = 0.25
 
 
 class _HeaderLimit(Exception):
@@ -46,7 +48,7 @@ class LimitedProtocol(HttpToolsProtocol):
         self.settings = settings
         self.acceptor = acceptor
         self.idle_since: float | None = None
-        self._header_timer: asyncio.TimerHandle | None = None
+        self.headers_since: float | None = None  # waiting for complete headers since (None: not waiting)
         self._header_bytes = 0
         self._header_count = 0
         self._in_message = False
@@ -54,11 +56,10 @@ class LimitedProtocol(HttpToolsProtocol):
     # -- connection ------------------------------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self.idle_since = self.loop.time()
-        self._arm_header_timer()
+        self.idle_since = self.headers_since = self.loop.time()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_header_timer()
+        self.headers_since = None
         super().connection_lost(exc)
         self.acceptor.connection_closed()
 
@@ -82,8 +83,8 @@ class LimitedProtocol(HttpToolsProtocol):
         self.idle_since = None
         self._in_message = True
         self._header_bytes = self._header_count = 0
-        if self._header_timer is None:
-            self._arm_header_timer()
+        if self.headers_since is None:
+            self.headers_since = self.loop.time()
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
@@ -94,7 +95,7 @@ class LimitedProtocol(HttpToolsProtocol):
         self._count(len(name) + len(value) + 4, 1)
 
     def on_headers_complete(self) -> None:
-        self._cancel_header_timer()
+        self.headers_since = None
         self._in_message = False
         super().on_headers_complete()
 
@@ -109,16 +110,8 @@ class LimitedProtocol(HttpToolsProtocol):
         if self._header_count > self.settings.max_headers or self._header_bytes > self.settings.max_header_bytes:
             raise _HeaderLimit  # httptools turns it into HttpParserError in data_received
 
-    def _arm_header_timer(self) -> None:
-        self._header_timer = self.loop.call_later(self.settings.header_timeout_ms / 1000, self._header_timeout)
-
-    def _cancel_header_timer(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-
-    def _header_timeout(self) -> None:
-        self._header_timer = None
+    def header_timeout(self) -> None:
+        self.headers_since = None
         if self.transport.is_closing():
             return
         if self._in_message:
@@ -230,10 +223,20 @@ class UvicornListener:
         self.done.set()
 
 
-async def _date_header(server_state: ServerState) -> None:
+async def _housekeeping(server_state: ServerState, header_timeout_s: float) -> None:
+    """The `date` header once a second; the header read timeout of every connection every SWEEP_S."""
+    loop = asyncio.get_running_loop()
+    next_date = 0.0
     while True:
-        server_state.default_headers = [(b"date", formatdate(time.time(), usegmt=True).encode())]
-        await asyncio.sleep(1.0)
+        now = loop.time()
+        if now >= next_date:
+            server_state.default_headers = [(b"date", formatdate(time.time(), usegmt=True).encode())]
+            next_date = now + 1.0
+        for conn in list(server_state.connections):
+            since = conn.headers_since
+            if since is not None and now - since >= header_timeout_s:
+                conn.header_timeout()
+        await asyncio.sleep(SWEEP_S)
 
 
 async def _serve(sock: socket.socket) -> int:
@@ -242,7 +245,7 @@ async def _serve(sock: socket.socket) -> int:
     app = AsgiApp()
     await app.startup()
     server_state = ServerState()
-    ticker = asyncio.get_running_loop().create_task(_date_header(server_state))
+    ticker = asyncio.get_running_loop().create_task(_housekeeping(server_state, settings.header_timeout_ms / 1000))
     uv_config = UvicornConfig(app, http="httptools", ws="none", lifespan="off", proxy_headers=False,
                               server_header=False, date_header=False, log_config=None, access_log=False,
                               timeout_keep_alive=max(1, round(settings.keepalive_timeout_ms / 1000)))

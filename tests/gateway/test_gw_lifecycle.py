@@ -38,7 +38,8 @@ def test_embedded_default_starts_and_stops_its_store(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("var", "value"), [("LAYER_UPSTREAM_TIMEOUT_MS", "soon"), ("LAYER_UPSTREAM_TRANSPORT", "curl"),
                                             ("TURBOPUFFER_API_URL", "ftp://x"), ("AEROSPIKE_TIMEOUT_MS", "0"),
                                             ("AEROSPIKE_HOSTS", "db:port"),
-                                            ("LAYER_KEYS_AUTH_RATE_LIMIT_PER_MIN", "lots")])
+                                            ("LAYER_KEYS_AUTH_RATE_LIMIT_PER_MIN", "lots"), ("LAYER_SERVER", "nginx"),
+                                            ("LAYER_MAX_HEADERS", "101"), ("LAYER_HEADER_TIMEOUT_MS", "0")])
 def test_bad_configuration_stops_startup_naming_the_variable(var: str, value: str) -> None:
     env = base_env(**{"TURBOPUFFER_API_URL": "http://127.0.0.1:9", var: value})
     done = subprocess.run([sys.executable, "-m", "gateway", "serve", "--port", str(free_port())], env=env,
