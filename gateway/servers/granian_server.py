@@ -18,16 +18,22 @@ def run(config: Config, host: str, port: int, workers: int) -> int:
     from granian.server.mp import MPServer
 
     class Supervisor(MPServer):  # type: ignore[misc]
-        """Granian forwards SIGTERM to its workers (they drain, gateway/servers/drain.py) and kills them after
-        `workers_kill_timeout`; a second SIGTERM (or a SIGINT) changed nothing there. Here it stops the workers at
-        once (SIGQUIT: the drain's stop_now)."""
+        """Granian sends SIGTERM to its workers on SIGTERM and SIGINT alike (they drain, gateway/servers/drain.py)
+        and kills them after `workers_kill_timeout`; a second signal changed nothing. Here a SIGINT first reaches
+        the workers as SIGINT (Granian's own stop: no grace), and a second signal stops them at once (SIGQUIT: the
+        drain's stop_now)."""
 
-        def signal_handler_interrupt(self, *args: Any, **kwargs: Any) -> None:
+        def _send(self, sig: int) -> None:
+            for worker in self.wrks:
+                if worker.inner.pid:
+                    os.kill(worker.inner.pid, sig)
+
+        def signal_handler_interrupt(self, signum: int = signal.SIGTERM, *args: Any) -> None:
             if self.interrupt_signal:
-                for worker in self.wrks:
-                    if worker.inner.pid:
-                        os.kill(worker.inner.pid, signal.SIGQUIT)
-            super().signal_handler_interrupt(*args, **kwargs)
+                self._send(signal.SIGQUIT)
+            elif signum == signal.SIGINT:
+                self._send(signal.SIGINT)
+            super().signal_handler_interrupt(signum, *args)
 
     s = config.server
     kill_timeout = (config.drain_grace_ms + config.drain_timeout_ms) // 1000 + 5
