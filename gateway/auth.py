@@ -20,6 +20,7 @@ ROUTE_CLASSES: dict[tuple[str, str], str] = {
     ("GET", "/health"): PUBLIC,
     ("GET", "/ready"): PUBLIC,
     ("GET", "/metrics"): PUBLIC,
+    ("GET", "/openapi.yaml"): PUBLIC,
     ("POST", "/v2/keys/authenticate"): PUBLIC,
     # Turbopuffer routes Layer enhances
     ("POST", NS): WRITE,

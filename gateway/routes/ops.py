@@ -1,18 +1,23 @@
-"""Operational routes: /health, /ready, /metrics (public)."""
+"""Operational routes: /health, /ready, /metrics and /openapi.yaml (public)."""
 
 from __future__ import annotations
 
 import inspect
+from functools import cache
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from gateway import metrics
-from gateway.http import Ctx, Response, json_response
+from gateway.http import Ctx, GatewayError, Response, json_response
 from gateway.router import RouteSpec
 from gateway.state import WorkerState
 
 VERSION = "0.1.0"
 METRICS_HEADERS = [("content-type", metrics.CONTENT_TYPE)]
+# The repository's openapi.yaml (the single source of truth for routes and clients), served as it is on disk.
+SPEC_PATH = Path(__file__).resolve().parents[2] / "openapi.yaml"
+SPEC_HEADERS = [("content-type", "application/yaml")]
 NO_CACHE = {"aerospike": {"connected": False, "generation": 0}, "cache_state": []}
 
 
@@ -54,8 +59,24 @@ async def metrics_route(ctx: Ctx, state: WorkerState) -> Response:
     return Response(200, metrics.render(), METRICS_HEADERS)
 
 
+@cache
+def _spec() -> bytes | None:
+    try:
+        return SPEC_PATH.read_bytes()
+    except OSError:
+        return None
+
+
+async def openapi_spec(ctx: Ctx, state: WorkerState) -> Response:
+    spec = _spec()
+    if spec is None:
+        raise GatewayError("not_found", "openapi.yaml is not installed next to this gateway", status=404)
+    return Response(200, spec, SPEC_HEADERS)
+
+
 ROUTES = (
     RouteSpec("GET", "/health", health),
     RouteSpec("GET", "/ready", ready),
     RouteSpec("GET", "/metrics", metrics_route),
+    RouteSpec("GET", "/openapi.yaml", openapi_spec),
 )
