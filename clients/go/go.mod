@@ -1,0 +1,3 @@
+module github.com/hev/layer/clients/go
+
+go 1.22
