@@ -7,141 +7,175 @@ import "context"
 var opAuthenticateKey = &operation{
 	name: "AuthenticateKey", method: "POST", path: "/v2/keys/authenticate", fallback: "none",
 	upstreamMethod: "", upstreamPath: "", response: "json",
+	read: true,
 }
 var opBatchQueryNamespace = &operation{
 	name: "BatchQueryNamespace", method: "POST", path: "/v2/namespaces/{namespace}/query", fallback: "direct",
 	upstreamMethod: "POST", upstreamPath: "/v2/namespaces/{namespace}/query", response: "json",
+	read:       true,
 	fixedQuery: [][2]string{{"stainless_overload", "multiQuery"}},
 }
 var opBranchNamespace = &operation{
 	name: "BranchNamespace", method: "POST", path: "/v2/namespaces/{namespace}", fallback: "direct",
 	upstreamMethod: "POST", upstreamPath: "/v2/namespaces/{namespace}", response: "json",
+	read:       false,
 	fixedQuery: [][2]string{{"stainless_overload", "branchFrom"}},
 }
 var opCopyNamespace = &operation{
 	name: "CopyNamespace", method: "POST", path: "/v2/namespaces/{namespace}", fallback: "direct",
 	upstreamMethod: "POST", upstreamPath: "/v2/namespaces/{namespace}", response: "json",
+	read:       false,
 	fixedQuery: [][2]string{{"stainless_overload", "copyFrom"}},
 }
 var opDeleteKey = &operation{
 	name: "DeleteKey", method: "DELETE", path: "/v2/keys/{keyId}", fallback: "none",
 	upstreamMethod: "", upstreamPath: "", response: "json",
+	read: false,
 }
 var opDeleteNamespace = &operation{
 	name: "DeleteNamespace", method: "DELETE", path: "/v2/namespaces/{namespace}", fallback: "none",
 	upstreamMethod: "DELETE", upstreamPath: "/v2/namespaces/{namespace}", response: "json",
+	read: false,
 }
 var opEvaluateTurbopufferRecall = &operation{
 	name: "EvaluateTurbopufferRecall", method: "POST", path: "/v1/namespaces/{namespace}/_debug/recall", fallback: "direct",
 	upstreamMethod: "POST", upstreamPath: "/v1/namespaces/{namespace}/_debug/recall", response: "json",
+	read: true,
 }
 var opExplainTurbopufferQuery = &operation{
 	name: "ExplainTurbopufferQuery", method: "POST", path: "/v2/namespaces/{namespace}/explain_query", fallback: "direct",
 	upstreamMethod: "POST", upstreamPath: "/v2/namespaces/{namespace}/explain_query", response: "json",
+	read: true,
 }
 var opFetchDocument = &operation{
 	name: "FetchDocument", method: "GET", path: "/v2/namespaces/{namespace}/documents/{doc_id}", fallback: "none",
 	upstreamMethod: "", upstreamPath: "", response: "json",
+	read: true,
 }
 var opFetchDocuments = &operation{
 	name: "FetchDocuments", method: "POST", path: "/v2/namespaces/{namespace}/documents", fallback: "none",
 	upstreamMethod: "", upstreamPath: "", response: "json",
+	read: true,
 }
 var opGetHealth = &operation{
 	name: "GetHealth", method: "GET", path: "/health", fallback: "none",
 	upstreamMethod: "", upstreamPath: "", response: "json",
+	read: true,
 }
 var opGetKey = &operation{
 	name: "GetKey", method: "GET", path: "/v2/keys/{keyId}", fallback: "none",
 	upstreamMethod: "", upstreamPath: "", response: "json",
+	read: false,
 }
 var opGetMetrics = &operation{
 	name: "GetMetrics", method: "GET", path: "/metrics", fallback: "none",
 	upstreamMethod: "", upstreamPath: "", response: "text",
+	read: true,
 }
 var opGetNamespaceMetadata = &operation{
 	name: "GetNamespaceMetadata", method: "GET", path: "/v2/namespaces/{namespace}/metadata", fallback: "direct",
 	upstreamMethod: "GET", upstreamPath: "/v2/namespaces/{namespace}/metadata", response: "json",
+	read: true,
 }
 var opGetOpenApiSpec = &operation{
 	name: "GetOpenApiSpec", method: "GET", path: "/openapi.yaml", fallback: "none",
 	upstreamMethod: "", upstreamPath: "", response: "text",
+	read: true,
 }
 var opGetReady = &operation{
 	name: "GetReady", method: "GET", path: "/ready", fallback: "none",
 	upstreamMethod: "", upstreamPath: "", response: "json",
+	read: true,
 }
 var opGetTurbopufferNamespaceSchema = &operation{
 	name: "GetTurbopufferNamespaceSchema", method: "GET", path: "/v1/namespaces/{namespace}/schema", fallback: "direct",
 	upstreamMethod: "GET", upstreamPath: "/v1/namespaces/{namespace}/schema", response: "json",
+	read: true,
 }
 var opGetTurbopufferOperation = &operation{
 	name: "GetTurbopufferOperation", method: "GET", path: "/v1/namespaces/{namespace}/operations/{operation_id}", fallback: "direct",
 	upstreamMethod: "GET", upstreamPath: "/v1/namespaces/{namespace}/operations/{operation_id}", response: "json",
+	read: true,
 }
 var opGetTurbopufferV1NamespaceMetadata = &operation{
 	name: "GetTurbopufferV1NamespaceMetadata", method: "GET", path: "/v1/namespaces/{namespace}/metadata", fallback: "direct",
 	upstreamMethod: "GET", upstreamPath: "/v1/namespaces/{namespace}/metadata", response: "json",
+	read: true,
 }
 var opGetWarmJob = &operation{
 	name: "GetWarmJob", method: "GET", path: "/v2/namespaces/{namespace}/warm-jobs/{job_id}", fallback: "none",
 	upstreamMethod: "", upstreamPath: "", response: "json",
+	read: true,
 }
 var opHintCacheWarm = &operation{
 	name: "HintCacheWarm", method: "GET", path: "/v1/namespaces/{namespace}/hint_cache_warm", fallback: "none",
 	upstreamMethod: "GET", upstreamPath: "/v1/namespaces/{namespace}/hint_cache_warm", response: "json",
+	read: true,
 }
 var opListKeys = &operation{
 	name: "ListKeys", method: "GET", path: "/v2/keys", fallback: "none",
 	upstreamMethod: "", upstreamPath: "", response: "json",
+	read: false,
 }
 var opListNamespaces = &operation{
 	name: "ListNamespaces", method: "GET", path: "/v2/namespaces", fallback: "none",
 	upstreamMethod: "", upstreamPath: "", response: "json",
+	read: true,
 }
 var opListTurbopufferNamespaces = &operation{
 	name: "ListTurbopufferNamespaces", method: "GET", path: "/v1/namespaces", fallback: "direct",
 	upstreamMethod: "GET", upstreamPath: "/v1/namespaces", response: "json",
+	read: true,
 }
 var opListWarmJobs = &operation{
 	name: "ListWarmJobs", method: "GET", path: "/v2/namespaces/{namespace}/warm-jobs", fallback: "none",
 	upstreamMethod: "", upstreamPath: "", response: "json",
+	read: true,
 }
 var opMintKey = &operation{
 	name: "MintKey", method: "POST", path: "/v2/keys", fallback: "none",
 	upstreamMethod: "", upstreamPath: "", response: "json",
+	read: false,
 }
 var opQueryNamespace = &operation{
 	name: "QueryNamespace", method: "POST", path: "/v2/namespaces/{namespace}/query", fallback: "simple-vector",
 	upstreamMethod: "POST", upstreamPath: "/v2/namespaces/{namespace}/query", response: "json",
+	read: true,
 }
 var opQueryTurbopufferNamespace = &operation{
 	name: "QueryTurbopufferNamespace", method: "POST", path: "/v1/namespaces/{namespace}/query", fallback: "direct",
 	upstreamMethod: "POST", upstreamPath: "/v2/namespaces/{namespace}/query", response: "json",
+	read: true,
 }
 var opRevokeKey = &operation{
 	name: "RevokeKey", method: "POST", path: "/v2/keys/{keyId}/revoke", fallback: "none",
 	upstreamMethod: "", upstreamPath: "", response: "json",
+	read: false,
 }
 var opStartCopyFromNamespace = &operation{
 	name: "StartCopyFromNamespace", method: "POST", path: "/v2/namespaces/{namespace}/async", fallback: "direct",
 	upstreamMethod: "POST", upstreamPath: "/v2/namespaces/{namespace}/async", response: "json",
+	read: false,
 }
 var opUpdateTurbopufferNamespaceMetadata = &operation{
 	name: "UpdateTurbopufferNamespaceMetadata", method: "PATCH", path: "/v1/namespaces/{namespace}/metadata", fallback: "direct",
 	upstreamMethod: "PATCH", upstreamPath: "/v1/namespaces/{namespace}/metadata", response: "json",
+	read: false,
 }
 var opUpdateTurbopufferNamespaceSchema = &operation{
 	name: "UpdateTurbopufferNamespaceSchema", method: "POST", path: "/v1/namespaces/{namespace}/schema", fallback: "direct",
 	upstreamMethod: "POST", upstreamPath: "/v1/namespaces/{namespace}/schema", response: "json",
+	read: false,
 }
 var opWarmCache = &operation{
 	name: "WarmCache", method: "POST", path: "/v2/namespaces/{namespace}/warm", fallback: "none",
 	upstreamMethod: "", upstreamPath: "", response: "json",
+	read: false,
 }
 var opWriteNamespace = &operation{
 	name: "WriteNamespace", method: "POST", path: "/v2/namespaces/{namespace}", fallback: "direct",
 	upstreamMethod: "POST", upstreamPath: "/v2/namespaces/{namespace}", response: "json",
+	read: false,
 }
 
 // FetchDocumentParams are the optional query and header parameters of FetchDocument.

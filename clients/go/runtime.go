@@ -166,6 +166,10 @@ type operation struct {
 	upstreamMethod, upstreamPath string
 	response                     string
 	fixedQuery                   [][2]string
+	// read: a read-only route. net/http may then resend it on a fresh connection when a pooled one turns out to
+	// be dead (the gateway was killed), and that fresh dial's failure is what lets the call fall through. Writes
+	// are never resent: they fail instead.
+	read bool
 }
 
 type call struct {
@@ -357,7 +361,7 @@ func (c *Client) fallThrough(req *call, payload []byte, cause error) (string, st
 	return method, c.tpufURL + fillPath(op.upstreamPath, req.pathArgs), payload, nil
 }
 
-func (c *Client) send(ctx context.Context, method, target, key string, payload []byte, headers http.Header) (*http.Response, error) {
+func (c *Client) send(ctx context.Context, method, target, key string, payload []byte, headers http.Header, read bool) (*http.Response, error) {
 	var body io.Reader
 	if payload != nil {
 		body = bytes.NewReader(payload)
@@ -374,6 +378,9 @@ func (c *Client) send(ctx context.Context, method, target, key string, payload [
 	}
 	if key != "" {
 		httpReq.Header.Set("Authorization", "Bearer "+key)
+	}
+	if read {
+		httpReq.Header["Idempotency-Key"] = nil // marks the request replayable; a nil value is never sent
 	}
 	return c.httpClient.Do(httpReq)
 }
@@ -396,7 +403,8 @@ func (c *Client) do(ctx context.Context, req *call, out interface{}) (http.Heade
 		suffix = "?" + encoded
 	}
 	started := time.Now()
-	resp, err := c.send(ctx, req.op.method, c.baseURL+fillPath(req.op.path, req.pathArgs)+suffix, c.apiKey, payload, req.headers)
+	resp, err := c.send(ctx, req.op.method, c.baseURL+fillPath(req.op.path, req.pathArgs)+suffix, c.apiKey, payload, req.headers,
+		req.op.read)
 	if err != nil {
 		if !isConnectFailure(err) {
 			return nil, perf, err
@@ -405,7 +413,7 @@ func (c *Client) do(ctx context.Context, req *call, out interface{}) (http.Heade
 		if ferr != nil {
 			return nil, perf, ferr
 		}
-		if resp, err = c.send(ctx, method, target+suffix, c.tpufKey, direct, nil); err != nil {
+		if resp, err = c.send(ctx, method, target+suffix, c.tpufKey, direct, nil, req.op.read); err != nil {
 			return nil, perf, err
 		}
 		fallback := TurbopufferDirect
