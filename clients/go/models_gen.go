@@ -243,7 +243,7 @@ type NamespaceMetadataLayer struct {
 }
 
 type NamespaceMetadata struct {
-	ID                 string                  `json:"id"`
+	ID                 *string                 `json:"id,omitempty"`
 	Schema             map[string]interface{}  `json:"schema"`
 	ApproxLogicalBytes int64                   `json:"approx_logical_bytes"`
 	ApproxRowCount     int64                   `json:"approx_row_count"`

@@ -107,6 +107,8 @@ async def _turbopuffer_step(ctx: Ctx, state: WorkerState, ns: str) -> dict[str, 
         resp = await state.upstream.request("GET", path, ctx.upstream_key, None, "warm cache", ctx)
     except GatewayError as exc:
         raise upstream_error(exc.message) from None
+    if resp.status == 404:  # a missing namespace is the caller's problem, not an upstream failure
+        raise GatewayError("not_found", f"namespace '{ns}' not found", status=404)
     if not resp.ok:
         raise upstream_error(f"Turbopuffer warm cache failed: upstream returned {resp.status}: "
                              f"{resp.body[:200].decode(errors='replace')}")

@@ -338,7 +338,7 @@ class NamespaceMetadataLayer(BaseModel):
 
 class NamespaceMetadata(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
-    id: str
+    id: str | None = None
     schema: dict[str, Any]
     approx_logical_bytes: int
     approx_row_count: int

@@ -269,7 +269,7 @@ export interface NamespaceMetadataLayer {
 }
 
 export interface NamespaceMetadata {
-  id: string;
+  id?: string;
   schema: { [key: string]: unknown };
   approx_logical_bytes: number;
   approx_row_count: number;
