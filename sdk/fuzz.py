@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from support.procs import Proc, base_env, free_port, wait_for_workers  # noqa: E402
+from support.procs import Proc, base_env, free_port, wait_for_workers
 
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
 KEY = "fuzz-admin-key"

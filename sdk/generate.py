@@ -335,6 +335,7 @@ def load_language(name: str) -> Any:
     spec = importlib.util.spec_from_file_location(f"sdk_lang_{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
@@ -357,8 +358,8 @@ def render_language(ir: IR, name: str, out_root: Path) -> list[Path]:
     return written
 
 
-def generate(out_root: Path) -> list[Path]:
-    ir = build_ir(yaml.safe_load(SPEC.read_text()))
+def generate(out_root: Path, spec: dict[str, Any] | None = None) -> list[Path]:
+    ir = build_ir(spec if spec is not None else yaml.safe_load(SPEC.read_text()))
     files: list[Path] = []
     for name in LANGUAGES:
         files += render_language(ir, name, out_root)
@@ -369,16 +370,17 @@ def generated_in_tree() -> set[Path]:
     """Files under clients/ that carry the generated header (to report ones the spec no longer produces)."""
     out = set()
     for path in (ROOT / "clients").rglob("*"):
-        if path.is_file() and "node_modules" not in path.parts and path.suffix in (".py", ".go", ".js", ".ts"):
+        skip = {"node_modules", "build", "dist"} & set(path.parts) or any(p.endswith(".egg-info") for p in path.parts)
+        if path.is_file() and not skip and path.suffix in (".py", ".go", ".js", ".ts"):
             with path.open(errors="replace") as f:
                 if HEADER in f.read(400):
                     out.add(path.relative_to(ROOT))
     return out
 
 
-def check() -> int:
+def check(spec: dict[str, Any] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
-        fresh = {p.relative_to(tmp): p for p in generate(Path(tmp))}
+        fresh = {p.relative_to(tmp): p for p in generate(Path(tmp), spec)}
         problems = []
         for rel, path in sorted(fresh.items()):
             committed = ROOT / rel

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from support.procs import STORE_KEY, start_gateway, start_localstore  # noqa: E402
+from support.procs import STORE_KEY, start_gateway, start_localstore
 
 
 def main() -> int:

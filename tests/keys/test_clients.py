@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from pathlib import Path
@@ -10,65 +9,37 @@ from typing import Any
 
 import pytest
 import turbopuffer
-from hevlayer import AsyncHevlayer, HevlayerError
-from hevlayer.models import (
-    ApiKey,
-    ApiKeyEntitlement,
-    ApiKeyList,
-    AuthenticateKeyResponse,
-    MintKeyRequest,
-    MintKeyResponse,
-    StatusResponse,
-)
 from keys_support import STORE_KEY, Stack
+from support.published_client import run_published
 
 from gateway.keys import cli
 
+PUBLISHED_SCENARIOS = Path(__file__).resolve().parents[1] / "compat" / "published" / "hevlayer_scenarios.py"
+
 
 def test_hevlayer_key_methods_unchanged(stack: Stack) -> None:
-    async def scenario() -> None:
-        async with AsyncHevlayer(api_key=STORE_KEY, base_url=stack.url) as admin:
-            minted = await admin.mint_key(MintKeyRequest(
-                name="search-svc", owner="team-search", description="read products",
-                entitlements={"vectorstore.default": ApiKeyEntitlement(scopes=["read"], namespaces=["products*"])},
-                expiresAfter="12h"))
-            assert isinstance(minted, MintKeyResponse)
-            assert minted.token.startswith("hvl_") and len(minted.token) >= 36
-            assert minted.phase == "Active" and minted.expiresAfter == "12h" and minted.expiresAt
-            assert minted.entitlements["vectorstore.default"].namespaces == ["products*"]
-
-            got = await admin.get_key(minted.keyId)
-            assert isinstance(got, ApiKey) and got.name == "search-svc" and got.owner == "team-search"
-            assert "token" not in got.model_dump() and got.lookupHash is None
-            listed = await admin.list_keys()
-            assert isinstance(listed, ApiKeyList) and minted.keyId in {k.keyId for k in listed.keys}
-
-            async with AsyncHevlayer(base_url=stack.url) as anonymous:
-                auth = await anonymous.authenticate_key({"token": minted.token})
-                assert isinstance(auth, AuthenticateKeyResponse) and auth.keyId == minted.keyId
-                assert auth.entitlements["vectorstore.default"].scopes == ["read"]
-                with pytest.raises(HevlayerError) as bad:
-                    await anonymous.authenticate_key({"token": minted.token[:-1] + "x"})
-                assert bad.value.status_code == 401
-
-            revoked = await admin.revoke_key(minted.keyId)
-            assert isinstance(revoked, ApiKey) and revoked.phase == "Revoked" and revoked.revokedAt
-            again = await admin.revoke_key(minted.keyId)
-            assert again.revokedAt == revoked.revokedAt  # idempotent, first time kept
-            assert minted.keyId not in {k.keyId for k in (await admin.list_keys()).keys}
-            assert minted.keyId in {k.keyId for k in (await admin.list_keys(includeRevoked=True)).keys}
-
-            deleted = await admin.delete_key(minted.keyId)
-            assert isinstance(deleted, StatusResponse) and deleted.status == "OK"
-            with pytest.raises(HevlayerError) as missing:
-                await admin.get_key(minted.keyId)
-            assert missing.value.status_code == 404
-
-            with pytest.raises(HevlayerError) as invalid:
-                await admin.mint_key({"name": "x", "expiresAfter": "soon"})
-            assert invalid.value.status_code == 422 and invalid.value.error == "validation_error"
-
-    asyncio.run(scenario())
+    """The published client's key methods, run in its own environment (tests/support/published_client.py)."""
+    out = run_published(PUBLISHED_SCENARIOS, "keys", stack.url, STORE_KEY, "-")
+    assert out["hevlayer"]["version"] == "0.7.3"
+    assert out["types"] == ["MintKeyResponse", "ApiKey", "ApiKeyList", "AuthenticateKeyResponse", "ApiKey",
+                            "StatusResponse"]
+    minted = out["minted"]
+    assert minted["token"].startswith("hvl_") and len(minted["token"]) >= 36
+    assert minted["phase"] == "Active" and minted["expiresAfter"] == "12h" and minted["expiresAt"]
+    assert minted["entitlements"]["vectorstore.default"]["namespaces"] == ["products*"]
+    got = out["got"]
+    assert got["name"] == "search-svc" and got["owner"] == "team-search"
+    assert "token" not in got and got["lookupHash"] is None
+    assert minted["keyId"] in out["listed_ids"]
+    assert out["auth"]["keyId"] == minted["keyId"]
+    assert out["auth"]["entitlements"]["vectorstore.default"]["scopes"] == ["read"]
+    assert out["bad_auth"]["status"] == 401
+    assert out["revoked"]["phase"] == "Revoked" and out["revoked"]["revokedAt"]
+    assert out["again_revoked_at"] == out["revoked"]["revokedAt"]  # idempotent, first time kept
+    assert not out["active_has_it"] and out["all_has_it"]
+    assert out["deleted_status"] == "OK"
+    assert out["get_after_delete"]["status"] == 404
+    assert out["bad_mint"] == {"status": 422, "error": "validation_error"}
 
 
 def test_turbopuffer_client_with_minted_key_goes_upstream_with_store_key(stack: Stack) -> None:

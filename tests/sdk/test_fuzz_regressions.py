@@ -31,7 +31,7 @@ def matches(schema_name: str, value: Any) -> bool:
     return jsonschema_rs.Draft202012Validator(schema).is_valid(value)
 
 
-def test_hint_cache_warm_with_options_on_a_missing_namespace_is_404_not_502(gateway_stack) -> None:  # noqa: ANN001
+def test_hint_cache_warm_with_options_on_a_missing_namespace_is_404_not_502(gateway_stack) -> None:
     """Found: the orchestrated warm wrapped Turbopuffer's 404 into a 502 upstream_error (a server error)."""
     gw, _ = gateway_stack
     status, _, body = call(gw.url + "/v1/namespaces/no-such-ns/hint_cache_warm?turbopuffer=true&documents=false")
@@ -40,7 +40,7 @@ def test_hint_cache_warm_with_options_on_a_missing_namespace_is_404_not_502(gate
     assert status == 404
 
 
-def test_v1_metadata_has_no_id_and_still_matches_the_spec(gateway_stack) -> None:  # noqa: ANN001
+def test_v1_metadata_has_no_id_and_still_matches_the_spec(gateway_stack) -> None:
     """Found: Turbopuffer's v1 metadata carries no `id`, which the spec (and hevlayer 0.7.3's model) required."""
     gw, _ = gateway_stack
     assert call(gw.url + "/v2/namespaces/meta-ns", "POST", {"upsert_rows": [{"id": 1, "vector": [1.0, 0.0]}],

@@ -52,7 +52,7 @@ def test_public_operations_need_no_key_and_the_others_do() -> None:
             assert (op.get("security") == []) == public, f"{method.upper()} {path}: security vs route class"
 
 
-def test_the_gateway_serves_its_spec(gateway_stack) -> None:  # noqa: ANN001 - fixture from tests/conftest.py
+def test_the_gateway_serves_its_spec(gateway_stack) -> None:
     gw, _ = gateway_stack
     with urllib.request.urlopen(gw.url + "/openapi.yaml", timeout=10) as resp:  # no Authorization header
         assert resp.status == 200

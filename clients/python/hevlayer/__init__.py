@@ -8,9 +8,9 @@ warnings.filterwarnings(
     category=UserWarning,
 )
 
-from .client import OPERATIONS, AsyncHevlayer, Hevlayer  # noqa: E402
-from ._runtime import GatewayUnreachableError, HevlayerError, LayerPerf, LayerResponse  # noqa: E402
-from .models import *  # noqa: E402, F403
+from ._runtime import GatewayUnreachableError, HevlayerError, LayerPerf, LayerResponse
+from .client import OPERATIONS, AsyncHevlayer, Hevlayer
+from .models import *
 
 __version__ = "0.8.0"
 __all__ = [

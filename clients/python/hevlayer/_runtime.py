@@ -9,7 +9,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, Self, TypeVar
 from urllib.parse import quote, urlencode
 
 import httpx
@@ -264,7 +264,7 @@ class AsyncBase(_Core):
         self._client.headers.update(self._headers)
         self._tpuf: httpx.AsyncClient | None = None
 
-    async def __aenter__(self) -> AsyncBase:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -305,7 +305,7 @@ class SyncBase(_Core):
         self._client.headers.update(self._headers)
         self._tpuf: httpx.Client | None = None
 
-    def __enter__(self) -> SyncBase:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

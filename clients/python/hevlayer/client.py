@@ -7,7 +7,7 @@ from typing import Any
 
 from ._helpers import AsyncHelpers, SyncHelpers
 from ._runtime import AsyncBase, GatewayUnreachableError, HevlayerError, LayerPerf, LayerResponse, Op, SyncBase
-from .models import *  # noqa: F403
+from .models import *
 
 __all__ = ["OPERATIONS", "AsyncHevlayer", "GatewayUnreachableError", "Hevlayer", "HevlayerError", "LayerPerf",
            "LayerResponse"]

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from hevlayer import GatewayUnreachableError, Hevlayer, HevlayerError
 
 LIVE_STACK = Path(__file__).resolve().parents[3] / "sdk" / "live_stack.py"

@@ -12,7 +12,6 @@ from typing import Any
 import httpx
 import pytest
 from fake_layer import FakeLayer
-
 from hevlayer import OPERATIONS, AsyncHevlayer, GatewayUnreachableError, Hevlayer, HevlayerError, LayerResponse
 
 SCENARIOS = json.loads((Path(__file__).resolve().parents[3] / "sdk" / "scenarios.json").read_text())["scenarios"]
@@ -81,7 +80,7 @@ def as_error(exc: Exception) -> dict[str, Any]:
 def client_options(fake: FakeLayer, sc: dict[str, Any]) -> dict[str, Any]:
     return {"base_url": fake.urls["dead" if sc.get("gateway") == "down" else "gateway"], "api_key": "gw-key",
             "turbopuffer_api_url": fake.urls["turbopuffer"],
-            "turbopuffer_api_key": sc["turbopuffer_key"] if "turbopuffer_key" in sc else "tpuf-key",
+            "turbopuffer_api_key": sc.get("turbopuffer_key", "tpuf-key"),
             "fallback_to_turbopuffer": sc.get("fallback", True),
             "timeout": sc["timeout_ms"] / 1000 if "timeout_ms" in sc else 10.0}
 

@@ -61,6 +61,10 @@ def py_result(op: Any) -> str:
     return "str" if op.response_kind == "text" else py_type(op.response) if op.response else "None"
 
 
+def uses_aliases(ir: Any) -> bool:
+    return any(py_name(f.name) != f.name for m in ir.models for f in m.fields)
+
+
 def filters(ir: Any) -> dict[str, Any]:
     return {"py_type": py_type, "py_name": py_name, "py_field": py_field, "py_param": py_param,
-            "py_result": py_result}
+            "py_result": py_result, "uses_aliases": uses_aliases}
