@@ -22,3 +22,21 @@ bench-smoke:
 
 lint:
     ruff check gateway localstore tests bench
+
+# Regenerate the Python, TypeScript and Go clients from openapi.yaml (byte-identical on a second run).
+sdk:
+    python sdk/generate.py
+
+# Fail when the committed clients differ from what openapi.yaml generates (CI).
+sdk-check:
+    python sdk/generate.py --check
+
+# The three client suites (shared scenarios against a recording fake, live against the real gateway).
+sdk-test:
+    python -m pytest clients/python/tests
+    cd clients/go && GOPROXY=off go vet ./... && GOPROXY=off go test -count=1 ./...
+    cd clients/ts && (test -d node_modules || npm ci --no-audit --no-fund) && npm test
+
+# schemathesis against a real gateway in embedded mode; CI runs `just fuzz --max-examples 50 --seed 1`.
+fuzz *args="--max-time 600":
+    python sdk/fuzz.py {{args}}

@@ -22,20 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from support.procs import Proc, base_env, free_port, wait_for_workers
+from support.procs import start_embedded_gateway
 
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
 KEY = "fuzz-admin-key"
-
-
-def start_gateway(data_dir: Path, workers: int) -> Proc:
-    port = free_port()
-    cmd = [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers",
-           str(workers)]
-    env = base_env(LAYER_DATA_DIR=str(data_dir), LAYER_GATEWAY_API_KEY=KEY, PYTHONPATH=str(ROOT))
-    gateway = Proc("gateway-fuzz", cmd, env, f"http://127.0.0.1:{port}", "/ready", cwd=str(ROOT))
-    wait_for_workers(gateway.url, workers)
-    return gateway
 
 
 def seed(url: str) -> None:
@@ -60,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         print("schemathesis is not installed: python -m pip install -e '.[dev]'", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="layer-fuzz-") as tmp:
-        gateway = start_gateway(Path(tmp), args.workers)
+        gateway = start_embedded_gateway(Path(tmp), KEY, args.workers)
         try:
             seed(gateway.url)
             cmd = [st, "run", str(ROOT / "openapi.yaml"), "--url", gateway.url, "-H", f"Authorization: Bearer {KEY}",

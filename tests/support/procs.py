@@ -137,6 +137,21 @@ def start_gateway(upstream_url: str, upstream_key: str, data_dir: str | Path, wo
     return proc
 
 
+def start_embedded_gateway(data_dir: str | Path, admin_key: str, workers: int = 2, **env: str) -> Proc:
+    """`just run`: the gateway with no upstream configured, so it starts its own local store (embedded mode)."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port),
+           "--workers", str(workers)]
+    full_env = base_env(LAYER_DATA_DIR=str(data_dir), LAYER_GATEWAY_API_KEY=admin_key, **env)
+    proc = Proc("gateway-embedded", cmd, full_env, f"http://127.0.0.1:{port}", "/ready")
+    try:
+        wait_for_workers(proc.url, workers)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
+
+
 def wait_for_workers(url: str, workers: int) -> None:
     """Until every worker has answered: /ready proves only that one of them started (a fresh checkout compiles its
     modules on first import, so the others can be seconds behind)."""
