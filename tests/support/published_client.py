@@ -1,7 +1,7 @@
 """Drive the published hevlayer 0.7.3 client, which now lives beside the project's own `hevlayer`.
 
 The project's client (clients/python) takes the import name `hevlayer` in the main environment, so the published
-0.7.3 gets its own virtual environment: created on first use (pip install, about half a minute), kept in the temp
+0.7.3 gets its own virtual environment: created on first use (pip install, under a minute), kept in the temp
 directory and reused by later sessions. `run_published(script, *args)` runs a Python file under that interpreter and
 returns the JSON of its last stdout line; a non-zero exit fails with the script's stderr.
 """

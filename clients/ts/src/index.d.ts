@@ -1,4 +1,3 @@
-export { Hevlayer, OPERATIONS } from "./client.gen.js";
 export * from "./client.gen.js";
 export type * from "./models.gen.js";
 export { GatewayUnreachableError, HevlayerError, TURBOPUFFER_DIRECT } from "./runtime.js";
