@@ -10,13 +10,31 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from support.procs import STORE_KEY, start_gateway, start_localstore
+
+
+def wait_refused(url: str, within_s: float = 30.0) -> None:
+    """Until connecting is refused: the workers die a moment after the supervisor, and until the last one is gone a
+    connection can still be accepted (and then reset)."""
+    host, port = url.rsplit("/", 1)[1].rsplit(":", 1)
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+        except ConnectionRefusedError:
+            return
+        except OSError:
+            pass
+        time.sleep(0.01)
+    raise RuntimeError(f"{url} still accepts connections {within_s:g}s after the gateway was killed")
 
 
 def main() -> int:
@@ -33,6 +51,7 @@ def main() -> int:
             for line in sys.stdin:
                 if line.strip() == "kill-gateway":
                     gateway.stop(signal.SIGKILL)
+                    wait_refused(gateway.url)
                     print("killed", flush=True)
         finally:
             gateway.stop()

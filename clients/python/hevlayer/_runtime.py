@@ -75,6 +75,7 @@ class Op(NamedTuple):
     response: str  # json | text
     result: Any  # the type the JSON answer is parsed into
     header_fields: tuple[tuple[str, str, str], ...]  # (header, model field, integer|string)
+    read: bool  # a read-only route: resent once when a pooled connection turns out dead (see STALE_ERRORS)
 
 
 class Request(NamedTuple):
@@ -249,6 +250,9 @@ def _send_args(req: Request) -> dict[str, Any]:
 
 
 CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout)
+# A pooled connection the gateway closed (it died) before answering: a read-only call is resent once, on a fresh
+# connection, whose connect failure can then fall through. Writes are not resent.
+STALE_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
 class AsyncBase(_Core):
@@ -281,7 +285,12 @@ class AsyncBase(_Core):
         req = self._request(op, path_args, body, query, headers)
         started = time.perf_counter()
         try:
-            response = await self._client.request(req.method, req.path, **_send_args(req))
+            try:
+                response = await self._client.request(req.method, req.path, **_send_args(req))
+            except STALE_ERRORS:
+                if not op.read:
+                    raise
+                response = await self._client.request(req.method, req.path, **_send_args(req))
             fallback = None
         except CONNECT_ERRORS as exc:
             direct = self._fall_through(op, path_args, req, exc)
@@ -322,7 +331,12 @@ class SyncBase(_Core):
         req = self._request(op, path_args, body, query, headers)
         started = time.perf_counter()
         try:
-            response = self._client.request(req.method, req.path, **_send_args(req))
+            try:
+                response = self._client.request(req.method, req.path, **_send_args(req))
+            except STALE_ERRORS:
+                if not op.read:
+                    raise
+                response = self._client.request(req.method, req.path, **_send_args(req))
             fallback = None
         except CONNECT_ERRORS as exc:
             direct = self._fall_through(op, path_args, req, exc)

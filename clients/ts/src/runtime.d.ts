@@ -51,6 +51,8 @@ export interface Operation {
   upstreamPath: string | null;
   fixedQuery: [string, string][];
   response: "json" | "text";
+  /** A read-only route: resent once on a fresh connection when a pooled one turns out dead. */
+  read: boolean;
   headerFields: [string, string, "integer" | "string"][];
 }
 

@@ -10,6 +10,9 @@ const SIMPLE_VECTOR_KEYS = new Set(["vector", "top_k", "filters", "include_attri
 const CONNECT_CODES = new Set([
   "ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH", "ENETUNREACH", "UND_ERR_CONNECT_TIMEOUT",
 ]);
+// A pooled connection the gateway closed (it died): nothing was answered, so a read-only call is resent once, on a
+// fresh connection, whose connect failure can then fall through. Writes are not resent.
+const STALE_CODES = new Set(["UND_ERR_SOCKET", "ECONNRESET", "EPIPE"]);
 const TAG = /^[A-Za-z0-9:_\-./=+]+$/;
 
 /** An error answer: `status`, and from the JSON body `error`, `message` and `feature` (`body` is all of it). */
@@ -172,7 +175,12 @@ export class Runtime {
     let response;
     let fallback = null;
     try {
-      response = await this._send(this._baseUrl, req, options.signal);
+      response = await this._send(this._baseUrl, req, options.signal).catch((err) => {
+        if (op.read && err && err.cause && STALE_CODES.has(err.cause.code)) {
+          return this._send(this._baseUrl, req, options.signal);
+        }
+        throw err;
+      });
     } catch (err) {
       if (!isConnectFailure(err)) throw err;
       response = await this._send(this._tpufUrl, this._fallThrough(op, pathArgs, req, err), options.signal);
