@@ -13,25 +13,27 @@ import asyncio
 import importlib
 import inspect
 import logging
-import zlib
 from collections.abc import AsyncIterator
 
-from gateway import metrics
+from gateway import health, metrics
 from gateway.auth import (
     BEARER_CALLER,
     INVALID_KEY,
     MINTED_PREFIX,
     PUBLIC,
+    READ,
     STORE_ADMIN,
     authorize,
     bearer_token,
     store_key_matches,
 )
-from gateway.compression import TooLarge, compress_response, gunzip
+from gateway.body import PUBLIC_BODY_LIMIT, read_body
+from gateway.compression import compress_response
 from gateway.config import load_config
 from gateway.http import INTERNAL_ERROR, Ctx, GatewayError, Response, error_response
 from gateway.logs import log_request, setup_logging
-from gateway.router import build_router
+from gateway.router import build_router, path_segments
+from gateway.routes.passthrough import relay
 from gateway.state import WorkerState
 
 log = logging.getLogger("gateway.app")
@@ -42,38 +44,9 @@ CONNECTION_CLOSE = ("connection", "close")
 WORKER_HOOK_MODULES = ("gateway.cache", "gateway.keys")
 
 
-def _too_large(limit: int) -> GatewayError:
-    return GatewayError("payload_too_large", f"request body exceeds the {limit}-byte limit", status=413)
-
-
-async def read_body(ctx: Ctx, chunks: AsyncIterator[bytes], limit: int) -> bytes:
-    """The whole body; `chunks` (the adapter's BodyStream) enforces the slow-client limits and raises 408."""
-    length = ctx.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise _too_large(limit)
-    parts, size = [], 0
-    async for chunk in chunks:  # stop reading as soon as the limit is passed
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        parts.append(chunk)
-    body = parts[0] if len(parts) == 1 else b"".join(parts)
-    encoding = ctx.headers.get("content-encoding")
-    if encoding and body:
-        encoding = encoding.strip().lower()
-        if encoding == "gzip":
-            try:
-                body = gunzip(body, limit)
-            except zlib.error as exc:
-                raise GatewayError("bad_request", f"request body is not valid gzip: {exc}", status=400) from None
-            except TooLarge:
-                raise _too_large(limit) from None
-        elif encoding != "identity":
-            raise GatewayError("unsupported_encoding", f"unsupported Content-Encoding `{encoding}`", status=415)
-    return body
-
-
-async def authenticate(ctx: Ctx, state: WorkerState) -> None:
+async def authenticate(ctx: Ctx, state: WorkerState) -> Response | None:
+    """Auth phase: bearer -> principal -> scope on the path's namespace. Returns upstream's answer when, in
+    derive-from-request mode, upstream does not accept the bearer for a route that may answer locally."""
     token = bearer_token(ctx.headers.get("authorization"))
     store_key = state.config.upstream_key
     if token.startswith(MINTED_PREFIX) and state.key_verifier is not None:
@@ -88,16 +61,46 @@ async def authenticate(ctx: Ctx, state: WorkerState) -> None:
     else:
         ctx.principal, ctx.upstream_key = BEARER_CALLER, token
     authorize(ctx.principal, ctx.route.route_class, ctx.namespace)
+    if ctx.principal is BEARER_CALLER and ctx.route.answered_locally and state.verdicts is not None:
+        denied = await state.verdicts.check(token, ctx.namespace or "")
+        if denied is not None:
+            return relay(denied)
+    return None
+
+
+def authorize_body(ctx: Ctx) -> None:
+    """Auth phase, second half (after the body is read): read scope on every namespace the body names. Admins may
+    read anything; in derive-from-request mode upstream checks the sources itself, with the caller's own key."""
+    principal = ctx.principal
+    if principal is None or principal.admin or principal is BEARER_CALLER:
+        return
+    for ns in ctx.route.body_namespaces(ctx.body):
+        authorize(principal, READ, ns)
+
+
+def request_segments(ctx: Ctx) -> list[str]:
+    if ctx.raw_path is not None:
+        return path_segments(ctx.raw_path)
+    return path_segments(ctx.path, percent_encoded=False)  # Granian RSGI: scope.path is already decoded
 
 
 async def drive(ctx: Ctx, state: WorkerState, chunks: AsyncIterator[bytes]) -> Response:
-    route, params = state.router.match(ctx.method, ctx.path)
+    route, params = state.router.match(ctx.method, request_segments(ctx))
     ctx.route, ctx.params = route, params
     ctx.namespace = params.get("ns")
     if route.route_class != PUBLIC:
-        await authenticate(ctx, state)
+        denied = await authenticate(ctx, state)
+        if denied is not None:
+            return denied
+    if route.before_body is not None:
+        await route.before_body(ctx, state)
     if ctx.method in BODY_METHODS:
-        ctx.body = await read_body(ctx, chunks, state.config.max_body_bytes)
+        limit = state.config.max_body_bytes
+        if route.route_class == PUBLIC:
+            limit = min(limit, PUBLIC_BODY_LIMIT)
+        ctx.body = await read_body(ctx, chunks, limit, state.bodies)
+        if route.body_namespaces is not None:
+            authorize_body(ctx)
     return await route.handler(ctx, state)
 
 
@@ -117,11 +120,13 @@ async def _call_hooks(state: WorkerState, name: str) -> None:
 
 
 async def _flush_metrics(state: WorkerState) -> None:
+    """Every METRICS_FLUSH_INTERVAL_S: this worker's metrics and health snapshot for the ops listener."""
     while True:
         await asyncio.sleep(metrics.METRICS_FLUSH_INTERVAL_S)
         try:
             metrics.TPUF_INFLIGHT.set(state.upstream.inflight)
             metrics.flush()
+            await health.publish(state)
         except Exception:
             log.exception("metrics flush failed")
 
@@ -141,6 +146,7 @@ class Gateway:
         state.watcher.start()
         self._metrics_task = asyncio.get_running_loop().create_task(_flush_metrics(state))
         await _call_hooks(state, "attach")
+        await health.publish(state)
 
     async def shutdown(self) -> None:
         """Stop background work (watcher, metric flushes, the modules' detach hooks: warm jobs are marked as
@@ -157,6 +163,7 @@ class Gateway:
             try:
                 await state.upstream.close()
             finally:
+                health.unpublish(state)
                 metrics.worker_exit()
 
     def begin_drain(self) -> None:
@@ -183,6 +190,8 @@ class Gateway:
             resp = error_response(INTERNAL_ERROR)
         finally:
             state.inflight -= 1
+            if ctx.body_reserved:
+                state.bodies.release(ctx)
         resp = await compress_response(resp, ctx.headers.get("accept-encoding"))
         if state.draining:
             resp = Response(resp.status, resp.body, [*resp.headers, CONNECTION_CLOSE])

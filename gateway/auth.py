@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from fnmatch import fnmatchcase
 from typing import Protocol
 
 from msgspec import Struct
 
+from gateway.body_namespaces import write_sources
 from gateway.http import GatewayError
 
 PUBLIC, READ, WRITE, ADMIN = "public", "read", "write", "admin"
@@ -19,7 +21,6 @@ V1NS = "/v1/namespaces/{ns}"
 ROUTE_CLASSES: dict[tuple[str, str], str] = {
     ("GET", "/health"): PUBLIC,
     ("GET", "/ready"): PUBLIC,
-    ("GET", "/metrics"): PUBLIC,
     ("GET", "/openapi.yaml"): PUBLIC,
     ("POST", "/v2/keys/authenticate"): PUBLIC,
     # Turbopuffer routes Layer enhances
@@ -51,6 +52,24 @@ ROUTE_CLASSES: dict[tuple[str, str], str] = {
     ("GET", "/v2/keys/{key_id}"): ADMIN,
     ("POST", "/v2/keys/{key_id}/revoke"): ADMIN,
     ("DELETE", "/v2/keys/{key_id}"): ADMIN,
+}
+
+# Routes that may answer without asking upstream (cache hits, warm jobs). In derive-from-request mode the gateway
+# cannot judge a bearer itself, so these are served only to a bearer upstream has recently accepted for the
+# namespace (gateway/verdicts.py). A new route that answers from local state must be listed here.
+ANSWERED_LOCALLY: frozenset[tuple[str, str]] = frozenset({
+    ("GET", NS + "/documents/{doc_id}"),
+    ("POST", NS + "/documents"),
+    ("POST", NS + "/warm"),
+    ("GET", NS + "/warm-jobs"),
+    ("GET", NS + "/warm-jobs/{job_id}"),
+    ("GET", V1NS + "/hint_cache_warm"),
+})
+
+# Routes whose body may name other namespaces (copy/branch sources): each one needs read scope too.
+BODY_NAMESPACES: dict[tuple[str, str], Callable[[bytes], list[str]]] = {
+    ("POST", NS): write_sources,
+    ("POST", NS + "/async"): write_sources,
 }
 
 MINTED_PREFIX = "hvl_"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import zlib
+from collections.abc import Callable
 
 from gateway.http import Ctx, Response
 from gateway.upstream import UpstreamResponse
@@ -20,6 +21,7 @@ GZIP_MIN_BYTES = 1024  # as the local store; the official client also gzips requ
 GZIP_LEVEL = 1  # fastest level: most of the size gain at a fraction of level 6's CPU (see bench: compression)
 GZIP_WBITS = 31  # gzip container
 THREAD_MIN_BYTES = 64 * 1024  # ~0.5 ms of level-1 gzip on this class of machine
+INFLATE_STEP = 1 << 20  # inflate in steps, so a bomb stops at the limit and the body budget sees it grow
 INSPECT_LIMIT_BYTES = 256 * 1024 * 1024  # an upstream body inflating beyond this is not read (zip-bomb guard)
 GZIP_HEADERS = (("content-encoding", "gzip"), ("vary", "accept-encoding"))
 
@@ -56,19 +58,27 @@ def gzip_bytes(data: bytes) -> bytes:
     return zlib.compress(data, GZIP_LEVEL, GZIP_WBITS)
 
 
-def gunzip(data: bytes, limit: int) -> bytes:
-    """Inflate every gzip member of `data`; raises TooLarge past `limit` output bytes, zlib.error when corrupt."""
+def gunzip(data: bytes, limit: int, account: Callable[[int], None] | None = None) -> bytes:
+    """Inflate every gzip member of `data`, INFLATE_STEP bytes at a time; raises TooLarge past `limit` output bytes,
+    zlib.error when corrupt or truncated. `account(n)` hears of each step's output before it is kept (and may raise:
+    the request-body budget)."""
     out: list[bytes] = []
     size = 0
     while True:
         inflater = zlib.decompressobj(GZIP_WBITS)
-        chunk = inflater.decompress(data, limit - size + 1)
-        size += len(chunk)
-        if size > limit or inflater.unconsumed_tail:
-            raise TooLarge
-        if not inflater.eof:
-            raise zlib.error("truncated gzip stream")
-        out.append(chunk)
+        while True:
+            chunk = inflater.decompress(data, INFLATE_STEP)
+            data = inflater.unconsumed_tail
+            size += len(chunk)
+            if size > limit:
+                raise TooLarge
+            if account is not None:
+                account(len(chunk))
+            out.append(chunk)
+            if inflater.eof:
+                break
+            if not chunk and not data:
+                raise zlib.error("truncated gzip stream")
         data = inflater.unused_data
         if not data:
             return b"".join(out)

@@ -75,6 +75,8 @@ class Config(Struct, frozen=True):
     upstream_transport: str
     upstream_timeout_ms: int
     max_body_bytes: int
+    max_buffered_body_bytes: int
+    auth_verdict_ttl_s: int
     poll_interval_ms: int
     stable_poll_interval_ms: int
     safety_margin_ms: int
@@ -199,6 +201,8 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         upstream_transport=_choice(env, "LAYER_UPSTREAM_TRANSPORT", "pyreqwest", TRANSPORTS),
         upstream_timeout_ms=_int(env, "LAYER_UPSTREAM_TIMEOUT_MS", 30_000, 1),
         max_body_bytes=_int(env, "LAYER_MAX_BODY_BYTES", 512 * 1024 * 1024, 1),
+        max_buffered_body_bytes=_int(env, "LAYER_MAX_BUFFERED_BODY_BYTES", 256 * 1024 * 1024, 1),
+        auth_verdict_ttl_s=_int(env, "LAYER_AUTH_VERDICT_TTL_S", 5, 0),
         poll_interval_ms=_int(env, "CONSISTENCY_POLL_INTERVAL_MS", 1000, 10),
         stable_poll_interval_ms=_int(env, "CONSISTENCY_STABLE_POLL_INTERVAL_MS", 5_000, 10),
         safety_margin_ms=_int(env, "CONSISTENCY_SAFETY_MARGIN_MS", 500, 0),

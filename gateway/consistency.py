@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from typing import Any
+from urllib.parse import quote
 
 import msgspec
 
@@ -155,7 +156,8 @@ class Watcher:
         w.due = False
         w.last_polled = time.monotonic()
         try:
-            resp = await self.upstream.request("GET", f"/v2/namespaces/{ns}/metadata", key, what="metadata poll")
+            resp = await self.upstream.request("GET", f"/v2/namespaces/{quote(ns, safe='')}/metadata", key,
+                                               what="metadata poll")
         except Exception as exc:  # noqa: BLE001 - a failed poll changes nothing (§3.2)
             log.debug("watermark poll for %s failed: %s", ns, exc)
             return

@@ -74,6 +74,16 @@ def bad_request(message: str) -> GatewayError:
     return GatewayError("bad_request", message, status=400)
 
 
+def parse_count(raw: str, name: str, lo: int = 0, hi: int = 2**63 - 1) -> int:
+    """An integer in [lo, hi] written in ASCII decimal digits, or 422 naming the parameter. Strict on purpose:
+    `str.isdigit()` accepts `²` and `int()` accepts `٣` and ` 7`, so neither alone is a parser."""
+    if raw.isascii() and raw.isdigit() and len(raw) <= 19:
+        value = int(raw)
+        if lo <= value <= hi:
+            return value
+    raise validation_error(f"{name} must be an integer between {lo} and {hi}, got {raw!r}")
+
+
 def upstream_error(message: str, status: int = 502) -> GatewayError:
     return GatewayError("upstream_error", message, status=status, source="upstream", retryable=True)
 
@@ -102,6 +112,7 @@ class Ctx:
     __slots__ = (
         "_query",
         "body",
+        "body_reserved",
         "headers",
         "log_extra",
         "method",
@@ -110,6 +121,7 @@ class Ctx:
         "path",
         "principal",
         "query_string",
+        "raw_path",
         "route",
         "scope",
         "started",
@@ -123,7 +135,9 @@ class Ctx:
         self.path = path
         self.query_string = query_string
         self.headers = headers  # ask .get() for single headers only
+        self.raw_path: str | None = None  # the undecoded path, for servers that have one (ASGI); see path_segments
         self.body = b""
+        self.body_reserved = 0  # bytes of this request's body counted in the worker's BodyBudget
         self.route: Any = None
         self.params: dict[str, str] = {}
         self.namespace: str | None = None

@@ -6,9 +6,11 @@ import os
 from typing import Any
 
 from gateway.auth import KeyVerifier
+from gateway.body import BodyBudget
 from gateway.config import Config
 from gateway.consistency import Watcher
 from gateway.upstream import Upstream
+from gateway.verdicts import Verdicts
 
 
 class WorkerState:
@@ -17,9 +19,11 @@ class WorkerState:
     Slots other modules fill after construction (both None until then):
     - `cache`: the document cache (gateway/cache); every cache phase is a no-op while it is None.
     - `key_verifier`: verifies minted `hvl_` bearers (gateway/keys); minted keys are rejected while it is None.
+    `verdicts` is set only in derive-from-request mode (no store key): upstream's word on each caller's bearer.
     """
 
     __slots__ = (
+        "bodies",
         "cache",
         "config",
         "draining",
@@ -29,6 +33,7 @@ class WorkerState:
         "pid",
         "router",
         "upstream",
+        "verdicts",
         "watcher",
     )
 
@@ -38,6 +43,11 @@ class WorkerState:
         self.watcher = Watcher(self.upstream, config.poll_interval_ms, config.stable_poll_interval_ms,
                                config.safety_margin_ms, config.watch_idle_ms)
         self.router = router
+        self.bodies = BodyBudget(config.max_buffered_body_bytes)
+        self.verdicts: Verdicts | None = None
+        if config.upstream_key is None:
+            self.verdicts = Verdicts(self.upstream, config.auth_verdict_ttl_s)
+            self.upstream.on_denied = self.verdicts.forget
         self.cache: Any = None
         self.key_verifier: KeyVerifier | None = None
         self.draining = False

@@ -8,6 +8,7 @@ read timeout as ConnectTimeoutError, so a "connect" error does not prove a POST 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, Protocol
 
@@ -121,6 +122,8 @@ class Upstream:
         self.last_ok_ms: int | None = None
         self.last_error: str | None = None
         self.inflight = 0
+        # Called with (key, path, status) for every 401/403 upstream answers (gateway/verdicts.py drops its verdict).
+        self.on_denied: Callable[[str, str, int], None] | None = None
 
     @property
     def transport(self) -> UpstreamTransport:
@@ -152,6 +155,8 @@ class Upstream:
                 ctx.upstream_seconds += time.perf_counter() - started
         self.last_ok_ms = int(time.time() * 1000)
         self.last_error = None
+        if resp.status in (401, 403) and key and self.on_denied is not None:
+            self.on_denied(key, path, resp.status)
         return resp
 
     async def close(self) -> None:

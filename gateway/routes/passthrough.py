@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
 
 import msgspec
 
@@ -14,15 +13,15 @@ from gateway.router import RouteSpec
 from gateway.state import WorkerState
 from gateway.upstream import UpstreamResponse
 
-# Characters kept as-is when re-encoding a (Granian-decoded) path for the upstream.
-PATH_SAFE = "/:@!$&'()*+,;=-._~"
 STAMP = "_hevlayer_upserted_at"
 RESERVED_PREFIX = "_hevlayer_"
 
 
-def upstream_path(ctx: Ctx, path: str | None = None) -> str:
-    quoted = quote(path if path is not None else ctx.path, safe=PATH_SAFE)
-    return f"{quoted}?{ctx.query_string}" if ctx.query_string else quoted
+def upstream_path(ctx: Ctx, template: str | None = None) -> str:
+    """The path sent upstream: the matched route's template (or `template`) filled with the decoded parameters,
+    each percent-encoded once, plus the query string as received."""
+    path = ctx.route.upstream_path(ctx.params, template)
+    return f"{path}?{ctx.query_string}" if ctx.query_string else path
 
 
 def relay(resp: UpstreamResponse, extra: list[tuple[str, str]] | None = None) -> Response:
@@ -48,16 +47,16 @@ def readable_body(resp: UpstreamResponse) -> bytes:
     return body
 
 
-async def send(ctx: Ctx, state: WorkerState, path: str | None = None, what: str = "request") -> UpstreamResponse:
-    """The request as received, to upstream, with the client's Accept-Encoding (the `prefer` header is never
-    forwarded, so upstream never goes async and the official client's respond-async polling cannot leave the
-    gateway)."""
-    return await state.upstream.request(ctx.method, upstream_path(ctx, path), ctx.upstream_key, ctx.body or None,
+async def send(ctx: Ctx, state: WorkerState, template: str | None = None, what: str = "request") -> UpstreamResponse:
+    """The request as routed (upstream_path), to upstream, with the client's Accept-Encoding (the `prefer` header
+    is never forwarded, so upstream never goes async and the official client's respond-async polling cannot leave
+    the gateway)."""
+    return await state.upstream.request(ctx.method, upstream_path(ctx, template), ctx.upstream_key, ctx.body or None,
                                         what, ctx, accept_encoding=forwarded_encoding(ctx))
 
 
-async def forward(ctx: Ctx, state: WorkerState, path: str | None = None, what: str = "request") -> Response:
-    return relay(await send(ctx, state, path, what))
+async def forward(ctx: Ctx, state: WorkerState, template: str | None = None, what: str = "request") -> Response:
+    return relay(await send(ctx, state, template, what))
 
 
 async def passthrough(ctx: Ctx, state: WorkerState) -> Response:

@@ -338,8 +338,7 @@ async def query(ctx: Ctx, state: WorkerState) -> Response:
 
 
 async def v1_query(ctx: Ctx, state: WorkerState) -> Response:
-    path = f"/v2/namespaces/{ctx.params['ns']}/query"
-    return await run_query(ctx, state, upstream_path(ctx, path))
+    return await run_query(ctx, state, upstream_path(ctx, "/v2/namespaces/{ns}/query"))
 
 
 ROUTES = (

@@ -8,23 +8,23 @@ from gateway.config import ConfigError, load_config
 from gateway.consistency import STABLE, UNKNOWN, UPDATING, status_from_metadata
 from gateway.cursor import decode_cursor, encode_cursor
 from gateway.http import GatewayError
-from gateway.router import build_router
+from gateway.router import build_router, path_segments
 from gateway.routes.namespaces import STAMP, stamp_write
 from gateway.routes.query import and_filters
 
 
 def test_router_matches_templates_and_reports_404_405() -> None:
     router = build_router()
-    route, params = router.match("POST", "/v2/namespaces/my-ns.1/query")
+    route, params = router.match("POST", path_segments("/v2/namespaces/my-ns.1/query"))
     assert route.template == "/v2/namespaces/{ns}/query" and params == {"ns": "my-ns.1"}
-    route, params = router.match("GET", "/v1/namespaces/a/operations/tok")
+    route, params = router.match("GET", path_segments("/v1/namespaces/a/operations/tok"))
     assert params == {"ns": "a", "op_id": "tok"}
-    assert router.match("POST", "/v2/keys/authenticate")[0].template == "/v2/keys/authenticate"
+    assert router.match("POST", ["v2", "keys", "authenticate"])[0].template == "/v2/keys/authenticate"
     with pytest.raises(GatewayError, match="no route for GET /v2/namespaces/a/nothing") as exc:
-        router.match("GET", "/v2/namespaces/a/nothing")
+        router.match("GET", path_segments("/v2/namespaces/a/nothing"))
     assert exc.value.status == 404
     with pytest.raises(GatewayError, match="PUT is not allowed") as exc:
-        router.match("PUT", "/v2/namespaces/a/metadata")
+        router.match("PUT", path_segments("/v2/namespaces/a/metadata"))
     assert exc.value.status == 405 and exc.value.headers == [("allow", "GET")]
 
 

@@ -1,0 +1,97 @@
+"""Upstream verdicts: who upstream accepts, per bearer and namespace, in derive-from-request mode.
+
+Without TURBOPUFFER_API_KEY the gateway cannot judge a bearer itself: upstream does, on every call made with it. A
+route that may answer without asking upstream (a cache hit, a warm job; gateway.auth.ANSWERED_LOCALLY) is served
+only to a bearer that upstream accepted for that namespace within the last LAYER_AUTH_VERDICT_TTL_S seconds. The
+verdict comes from `GET /v2/namespaces/{ns}/metadata` made with the bearer; anything but 2xx is relayed (status,
+body, retry-after), so a wrong or foreign key gets upstream's own 401/403/404. Any 401 upstream gives for a bearer
+drops all its verdicts, any 403 the one for that namespace (`Upstream.on_denied`).
+
+Per worker, keyed by SHA-256 of the bearer (the key itself is not kept); concurrent checks for one pair share one
+upstream call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from urllib.parse import quote, unquote
+
+from gateway.upstream import Upstream, UpstreamResponse
+
+MAX_ENTRIES = 10_000
+NAMESPACE_PREFIXES = ("/v1/namespaces/", "/v2/namespaces/")
+
+
+def _digest(bearer: str) -> bytes:
+    return hashlib.sha256(bearer.encode()).digest()
+
+
+class Verdicts:
+    def __init__(self, upstream: Upstream, ttl_s: float) -> None:
+        self.upstream = upstream
+        self.ttl_s = ttl_s
+        self._accepted: dict[bytes, dict[str, float]] = {}  # bearer digest -> namespace -> expiry (monotonic)
+        self._size = 0
+        self._pending: dict[tuple[bytes, str], asyncio.Future[UpstreamResponse]] = {}
+
+    async def check(self, bearer: str, ns: str) -> UpstreamResponse | None:
+        """None when upstream has accepted `bearer` for `ns` recently (asking it if needed); otherwise upstream's
+        non-2xx answer, to be relayed. A transport failure raises the usual 502 GatewayError."""
+        digest = _digest(bearer)
+        if self._accepted.get(digest, {}).get(ns, 0.0) > time.monotonic():
+            return None
+        key = (digest, ns)
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = self._pending[key] = asyncio.ensure_future(self._ask(digest, bearer, ns))
+            pending.add_done_callback(lambda _: self._pending.pop(key, None))
+        resp = await asyncio.shield(pending)
+        return None if resp.ok else resp
+
+    async def _ask(self, digest: bytes, bearer: str, ns: str) -> UpstreamResponse:
+        path = f"/v2/namespaces/{quote(ns, safe='')}/metadata"
+        resp = await self.upstream.request("GET", path, bearer, None, "access check")
+        if resp.ok and self.ttl_s > 0:
+            self._accept(digest, ns)
+        return resp
+
+    def _accept(self, digest: bytes, ns: str) -> None:
+        if self._size >= MAX_ENTRIES:
+            self._evict()
+        per_key = self._accepted.setdefault(digest, {})
+        self._size += ns not in per_key
+        per_key[ns] = time.monotonic() + self.ttl_s
+
+    def _evict(self) -> None:
+        now = time.monotonic()
+        for digest in list(self._accepted):
+            per_key = self._accepted[digest]
+            for ns in [ns for ns, expiry in per_key.items() if expiry <= now]:
+                del per_key[ns]
+                self._size -= 1
+            if not per_key:
+                del self._accepted[digest]
+        while self._size >= MAX_ENTRIES:  # all fresh: drop the oldest bearer's verdicts
+            self._size -= len(self._accepted.pop(next(iter(self._accepted))))
+
+    def forget(self, bearer: str, path: str, status: int) -> None:
+        """Called by the upstream client on every 401/403 it receives for `bearer` (path as sent)."""
+        digest = _digest(bearer)
+        per_key = self._accepted.get(digest)
+        if not per_key:
+            return
+        ns = _namespace(path)
+        if status == 401 or ns is None:
+            self._size -= len(self._accepted.pop(digest))
+        elif per_key.pop(ns, None) is not None:
+            self._size -= 1
+
+
+def _namespace(path: str) -> str | None:
+    for prefix in NAMESPACE_PREFIXES:
+        if path.startswith(prefix):
+            segment = path[len(prefix):].split("/", 1)[0].split("?", 1)[0]
+            return unquote(segment) if segment else None
+    return None
