@@ -111,13 +111,17 @@ class KeyService:
         self.verifier.invalidate()
         return DELETED
 
-    async def authenticate(self, body: bytes, client: str) -> AuthenticateKeyResponse:
+    async def check_rate(self, client: str) -> None:
+        """The authenticate rate limit (a fixed window per client address, shared by all workers); run before the
+        request body is read, so a client over the limit costs no body."""
         window = int(time.time()) // RATE_WINDOW_S
         hits = await self._guard(self.store.hit(f"auth:{client}", window, RATE_WINDOW_S))
         if hits > self.rate_limit:
             retry_after = RATE_WINDOW_S - int(time.time()) % RATE_WINDOW_S
             raise GatewayError("rate_limited", f"too many authenticate requests; limit is {self.rate_limit}"
                                " per minute per client", status=429, headers=[("retry-after", str(retry_after))])
+
+    async def authenticate(self, body: bytes) -> AuthenticateKeyResponse:
         try:
             token = authenticate_request_decoder.decode(body).token
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:

@@ -50,8 +50,12 @@ async def delete_key(ctx: Ctx, state: WorkerState) -> Response:
     return json_response(200, await _service(state).delete(ctx.params["key_id"]))
 
 
+async def authenticate_rate_limit(ctx: Ctx, state: WorkerState) -> None:
+    await _service(state).check_rate(_client_address(ctx))
+
+
 async def authenticate_key(ctx: Ctx, state: WorkerState) -> Response:
-    return json_response(200, await _service(state).authenticate(ctx.body, _client_address(ctx)))
+    return json_response(200, await _service(state).authenticate(ctx.body))
 
 
 ROUTES = [
@@ -60,5 +64,5 @@ ROUTES = [
     RouteSpec("GET", "/v2/keys/{key_id}", get_key),
     RouteSpec("POST", "/v2/keys/{key_id}/revoke", revoke_key),
     RouteSpec("DELETE", "/v2/keys/{key_id}", delete_key),
-    RouteSpec("POST", "/v2/keys/authenticate", authenticate_key),
+    RouteSpec("POST", "/v2/keys/authenticate", authenticate_key, before_body=authenticate_rate_limit),
 ]
