@@ -66,7 +66,7 @@ async def fetch_rows(ctx: Ctx, state: WorkerState, ns: str, ids: list[Any]) -> l
     resp = await state.upstream.request("POST", path, ctx.upstream_key, body, "fetch", ctx)
     if resp.status == 404:
         raise GatewayError("not_found", f"namespace '{ns}' not found", status=404)
-    if resp.status == 400 and all(isinstance(i, str) and i.isdigit() for i in ids):
+    if resp.status == 400 and all(isinstance(i, str) and i.isascii() and i.isdigit() for i in ids):
         # The namespace may use integer ids, which a string filter cannot match: ask again with numbers.
         return await fetch_rows(ctx, state, ns, [int(i) for i in ids])
     if not resp.ok:

@@ -24,6 +24,7 @@ from gateway.http import (
     json_decode,
     json_encode,
     json_response,
+    parse_count,
     upstream_error,
     validation_error,
 )
@@ -197,8 +198,6 @@ async def metadata(ctx: Ctx, state: WorkerState) -> Response:
     metrics.HEAD_DURATION.labels(metrics.ns_label(ns), metrics.status_label(resp.status)).observe(
         time.perf_counter() - ctx.started)
     if doc is None:
-        if resp.status == 404:  # the Layer contract's answer for this enhanced route (layer.md §3.7)
-            raise GatewayError("not_found", f"namespace '{ns}' not found", status=404)
         return relay(resp)
     doc.setdefault("id", ns)
     w = state.watcher.state(ns)
@@ -210,9 +209,7 @@ async def metadata(ctx: Ctx, state: WorkerState) -> Response:
 def _page_size(raw: str | None) -> str | None:
     if raw is None or raw == "":
         return None
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
-        raise validation_error(f"page_size must be an integer between 1 and 1000, got {raw!r}")
-    return raw
+    return str(parse_count(raw, "page_size", 1, 1000))
 
 
 def _ms_from_rfc3339(value: Any) -> int | None:

@@ -7,15 +7,14 @@ Warm endpoints need the cache: when it does not answer they return 503 `cache_co
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
 
 from gateway import metrics
 from gateway.cache.base import CacheError, WarmJob
 from gateway.cache.service import STORE_KIND, CacheService, effective
 from gateway.cache.warm import MAX_PAGE, start_warm_job
-from gateway.http import Ctx, GatewayError, Response, json_encode, json_response, upstream_error, validation_error
+from gateway.http import Ctx, GatewayError, Response, json_encode, json_response, parse_count, validation_error
 from gateway.router import RouteSpec
-from gateway.routes.passthrough import forward
+from gateway.routes.passthrough import forward, relay
 from gateway.state import WorkerState
 
 HINT_OPTIONS = frozenset({"turbopuffer", "documents", "snapshots", "blobs", "blob_budget_bytes", "page_size"})
@@ -39,9 +38,7 @@ async def _ready_cache(state: WorkerState, ns: str) -> CacheService:
 def _page_size(raw: str | None) -> int:
     if raw is None or raw == "":
         return 1000
-    if not raw.lstrip("-").isdigit() or not 1 <= int(raw) <= MAX_PAGE:
-        raise validation_error(f"page_size must be between 1 and {MAX_PAGE}")
-    return int(raw)
+    return parse_count(raw, "page_size", 1, MAX_PAGE)
 
 
 def _job_body(job: WarmJob) -> bytes:
@@ -101,18 +98,12 @@ def _bool(q: dict[str, str], name: str, default: bool) -> bool:
     return raw == "true"
 
 
-async def _turbopuffer_step(ctx: Ctx, state: WorkerState, ns: str) -> dict[str, Any]:
-    path = f"/v1/namespaces/{quote(ns, safe='')}/hint_cache_warm"
-    try:
-        resp = await state.upstream.request("GET", path, ctx.upstream_key, None, "warm cache", ctx)
-    except GatewayError as exc:
-        raise upstream_error(exc.message) from None
-    if resp.status == 404:  # a missing namespace is the caller's problem, not an upstream failure
-        raise GatewayError("not_found", f"namespace '{ns}' not found", status=404)
-    if not resp.ok:
-        raise upstream_error(f"Turbopuffer warm cache failed: upstream returned {resp.status}: "
-                             f"{resp.body[:200].decode(errors='replace')}")
-    return {"enabled": True, "status": "completed"}
+async def _turbopuffer_step(ctx: Ctx, state: WorkerState) -> Response | None:
+    """Upstream's own cache hint; its answer is relayed when it is not a success (a missing namespace: upstream's
+    404)."""
+    path = ctx.route.upstream_path(ctx.params)
+    resp = await state.upstream.request("GET", path, ctx.upstream_key, None, "warm cache", ctx)
+    return None if resp.ok else relay(resp)
 
 
 async def hint_cache_warm(ctx: Ctx, state: WorkerState) -> Response:
@@ -123,7 +114,9 @@ async def hint_cache_warm(ctx: Ctx, state: WorkerState) -> Response:
              (("turbopuffer", True), ("documents", True), ("snapshots", True), ("blobs", False))}
     page_size = _page_size(q.get("page_size"))
     budget = q.get("blob_budget_bytes")
-    if steps["blobs"] and not (budget and budget.isdigit() and int(budget) > 0):
+    if budget is not None:
+        parse_count(budget, "blob_budget_bytes", 1)
+    if steps["blobs"] and budget is None:
         raise validation_error("blobs=true requires a positive blob_budget_bytes")
     if budget is not None and not steps["blobs"]:
         raise validation_error("blob_budget_bytes requires blobs=true")
@@ -132,8 +125,12 @@ async def hint_cache_warm(ctx: Ctx, state: WorkerState) -> Response:
     svc = None
     if steps["documents"] or steps["snapshots"]:
         svc = await _ready_cache(state, ns)
-    out: dict[str, Any] = {"namespace": ns}
-    out["turbopuffer"] = await _turbopuffer_step(ctx, state, ns) if steps["turbopuffer"] else SKIPPED
+    out: dict[str, Any] = {"namespace": ns, "turbopuffer": SKIPPED}
+    if steps["turbopuffer"]:
+        failed = await _turbopuffer_step(ctx, state)
+        if failed is not None:
+            return failed
+        out["turbopuffer"] = {"enabled": True, "status": "completed"}
     if steps["documents"] and svc is not None:
         job = await _start(ctx, state, svc, ns, page_size)
         out["documents"] = {"enabled": True, "status": "started", "job": effective(job)}

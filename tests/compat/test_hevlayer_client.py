@@ -67,7 +67,8 @@ def test_metadata_layer_block(gateway_target: Target) -> None:
     assert layer["stable_as_of"] is not None
     assert out["seed"]["started_ms"] - 5_000 <= layer["stable_as_of"] <= out["now_ms"]
     assert layer["schema_version"] == 1
-    assert out["missing"] == {"status": 404, "error": "not_found"}
+    # upstream's own 404 body, relayed (issue 10 §4): `error` is Turbopuffer's message
+    assert out["missing"]["status"] == 404 and f"namespace '{ns}-missing'" in out["missing"]["error"]
 
 
 def test_list_namespaces(gateway_target: Target) -> None:
