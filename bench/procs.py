@@ -14,7 +14,7 @@ from pathlib import Path
 # Aerospike wire test server that bench/cache_bench.py starts.
 TESTS = Path(__file__).resolve().parent.parent / "tests"
 sys.path.insert(0, str(TESTS))
-from support.procs import Proc, base_env, free_port
+from support.procs import Proc, base_env, free_port, free_ports, gateway_cmd
 
 TOOLS = {"nginx": "nginx", "h2load": "nghttp2-client"}
 NCPU = os.cpu_count() or 1
@@ -57,13 +57,13 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict[str, st
 
 def start_gateway(upstream_url: str, key: str, data_dir: str, workers: int, transport: str,
                   cpu: str | None = PROXY_CPU, server: str | None = None, **env: str) -> tuple[Proc, str]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--workers", str(workers)] + (["--server", server] if server else [])
+    port, ops_port = free_ports(2)  # never the default ops port: other gateways may run on this host
+    cmd = gateway_cmd(port, ops_port, workers) + (["--server", server] if server else [])
     full = base_env(TURBOPUFFER_API_URL=upstream_url, TURBOPUFFER_API_KEY=key, LAYER_DATA_DIR=data_dir,
                     LAYER_UPSTREAM_TRANSPORT=transport, LAYER_LOG_LEVEL="warning", **env)
     proc = Proc(f"bench-gateway-{server or 'default'}-{transport}", pinned(cmd, cpu) if cpu else cmd, full,
                 f"http://127.0.0.1:{port}", "/ready")
+    proc.ops_url = f"http://127.0.0.1:{ops_port}"
     return proc, proc.url
 
 

@@ -11,6 +11,14 @@ import tempfile
 from pathlib import Path
 
 from gateway.config import EMBEDDED_MARKER, SERVERS, ConfigError, load_config
+from gateway.ops import DEFAULT_HOST as DEFAULT_OPS_HOST
+from gateway.ops import DEFAULT_PORT as DEFAULT_OPS_PORT
+from gateway.ops import OpsServer
+
+
+def key_hint(key: str) -> str:
+    """Enough of a key to tell which one it is, never the key: at most 6 characters and a quarter of it."""
+    return key[:min(6, len(key) // 4)] + "…"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,6 +30,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument("--server", choices=SERVERS, default=None,
                        help=f"HTTP server (default: $LAYER_SERVER, else {SERVERS[0]})")
+    serve.add_argument("--ops-host", default=os.environ.get("LAYER_OPS_HOST", DEFAULT_OPS_HOST),
+                       help="address of the ops listener (/metrics, detailed /health)")
+    serve.add_argument("--ops-port", type=int, default=os.environ.get("LAYER_OPS_PORT", str(DEFAULT_OPS_PORT)),
+                       help="port of the ops listener; 0 turns it off")
     sub.add_parser("keys", help="manage scoped API keys (layer-gateway keys --help)", add_help=False)
     return parser
 
@@ -30,7 +42,7 @@ def _metrics_dir() -> tuple[str, bool]:
     preset = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if preset:
         Path(preset).mkdir(parents=True, exist_ok=True)
-        for stale in Path(preset).glob("*.db"):
+        for stale in [*Path(preset).glob("*.db"), *Path(preset).glob("health-*.json")]:
             stale.unlink()
         return preset, False
     return tempfile.mkdtemp(prefix="layer-metrics-"), True
@@ -43,7 +55,8 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard))
 
 
-def serve(host: str, port: int, workers: int, server: str | None = None) -> int:
+def serve(host: str, port: int, workers: int, server: str | None = None, ops_host: str = DEFAULT_OPS_HOST,
+          ops_port: int = DEFAULT_OPS_PORT) -> int:
     if server is not None:
         os.environ["LAYER_SERVER"] = server  # the workers read their settings from the environment
     try:
@@ -60,6 +73,7 @@ def serve(host: str, port: int, workers: int, server: str | None = None) -> int:
     metrics_dir, owned = _metrics_dir()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     store: EmbeddedStore | None = None
+    ops: OpsServer | None = None
     try:
         if config.upstream_url is None:
             key, source = admin_key(config)
@@ -71,13 +85,23 @@ def serve(host: str, port: int, workers: int, server: str | None = None) -> int:
             os.environ.update({"TURBOPUFFER_API_URL": store.url, "TURBOPUFFER_API_KEY": key, EMBEDDED_MARKER: "1"})
             print(f"layer-gateway: no TURBOPUFFER_API_URL or TURBOPUFFER_REGION set; started the local store at "
                   f"{store.url} (data in {store.data_dir})", flush=True)
-            print(f"layer-gateway: admin key ({source}): {key}", flush=True)
+            print(f"layer-gateway: admin key {key_hint(key)} (from {source})", flush=True)
+        if ops_port:  # after the store: its Popen(preexec_fn=...) must run before any thread exists
+            try:
+                ops = OpsServer(ops_host, ops_port, metrics_dir)
+            except OSError as exc:
+                print(f"layer-gateway: cannot listen for ops on {ops_host}:{ops_port}: {exc}", file=sys.stderr)
+                return 1
         config = load_config()
         print(f"layer-gateway: listening on http://{host}:{port} with {workers} {config.server.server} worker(s), "
               f"upstream {config.upstream_url}", flush=True)
+        if ops is not None:
+            print(f"layer-gateway: ops listener (/metrics, /health) on {ops.url}", flush=True)
         _raise_fd_limit()
         return servers.run(config, host, port, workers)
     finally:
+        if ops is not None:
+            ops.stop()
         if store is not None:
             store.stop()
         if owned:
@@ -91,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return keys_main(argv[1:])
     args = _parser().parse_args(argv)
-    return serve(args.host, args.port, args.workers, args.server)
+    return serve(args.host, args.port, args.workers, args.server, args.ops_host, args.ops_port)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
 """All Prometheus metric objects in one place (prometheus-client multiprocess mode across Granian workers).
 
 `layer-gateway serve` creates PROMETHEUS_MULTIPROC_DIR before the workers start and removes it on exit; each
-worker writes its own files there and `/metrics` merges them, so a scrape is correct whichever worker answers.
+worker writes its own files there and the ops listener's `/metrics` (gateway/ops.py, in the serve process) merges
+them.
 
 The request path does not write those files itself: a multiprocess write takes a lock and packs into an mmap
 (~1 µs) and a query makes ten of them. `observe` / `inc` add to per-worker totals in memory instead, and `flush`
-writes them out; the app flushes every METRICS_FLUSH_INTERVAL_S, before it renders a scrape and when the worker
-exits, so a scrape can lag another worker's requests by at most that interval.
+writes them out; the app flushes every METRICS_FLUSH_INTERVAL_S and when the worker exits, so a scrape lags the
+workers' requests by at most that interval.
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ import os
 from bisect import bisect_left
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client import Counter, Gauge, Histogram, multiprocess
 
 BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 MAX_NAMESPACES = 5000  # label cardinality cap; further namespaces are counted as "other"
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OP = ("pipeline_id", "namespace", "status")
 
 QUERY_DURATION = Histogram("layer_query_duration_seconds", "Query time seen by the client", OP, buckets=BUCKETS)
@@ -154,16 +154,6 @@ def observe_op(kind: str, ns: str | None, status: int, total: float, upstream: f
     observe(children[1], upstream)
     observe(children[2], max(total - upstream, 0.0))
     return children
-
-
-def render() -> bytes:
-    flush()
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if directory:
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=directory)
-        return generate_latest(registry)
-    return generate_latest()
 
 
 def worker_exit() -> None:

@@ -13,8 +13,11 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=9090)
     serve.add_argument("--data-dir", default="./localstore-data")
+    serve.add_argument("--enable-faults", action="store_true",
+                       help="serve /_localstore/faults (fault injection for tests; needs the store's key)")
     args = parser.parse_args(argv)
     os.makedirs(args.data_dir, exist_ok=True)
+    os.environ["LOCALSTORE_ENABLE_FAULTS"] = "1" if args.enable_faults else "0"
     os.environ["LOCALSTORE_DATA_DIR"] = os.path.abspath(args.data_dir)
     os.environ["LOCALSTORE_URL"] = f"http://{args.host}:{args.port}"
     from granian import Granian

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hmac
 import os
 import sys
 import time
@@ -28,6 +29,7 @@ JSON_HEADERS = [("content-type", "application/json")]
 GZIP_HEADERS = [("content-encoding", "gzip"), ("vary", "accept-encoding")]
 GZIP_MIN_BYTES = 1024  # smaller bodies are sent as they are (the official client gzips requests from 1 KiB too)
 GZIP_LEVEL = 1
+DEFAULT_MAX_BODY_BYTES = 512 * 1024 * 1024  # Turbopuffer's write limit; applies to the inflated body too
 decode_json = msgspec.json.Decoder().decode
 encode_json = msgspec.json.Encoder().encode
 
@@ -60,6 +62,9 @@ class App:
         self.faults = Faults()
         self.operations = Operations()
         self.key = os.environ.get("LOCALSTORE_API_KEY") or None
+        # `serve --enable-faults`: without it /_localstore/faults does not exist (it can fail or stall any request).
+        self.faults_enabled = os.environ.get("LOCALSTORE_ENABLE_FAULTS") == "1"
+        self.max_body = int(os.environ.get("LOCALSTORE_MAX_BODY_BYTES") or DEFAULT_MAX_BODY_BYTES)
 
     def __rsgi_init__(self, loop: Any) -> None:
         self.setup()
@@ -94,12 +99,14 @@ class App:
         protocol.response_bytes(status, headers, data)
 
     async def _body(self, scope: Any, protocol: Any) -> Any:
+        length = scope.headers.get("content-length", "")
+        if length.isascii() and length.isdigit() and int(length) > self.max_body:
+            raise StoreError(413, f"request body exceeds {self.max_body} bytes")
         raw = await protocol()
+        if len(raw) > self.max_body:
+            raise StoreError(413, f"request body exceeds {self.max_body} bytes")
         if scope.headers.get("content-encoding", "").lower() == "gzip":
-            try:
-                raw = gzip.decompress(raw)
-            except (OSError, EOFError, zlib.error):
-                raise bad("request body is not valid gzip") from None
+            raw = _gunzip(raw, self.max_body)
         if not raw:
             raise bad("request body is empty; expected JSON")
         try:
@@ -116,12 +123,9 @@ class App:
             return _err(404, f"no route for {scope.path}")
         if method not in allowed:
             return _err(405, f"method {method} not allowed on {scope.path}")
-        auth = scope.headers.get("authorization", "")
-        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-        if not token:
-            return _err(401, "missing or malformed Authorization: Bearer <api key> header")
-        if self.key is not None and token != self.key:
-            return _err(403, "API key is not authorized")
+        denied = self._denied(scope)
+        if denied is not None:
+            return denied
         fault = self.faults.match(_fault_route(route, method), ns)
         if fault is not None:
             if fault["delay_ms"]:
@@ -132,10 +136,22 @@ class App:
         handler: Callable[[str, str, Any, Any], tuple[int, Any]] = getattr(self, "h_" + route)
         return handler(method, ns, body, scope)
 
+    def _denied(self, scope: Any) -> tuple[int, Any] | None:
+        auth = scope.headers.get("authorization", "")
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        if not token:
+            return _err(401, "missing or malformed Authorization: Bearer <api key> header")
+        if self.key is not None and not hmac.compare_digest(token.encode(), self.key.encode()):
+            return _err(403, "API key is not authorized")
+        return None
+
     async def _admin(self, method: str, parts: list[str], scope: Any, protocol: Any) -> tuple[int, Any]:
         if parts == ["_localstore", "health"]:
             return (200, {"status": "ok"}) if method == "GET" else _err(405, "method not allowed")
-        if parts == ["_localstore", "faults"]:
+        if parts == ["_localstore", "faults"] and self.faults_enabled:
+            denied = self._denied(scope)
+            if denied is not None:
+                return denied
             if method == "GET":
                 return 200, self.faults.listing()
             if method == "DELETE":
@@ -291,6 +307,19 @@ class App:
             out["ground_truth"] = []
         _ = ns
         return 200, out
+
+
+def _gunzip(raw: bytes, limit: int) -> bytes:
+    inflater = zlib.decompressobj(wbits=31)
+    try:
+        out = inflater.decompress(raw, limit + 1)
+    except zlib.error:
+        raise bad("request body is not valid gzip") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise StoreError(413, f"request body exceeds {limit} bytes once inflated")
+    if not inflater.eof or inflater.unused_data:
+        raise bad("request body is not valid gzip: truncated, or data after the stream")
+    return out
 
 
 def _count(v: Any, what: str) -> int:

@@ -48,6 +48,10 @@ class Stack:
             status, headers, raw = exc.code, dict(exc.headers), exc.read()
         return status, {k.lower(): v for k, v in headers.items()}, json.loads(raw) if raw else None
 
+    def ops_health(self) -> list[dict[str, Any]]:
+        """Every worker's detailed health, from the gateway's ops listener."""
+        return self.call("GET", "/health", base=self.gw.ops_url)[2]["workers"]  # type: ignore[no-any-return]
+
     def layer(self, fn: Any) -> Any:
         async def main() -> Any:
             client = AsyncHevlayer(api_key=KEY, base_url=self.gw.url)
@@ -214,7 +218,7 @@ def test_warm_jobs_shared_by_workers(stack: Stack, ns: str) -> None:
     assert stack.call("POST", f"/v2/namespaces/{ns}/warm?page_size=0")[0] == 422
 
     def warm_in_health() -> Any:
-        states = stack.call("GET", "/health")[2]["cache_state"]
+        states = [s for w in stack.ops_health() for s in w["cache_state"]]
         return [s for s in states if s["namespace"] == ns and s["state"] == "warm"]
 
     assert wait_for(warm_in_health, 6.0)
@@ -240,11 +244,11 @@ def test_hint_cache_warm(stack: Stack, ns: str) -> None:
 def test_metrics_and_health(stack: Stack, ns: str) -> None:
     stack.tpuf().namespace(ns).write(upsert_rows=[{"id": "m", "vector": [1.0, 0.0]}], distance_metric="cosine_distance")
     fetch(stack, ns, "m")
-    health = stack.call("GET", "/health")[2]
-    assert health["aerospike"]["connected"] is True and health["aerospike"]["generation"] >= 1
+    workers = wait_for(lambda: w if len(w := stack.ops_health()) == 2 else None)
+    assert all(w["aerospike"]["connected"] is True and w["aerospike"]["generation"] >= 1 for w in workers)
 
     def scrape() -> str:
-        with urllib.request.urlopen(urllib.request.Request(stack.gw.url + "/metrics"), timeout=10) as resp:
+        with urllib.request.urlopen(urllib.request.Request(f"{stack.gw.ops_url}/metrics"), timeout=10) as resp:
             text: str = resp.read().decode()
         return text
 
@@ -328,10 +332,7 @@ def test_aerospike_outage_is_soft_and_recovers(tmp_path: Path) -> None:
         assert stack.call("GET", "/v2/namespaces/down/warm-jobs")[0] == 503
 
         def both_workers_see_it(up: bool) -> bool:  # each worker's refresher probes within STATE_REFRESH_S
-            seen = {}
-            for _ in range(20):
-                health = stack.call("GET", "/health")[2]
-                seen[health["worker"]["pid"]] = health["aerospike"]
+            seen = {w["pid"]: w["aerospike"] for w in stack.ops_health()}
             return len(seen) == 2 and all(a["connected"] == up and (up or a.get("last_error")) for a in seen.values())
 
         assert wait_for(lambda: both_workers_see_it(up=False), 6.0)

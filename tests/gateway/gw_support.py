@@ -57,13 +57,13 @@ class Stack:
         return call(self.gw.url, method, path, body, **kw)
 
     def fault(self, **rule: Any) -> None:
-        assert call(self.store.url, "POST", "/_localstore/faults", rule, key=None).status == 200
+        assert call(self.store.url, "POST", "/_localstore/faults", rule).status == 200
 
     def clear_faults(self) -> None:
-        call(self.store.url, "DELETE", "/_localstore/faults", key=None)
+        call(self.store.url, "DELETE", "/_localstore/faults")
 
     def faults(self) -> Any:
-        return call(self.store.url, "GET", "/_localstore/faults", key=None).json()
+        return call(self.store.url, "GET", "/_localstore/faults").json()
 
 
 def wait_for(pred: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:

@@ -21,8 +21,7 @@ def test_every_served_route_has_a_class_and_public_routes_are_few() -> None:
     router = build_router()
     assert set(router.routes) <= set(ROUTE_CLASSES)
     public = {key for key, cls in ROUTE_CLASSES.items() if cls == PUBLIC}
-    assert public == {("GET", "/health"), ("GET", "/ready"), ("GET", "/metrics"), ("GET", "/openapi.yaml"),
-                      ("POST", "/v2/keys/authenticate")}
+    assert public == {("GET", "/health"), ("GET", "/ready"), ("GET", "/openapi.yaml"), ("POST", "/v2/keys/authenticate")}
     assert ROUTE_CLASSES[("POST", "/v2/namespaces/{ns}/documents")] == READ
     assert all(cls == ADMIN for (m, t), cls in ROUTE_CLASSES.items() if t.startswith("/v2/keys") and
                t != "/v2/keys/authenticate")

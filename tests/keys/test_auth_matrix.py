@@ -18,8 +18,7 @@ from gateway.auth import ADMIN, PUBLIC, READ, WRITE
 from gateway.router import build_router
 
 NS = "team-alpha"
-PUBLIC_ROUTES = {("GET", "/health"), ("GET", "/ready"), ("GET", "/metrics"), ("GET", "/openapi.yaml"),
-                 ("POST", "/v2/keys/authenticate")}
+PUBLIC_ROUTES = {("GET", "/health"), ("GET", "/ready"), ("GET", "/openapi.yaml"), ("POST", "/v2/keys/authenticate")}
 PARAM_VALUES = {"ns": NS, "doc_id": "doc-1", "job_id": "job-1", "op_id": "op-1"}
 ROUTES = sorted((r.method, r.template, r.route_class) for r in build_router().routes.values())
 # caller -> (entitlements or None, expected outcome per route class: "ok" | 401 | 403), for namespace NS

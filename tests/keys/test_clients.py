@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import turbopuffer
-from keys_support import STORE_KEY, Stack
+from keys_support import STORE_KEY, Stack, call
 from support.published_client import run_published
 
 from gateway.keys import cli
@@ -112,7 +112,7 @@ def test_no_token_or_hash_in_logs_metrics_or_errors(stack: Stack) -> None:
         stack.admin("POST", f"/v2/keys/{key['keyId']}/revoke"),
         stack.call("GET", "/v2/namespaces/team-s/metadata", token=token)[1],
     ]
-    metrics = stack.call("GET", "/metrics")[1]
+    metrics = call(stack.gateway.ops_url, "GET", "/metrics")[1]
     log = Path(stack.gateway.log_path).read_text(errors="replace")
     assert '"principal": "secretive"' in log or "secretive" in log  # the access log is on and names the key
     secret_bits = [token, wrong, token[4:], "sha256:"]

@@ -14,24 +14,24 @@ from support.procs import Proc, start_localstore
 def test_fault_injection(client: Client) -> None:
     client.write("flt-ns", {"upsert_rows": [{"id": 1}]})
     q = {"rank_by": ["id", "asc"]}
-    assert client.ok("POST", "/_localstore/faults", {"route": "query", "status": 429, "count": 2}, key=None)
+    assert client.ok("POST", "/_localstore/faults", {"route": "query", "status": 429, "count": 2})
     for _ in range(2):
         code, err, headers = client.call("POST", "/v2/namespaces/flt-ns/query", q)
         assert code == 429 and err == {"status": "error", "error": "injected fault"}
         assert headers["retry-after"] == "0"
     assert client.ids("flt-ns", q) == [1]
-    client.ok("POST", "/_localstore/faults", {"route": "write", "status": 503, "namespace": "other"}, key=None)
+    client.ok("POST", "/_localstore/faults", {"route": "write", "status": 503, "namespace": "other"})
     client.write("flt-ns", {"upsert_rows": [{"id": 2}]})
     assert client.call("POST", "/v2/namespaces/other", {"upsert_rows": [{"id": 2}]})[0] == 503
-    listed = client.ok("GET", "/_localstore/faults", key=None)["faults"]
+    listed = client.ok("GET", "/_localstore/faults")["faults"]
     assert len(listed) == 1 and listed[0]["route"] == "write" and listed[0]["remaining"] is None
-    client.ok("DELETE", "/_localstore/faults", key=None)
-    assert client.ok("GET", "/_localstore/faults", key=None)["faults"] == []
-    client.ok("POST", "/_localstore/faults", {"route": "*", "delay_ms": 300, "count": 1}, key=None)
+    client.ok("DELETE", "/_localstore/faults")
+    assert client.ok("GET", "/_localstore/faults")["faults"] == []
+    client.ok("POST", "/_localstore/faults", {"route": "*", "delay_ms": 300, "count": 1})
     t0 = time.monotonic()
     assert client.ids("flt-ns", q) == [1, 2]
     assert time.monotonic() - t0 >= 0.3
-    assert client.call("POST", "/_localstore/faults", {"route": "nope"}, key=None)[0] == 422
+    assert client.call("POST", "/_localstore/faults", {"route": "nope"})[0] == 422
 
 
 def test_index_lag_states(tmp_path: Path) -> None:

@@ -23,10 +23,20 @@ STORE_KEY = "test-store-key"  # the store key the test gateways are configured w
 SERVER = os.environ.get("LAYER_SERVER", "").strip()
 
 
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports (held open together while picked, so they differ)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
 
 
 def http_status(url: str, headers: dict[str, str] | None = None, timeout: float = 2.0) -> int:
@@ -48,6 +58,7 @@ class Proc:
                  cwd: str | None = None) -> None:
         self.name = name
         self.url = url
+        self.ops_url: str | None = None  # a gateway's ops listener (/metrics, detailed /health)
         LOG_DIR.mkdir(exist_ok=True)
         self.log_path = Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log", dir=LOG_DIR)[1])
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed by stop()
@@ -115,20 +126,25 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def start_localstore(data_dir: str | Path, **env: str) -> Proc:
+def start_localstore(data_dir: str | Path, faults: bool = True, **env: str) -> Proc:
+    """A local store, with fault injection on (/_localstore/faults, behind its key) unless faults=False."""
     port = free_port()
     cmd = [sys.executable, "-m", "localstore", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--data-dir", str(data_dir)]
+           "--data-dir", str(data_dir), *(["--enable-faults"] if faults else [])]
     return Proc("localstore", cmd, base_env(**env), f"http://127.0.0.1:{port}", "/_localstore/health")
 
 
+def gateway_cmd(port: int, ops_port: int, workers: int) -> list[str]:
+    return [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port),
+            "--workers", str(workers), "--ops-port", str(ops_port)]
+
+
 def start_gateway(upstream_url: str, upstream_key: str, data_dir: str | Path, workers: int = 2, **env: str) -> Proc:
-    port = free_port()
-    cmd = [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--workers", str(workers)]
+    port, ops_port = free_ports(2)
     full_env = base_env(TURBOPUFFER_API_URL=upstream_url, TURBOPUFFER_API_KEY=upstream_key,
                         LAYER_DATA_DIR=str(data_dir), **env)
-    proc = Proc("gateway", cmd, full_env, f"http://127.0.0.1:{port}", "/ready")
+    proc = Proc("gateway", gateway_cmd(port, ops_port, workers), full_env, f"http://127.0.0.1:{port}", "/ready")
+    proc.ops_url = f"http://127.0.0.1:{ops_port}"
     try:
         wait_for_workers(proc.url, workers)
     except BaseException:
@@ -161,8 +177,6 @@ def wait_for_workers(url: str, workers: int) -> None:
         try:
             with urllib.request.urlopen(url + "/health", timeout=2) as resp:  # a new connection each time
                 seen.add(int(json.loads(resp.read())["worker"]["pid"]))
-        except urllib.error.HTTPError as e:  # /health answers 503 while the upstream is down; it still names the pid
-            seen.add(int(json.loads(e.read())["worker"]["pid"]))
         except (OSError, ValueError, KeyError):
             pass
         if len(seen) < workers:
