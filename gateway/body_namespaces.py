@@ -30,16 +30,17 @@ write_sources_decoder = msgspec.json.Decoder(WriteSources)
 
 
 def write_sources(body: bytes) -> list[str]:
-    """The source namespaces a write body names. A body that is not a JSON object names none (the route answers
-    for it); a source field of the wrong shape is 422, since the gateway cannot check what it cannot read."""
-    if not body.lstrip().startswith(b"{"):
-        return []
+    """The source namespaces a write body names. A body that is not a JSON object, or not JSON, names none
+    (upstream rejects it in its own words); a source field of another shape is 422, since the gateway cannot
+    check what it cannot read (serde would even take `["ns"]` for the object form)."""
     try:
         view = write_sources_decoder.decode(body)
     except msgspec.ValidationError as exc:
+        if not body.lstrip().startswith(b"{"):
+            return []
         raise validation_error(f"invalid write request: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise bad_request(f"invalid JSON body: {exc}") from None
+    except msgspec.DecodeError:
+        return []
     sources = [s if isinstance(s, str) else s.source_namespace
                for s in (view.copy_from_namespace, view.branch_from_namespace) if not isinstance(s, UnsetType)]
     if sources:

@@ -227,8 +227,10 @@ def _schema_summary(schema: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"fields": fields}
     vec = schema.get("vector") if isinstance(schema, dict) else None
     vtype = vec.get("type") if isinstance(vec, dict) else vec
-    if isinstance(vtype, str) and vtype.startswith("[") and "]" in vtype and vtype[1:vtype.index("]")].isdigit():
-        out["vector_dim"] = int(vtype[1:vtype.index("]")])
+    if isinstance(vtype, str) and vtype.startswith("[") and "]" in vtype:
+        dims = vtype[1:vtype.index("]")]
+        if dims.isascii() and dims.isdigit():
+            out["vector_dim"] = int(dims)
     return out
 
 

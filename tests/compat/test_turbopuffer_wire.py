@@ -39,7 +39,8 @@ def store_url(target: Target) -> str:
 
 def fault(target: Target, **rule: Any) -> None:
     req = urllib.request.Request(store_url(target) + "/_localstore/faults", data=json.dumps(rule).encode(),
-                                 method="POST", headers={"Content-Type": "application/json"})
+                                 method="POST", headers={"Content-Type": "application/json",
+                                                         "Authorization": f"Bearer {target.api_key}"})
     with urllib.request.urlopen(req, timeout=10) as resp:
         assert resp.status == 200
 

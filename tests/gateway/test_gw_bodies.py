@@ -67,9 +67,9 @@ class Upload:
 
 
 def write_body(size: int) -> bytes:
-    """A syntactically valid write of exactly `size` bytes that the gateway reads and decodes whole, then rejects
-    (422: `upsert_rows` must be a list), so upstream never sees it."""
-    head, tail = b'{"upsert_rows": "', b'"}'
+    """A write of exactly `size` bytes that the gateway reads and decodes whole, then rejects itself (422: a
+    reserved `_hevlayer_` attribute), so upstream never sees it."""
+    head, tail = b'{"upsert_rows": [{"id": 1, "_hevlayer_x": "', b'"}]}'
     return head + b"x" * (size - len(head) - len(tail)) + tail
 
 
@@ -183,10 +183,10 @@ def test_concurrent_maximal_bodies_keep_workers_under_the_rss_budget(bodies: Sta
     assert bodies("POST", "/v2/namespaces/flood-ok/query", {"rank_by": ["id", "asc"]}).status == 200
 
 
-def test_gzip_bodies_are_one_complete_member(bodies: Stack) -> None:
+def test_gzip_bodies_must_be_complete(bodies: Stack) -> None:
     good = gz({"upsert_rows": [{"id": 2}]})
     headers = {"Content-Encoding": "gzip"}
     assert bodies("POST", "/v2/namespaces/gz", raw=good, headers=headers).status == 200
-    for raw, problem in [(good + b"trailing", "data follows"), (good[:-6], "truncated")]:
+    for raw, problem in [(good + b"trailing", "incorrect header check"), (good[:-6], "truncated")]:
         r = bodies("POST", "/v2/namespaces/gz", raw=raw, headers=headers)
         assert r.status == 400 and problem in r.json()["message"], r

@@ -60,6 +60,13 @@ def test_duplicate_source_keys_are_refused(stack: Stack, team_a: str) -> None:
         assert stack.admin("GET", "/v1/namespaces?prefix=team-a-dup")["namespaces"] == []
 
 
+def test_a_source_the_gateway_cannot_read_is_refused(stack: Stack, team_a: str) -> None:
+    """Turbopuffer's serde would take `["hr-salaries"]` for the object form; the gateway cannot check it: 422."""
+    status, body = _raw_write(stack, "/v2/namespaces/team-a-arr", b'{"copy_from_namespace": ["hr-salaries"]}', team_a)
+    assert status == 422 and b"copy_from_namespace" in body, (status, body)
+    assert stack.admin("GET", "/v1/namespaces?prefix=team-a-arr")["namespaces"] == []
+
+
 def test_a_copy_within_the_grant_works(stack: Stack, team_a: str) -> None:
     src, dst = f"team-a-src-{uuid.uuid4().hex[:6]}", f"team-a-dst-{uuid.uuid4().hex[:6]}"
     assert stack.call("POST", f"/v2/namespaces/{src}", token=team_a, body={"upsert_rows": [{"id": 1, "k": "v"}]})[0] \

@@ -105,7 +105,7 @@ def test_async_copy_operations(fresh: tuple[Proc, Path]) -> None:
     proc, data = fresh
     client = Client(proc.url)
     client.write("src", {"upsert_rows": [{"id": 1, "n": 1}]})
-    client.ok("POST", "/_localstore/faults", {"route": "copy", "status": 500, "count": 1}, key=None)
+    client.ok("POST", "/_localstore/faults", {"route": "copy", "status": 500, "count": 1})
     token = client.ok("POST", "/v2/namespaces/dst/async", {"copy_from_namespace": "src"})["token"]
     op = _poll(client, "dst", token)
     assert op["result"] == {"error": {"status_code": 500, "detail": {"status": "error", "error": "injected fault"}}}
