@@ -32,6 +32,7 @@ OPTIONAL_ROUTE_MODULES = ("gateway.routes.documents", "gateway.routes.warm", "ga
 
 # RFC 3986 pchar minus "/": what a path segment sent upstream keeps unescaped (everything else is escaped once).
 SEGMENT_SAFE = "!$&'()*+,;=:@-._~"
+SEGMENT_AS_IS = re.compile(r"[A-Za-z0-9!$&'()*+,;=:@._~-]*")  # needs no escaping (the usual namespace name)
 BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
@@ -90,7 +91,6 @@ class Route(Struct, frozen=True):
     handler: Any
     route_class: str
     name: str  # the template, used as the metrics/log label
-    parts: tuple[tuple[bool, str], ...]  # (is_param, literal or parameter name) per template segment
     answered_locally: bool = False  # may answer without asking upstream (gateway.auth.ANSWERED_LOCALLY)
     body_namespaces: Any = None  # Callable[[bytes], list[str]] | None: namespaces the body names (read needed)
     before_body: Any = None
@@ -98,12 +98,11 @@ class Route(Struct, frozen=True):
     def upstream_path(self, params: Mapping[str, str], template: str | None = None) -> str:
         """This route's path (or another template's, filled with the same parameters), each parameter
         percent-encoded once."""
-        parts = self.parts if template is None else _parts(template)
-        return "/" + "/".join(quote(params[v], safe=SEGMENT_SAFE) if is_param else v for is_param, v in parts)
+        return (template or self.template).format_map({k: _encoded(v) for k, v in params.items()})
 
 
-def _parts(template: str) -> tuple[tuple[bool, str], ...]:
-    return tuple((True, seg[1:-1]) if seg.startswith("{") else (False, seg) for seg in template.strip("/").split("/"))
+def _encoded(segment: str) -> str:
+    return segment if SEGMENT_AS_IS.fullmatch(segment) else quote(segment, safe=SEGMENT_SAFE)
 
 
 class _Node:
@@ -124,8 +123,7 @@ class Router:
             key = (spec.method, spec.template)
             assert key in ROUTE_CLASSES, f"route {spec.method} {spec.template} has no class in gateway.auth"
             self.routes[key] = Route(spec.method, spec.template, spec.handler, ROUTE_CLASSES[key], spec.template,
-                                     _parts(spec.template), key in ANSWERED_LOCALLY, BODY_NAMESPACES.get(key),
-                                     spec.before_body)
+                                     key in ANSWERED_LOCALLY, BODY_NAMESPACES.get(key), spec.before_body)
         for route in self.routes.values():
             self._insert(route)
 
