@@ -83,6 +83,9 @@ class AsgiApp:
         ctx = AsgiCtx(scope["method"], scope["path"], scope["query_string"].decode("latin-1"),
                       AsgiHeaders(scope["headers"]))
         ctx.scope = scope
+        raw_path = scope.get("raw_path")
+        if raw_path is not None:  # the path as sent: router.path_segments tells an encoded slash from a separator
+            ctx.raw_path = raw_path.decode("latin-1")
         resp = await self.gateway.handle(ctx, BodyStream(_Receive(receive), self.settings))
         await send({"type": "http.response.start", "status": resp.status,
                     "headers": encode_headers(resp.headers, len(resp.body))})
