@@ -8,6 +8,7 @@ body, so "answered without reading the body" is observed directly, not inferred 
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 import threading
@@ -190,3 +191,9 @@ def test_gzip_bodies_must_be_complete(bodies: Stack) -> None:
     for raw, problem in [(good + b"trailing", "incorrect header check"), (good[:-6], "truncated")]:
         r = bodies("POST", "/v2/namespaces/gz", raw=raw, headers=headers)
         assert r.status == 400 and problem in r.json()["message"], r
+    # Inflated in 1 MiB steps: a body ending exactly on a step boundary is complete, not "truncated".
+    head, tail = b'{"upsert_rows": [{"id": 3, "s": "', b'"}]}'
+    exact = head + b"x" * ((2 << 20) - len(head) - len(tail)) + tail
+    assert len(exact) == 2 << 20
+    r = bodies("POST", "/v2/namespaces/gz", raw=gzip.compress(exact), headers=headers)
+    assert r.status == 200, r

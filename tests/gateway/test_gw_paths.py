@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from gw_support import KEY
+from gw_support import KEY, wait_until
 from support.procs import SERVER, Proc, start_gateway
 
 from gateway.http import GatewayError
@@ -134,6 +134,15 @@ def test_upstream_receives_exactly_the_routed_path(echo: tuple[Echo, Proc], meth
     assert status == 200, body
     assert sent in server.received
     assert others(server.received, sent) == []
+
+
+def test_the_watermark_poll_sends_the_namespace_encoded(echo: tuple[Echo, Proc]) -> None:
+    server, gw = echo
+    POLLS.add("/v2/namespaces/w%3Fx/metadata")
+    assert send(gw, "POST", "/v1/namespaces/w%3Fx/query")[0] == 200  # a queried namespace is watched: polled once
+    polls = wait_until(lambda: [p for p in server.received if p.startswith("/v2/namespaces/w") and
+                                p.endswith("/metadata")], bool)
+    assert polls[0] == "/v2/namespaces/w%3Fx/metadata", polls
 
 
 def test_an_encoded_slash_is_refused_where_the_server_keeps_the_raw_path(echo: tuple[Echo, Proc]) -> None:
