@@ -67,11 +67,6 @@ var opGetKey = &operation{
 	upstreamMethod: "", upstreamPath: "", response: "json",
 	read: false,
 }
-var opGetMetrics = &operation{
-	name: "GetMetrics", method: "GET", path: "/metrics", fallback: "none",
-	upstreamMethod: "", upstreamPath: "", response: "text",
-	read: true,
-}
 var opGetNamespaceMetadata = &operation{
 	name: "GetNamespaceMetadata", method: "GET", path: "/v2/namespaces/{namespace}/metadata", fallback: "direct",
 	upstreamMethod: "GET", upstreamPath: "/v2/namespaces/{namespace}/metadata", response: "json",
@@ -459,7 +454,7 @@ func (c *Client) FetchDocumentsWithPerf(ctx context.Context, namespace string, b
 	return &LayerResponse[FetchDocumentsResponse]{Data: out, Perf: perf}, nil
 }
 
-// GetHealth: Liveness and state of the answering worker
+// GetHealth: Liveness of the answering worker (status, version, pid); metrics and detailed health are on the ops listener, not this port
 func (c *Client) GetHealth(ctx context.Context) (*HealthResponse, error) {
 	res, err := c.GetHealthWithPerf(ctx)
 	if err != nil {
@@ -499,27 +494,6 @@ func (c *Client) GetKeyWithPerf(ctx context.Context, keyID string) (*LayerRespon
 	}
 	_ = header
 	return &LayerResponse[ApiKey]{Data: out, Perf: perf}, nil
-}
-
-// GetMetrics: Prometheus metrics of every worker
-func (c *Client) GetMetrics(ctx context.Context) (*string, error) {
-	res, err := c.GetMetricsWithPerf(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return &res.Data, nil
-}
-
-// GetMetricsWithPerf is GetMetrics with the call's LayerPerf.
-func (c *Client) GetMetricsWithPerf(ctx context.Context) (*LayerResponse[string], error) {
-	req := newCall(opGetMetrics)
-	var out string
-	header, perf, err := c.do(ctx, req, &out)
-	if err != nil {
-		return nil, err
-	}
-	_ = header
-	return &LayerResponse[string]{Data: out, Perf: perf}, nil
 }
 
 // GetNamespaceMetadata: Turbopuffer metadata plus a `layer` block (stable_as_of, is_stable, ...)

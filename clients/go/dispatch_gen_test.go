@@ -147,11 +147,6 @@ func dispatch(ctx context.Context, c *Client, op string, args map[string]json.Ra
 			return c.GetKeyWithPerf(ctx, keyID)
 		}
 		return c.GetKey(ctx, keyID)
-	case "getMetrics":
-		if withPerf {
-			return c.GetMetricsWithPerf(ctx)
-		}
-		return c.GetMetrics(ctx)
 	case "getNamespaceMetadata":
 		var namespace string
 		if err := decodeArg(args, "namespace", &namespace); err != nil {

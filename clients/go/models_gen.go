@@ -9,6 +9,7 @@ type Error struct {
 	Feature *string `json:"feature,omitempty"`
 }
 
+// HealthResponse: The public port fills `status`, `version` and `worker.pid`; `upstream`, `aerospike` and `cache_state` are only in the ops listener's per-worker health (docs/operations.md).
 type HealthResponse struct {
 	Status     string                   `json:"status"`
 	Version    string                   `json:"version"`

@@ -97,13 +97,6 @@ OPERATIONS: dict[str, Op] = {
         (),
         False,
     ),
-    "get_metrics": Op(
-        "get_metrics", "GET", "/metrics", "none",
-        None, None,
-        (), "text", str,
-        (),
-        True,
-    ),
     "get_namespace_metadata": Op(
         "get_namespace_metadata", "GET", "/v2/namespaces/{namespace}/metadata", "direct",
         "GET", "/v2/namespaces/{namespace}/metadata",
@@ -390,7 +383,7 @@ class AsyncHevlayer(AsyncHelpers, AsyncBase):
         *,
         with_perf: bool = False,
     ) -> HealthResponse | LayerResponse[HealthResponse]:
-        """Liveness and state of the answering worker"""
+        """Liveness of the answering worker (status, version, pid); metrics and detailed health are on the ops listener, not this port"""
         return await self._call(
             OPERATIONS["get_health"], (),
             None, {},
@@ -405,17 +398,6 @@ class AsyncHevlayer(AsyncHelpers, AsyncBase):
         """One key"""
         return await self._call(
             OPERATIONS["get_key"], (keyId,),
-            None, {},
-            {}, with_perf)
-
-    async def get_metrics(
-        self,
-        *,
-        with_perf: bool = False,
-    ) -> str | LayerResponse[str]:
-        """Prometheus metrics of every worker"""
-        return await self._call(
-            OPERATIONS["get_metrics"], (),
             None, {},
             {}, with_perf)
 
@@ -827,7 +809,7 @@ class Hevlayer(SyncHelpers, SyncBase):
         *,
         with_perf: bool = False,
     ) -> HealthResponse | LayerResponse[HealthResponse]:
-        """Liveness and state of the answering worker"""
+        """Liveness of the answering worker (status, version, pid); metrics and detailed health are on the ops listener, not this port"""
         return self._call(
             OPERATIONS["get_health"], (),
             None, {},
@@ -842,17 +824,6 @@ class Hevlayer(SyncHelpers, SyncBase):
         """One key"""
         return self._call(
             OPERATIONS["get_key"], (keyId,),
-            None, {},
-            {}, with_perf)
-
-    def get_metrics(
-        self,
-        *,
-        with_perf: bool = False,
-    ) -> str | LayerResponse[str]:
-        """Prometheus metrics of every worker"""
-        return self._call(
-            OPERATIONS["get_metrics"], (),
             None, {},
             {}, with_perf)
 

@@ -74,6 +74,8 @@ class Error(BaseModel):
 
 
 class HealthResponse(BaseModel):
+    """The public port fills `status`, `version` and `worker.pid`; `upstream`, `aerospike` and `cache_state` are only in the ops listener's per-worker health (docs/operations.md)."""
+
     model_config = ConfigDict(extra="allow", populate_by_name=True)
     status: Literal['ok', 'draining']
     version: str

@@ -74,15 +74,12 @@ export declare class Hevlayer extends Runtime {
   /** Documents by id (at most 10,000), from the cache when it has them; unknown ids are listed in `missing` */
   fetchDocuments(namespace: string, body: M.FetchDocumentsRequest, options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.FetchDocumentsResponse>>;
   fetchDocuments(namespace: string, body: M.FetchDocumentsRequest, options?: CallOptions & { withPerf?: false }): Promise<M.FetchDocumentsResponse>;
-  /** Liveness and state of the answering worker */
+  /** Liveness of the answering worker (status, version, pid); metrics and detailed health are on the ops listener, not this port */
   getHealth(options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.HealthResponse>>;
   getHealth(options?: CallOptions & { withPerf?: false }): Promise<M.HealthResponse>;
   /** One key */
   getKey(keyId: string, options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.ApiKey>>;
   getKey(keyId: string, options?: CallOptions & { withPerf?: false }): Promise<M.ApiKey>;
-  /** Prometheus metrics of every worker */
-  getMetrics(options: CallOptions & { withPerf: true }): Promise<LayerResponse<string>>;
-  getMetrics(options?: CallOptions & { withPerf?: false }): Promise<string>;
   /** Turbopuffer metadata plus a `layer` block (stable_as_of, is_stable, ...) */
   getNamespaceMetadata(namespace: string, options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.NamespaceMetadata>>;
   getNamespaceMetadata(namespace: string, options?: CallOptions & { withPerf?: false }): Promise<M.NamespaceMetadata>;

@@ -87,13 +87,6 @@ export const OPERATIONS = {
     read: false,
     headerFields: [],
   },
-  getMetrics: {
-    name: "getMetrics", method: "GET", path: "/metrics", fallback: "none",
-    upstreamMethod: null, upstreamPath: null,
-    fixedQuery: [], response: "text",
-    read: true,
-    headerFields: [],
-  },
   getNamespaceMetadata: {
     name: "getNamespaceMetadata", method: "GET", path: "/v2/namespaces/{namespace}/metadata", fallback: "direct",
     upstreamMethod: "GET", upstreamPath: "/v2/namespaces/{namespace}/metadata",
@@ -345,7 +338,7 @@ export class Hevlayer extends Runtime {
     );
   }
 
-  /** Liveness and state of the answering worker */
+  /** Liveness of the answering worker (status, version, pid); metrics and detailed health are on the ops listener, not this port */
   getHealth(options = {}) {
     return this._call(
       OPERATIONS.getHealth, [], undefined,
@@ -359,16 +352,6 @@ export class Hevlayer extends Runtime {
   getKey(keyId, options = {}) {
     return this._call(
       OPERATIONS.getKey, [keyId], undefined,
-      {},
-      {},
-      options,
-    );
-  }
-
-  /** Prometheus metrics of every worker */
-  getMetrics(options = {}) {
-    return this._call(
-      OPERATIONS.getMetrics, [], undefined,
       {},
       {},
       options,

@@ -9,6 +9,7 @@ export interface Error {
   [key: string]: unknown;
 }
 
+/** The public port fills `status`, `version` and `worker.pid`; `upstream`, `aerospike` and `cache_state` are only in the ops listener's per-worker health (docs/operations.md). */
 export interface HealthResponse {
   status: "ok" | "draining";
   version: string;

@@ -52,10 +52,6 @@ export function dispatch(client, op, args, options = {}) {
       return client.getKey(args["keyId"], {
         ...options,
       });
-    case "getMetrics":
-      return client.getMetrics({
-        ...options,
-      });
     case "getNamespaceMetadata":
       return client.getNamespaceMetadata(args["namespace"], {
         ...options,
