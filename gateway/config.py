@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from msgspec import Struct
 
 DEFAULT_DATA_DIR = "./.layer"
-TRANSPORTS = ("pyreqwest", "aiohttp")
+TRANSPORTS = ("httptools", "pyreqwest")
 SERVERS = ("granian", "uvicorn")  # the first is the default: it wins `just bench` on the full gateway (README)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # Set by `layer-gateway serve` in the environment its workers inherit when it started the local store itself.
@@ -18,6 +19,20 @@ EMBEDDED_MARKER = "LAYER_EMBEDDED_STORE"
 
 class ConfigError(ValueError):
     """A setting has a bad value; the message names the variable."""
+
+
+class TransportSettings(Struct, frozen=True):
+    """How the gateway talks to the upstream (docs/configuration.md, "Upstream"). Deadlines apply per call."""
+
+    kind: str = "httptools"  # httptools | pyreqwest
+    timeout_ms: int = 30_000  # total: pool wait, connect, send and the whole response
+    connect_timeout_ms: int = 5_000  # TCP connect and TLS handshake (bounded by the total)
+    read_timeout_ms: int = 30_000  # longest silence while waiting for response bytes
+    pool_size: int = 64  # connections per upstream origin per worker; callers beyond it wait in FIFO order
+    idle_timeout_ms: int = 20_000  # close an idle connection this long after its last use
+    max_header_bytes: int = 64 * 1024
+    max_response_bytes: int = 256 * 1024 * 1024
+    ca_file: str | None = None  # PEM CA bundle to verify https upstreams with instead of the system store
 
 
 class CacheSettings(Struct, frozen=True):
@@ -72,8 +87,7 @@ class Config(Struct, frozen=True):
     embedded: bool
     data_dir: str
     gateway_api_key: str | None
-    upstream_transport: str
-    upstream_timeout_ms: int
+    transport: TransportSettings
     max_body_bytes: int
     max_buffered_body_bytes: int
     auth_verdict_ttl_s: int
@@ -123,6 +137,26 @@ def parse_hosts(raw: str) -> tuple[tuple[str, int], ...]:
             raise ConfigError(f"AEROSPIKE_HOSTS must look like 'host:3000,host2:3000', got {raw!r}")
         hosts.append((host, int(port)))
     return tuple(hosts)
+
+
+def load_transport_settings(env: Mapping[str, str]) -> TransportSettings:
+    ca_file = env.get("LAYER_UPSTREAM_CA_FILE", "").strip() or None
+    if ca_file is not None:
+        try:
+            ssl.create_default_context(cafile=ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"LAYER_UPSTREAM_CA_FILE: cannot load CA certificates from {ca_file!r}: {exc}") from None
+    return TransportSettings(
+        kind=_choice(env, "LAYER_UPSTREAM_TRANSPORT", "httptools", TRANSPORTS),
+        timeout_ms=_int(env, "LAYER_UPSTREAM_TIMEOUT_MS", 30_000, 1),
+        connect_timeout_ms=_int(env, "LAYER_UPSTREAM_CONNECT_TIMEOUT_MS", 5_000, 1),
+        read_timeout_ms=_int(env, "LAYER_UPSTREAM_READ_TIMEOUT_MS", 30_000, 1),
+        pool_size=_int(env, "LAYER_UPSTREAM_POOL_SIZE", 64, 1),
+        idle_timeout_ms=_int(env, "LAYER_UPSTREAM_IDLE_TIMEOUT_MS", 20_000, 0),
+        max_header_bytes=_int(env, "LAYER_UPSTREAM_MAX_HEADER_BYTES", 64 * 1024, 1024),
+        max_response_bytes=_int(env, "LAYER_UPSTREAM_MAX_RESPONSE_BYTES", 256 * 1024 * 1024, 1024),
+        ca_file=ca_file,
+    )
 
 
 def load_cache_settings(env: Mapping[str, str]) -> CacheSettings:
@@ -198,8 +232,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         embedded=env.get(EMBEDDED_MARKER) == "1",
         data_dir=env.get("LAYER_DATA_DIR", "").strip() or DEFAULT_DATA_DIR,
         gateway_api_key=env.get("LAYER_GATEWAY_API_KEY", "").strip() or None,
-        upstream_transport=_choice(env, "LAYER_UPSTREAM_TRANSPORT", "pyreqwest", TRANSPORTS),
-        upstream_timeout_ms=_int(env, "LAYER_UPSTREAM_TIMEOUT_MS", 30_000, 1),
+        transport=load_transport_settings(env),
         max_body_bytes=_int(env, "LAYER_MAX_BODY_BYTES", 512 * 1024 * 1024, 1),
         max_buffered_body_bytes=_int(env, "LAYER_MAX_BUFFERED_BODY_BYTES", 256 * 1024 * 1024, 1),
         auth_verdict_ttl_s=_int(env, "LAYER_AUTH_VERDICT_TTL_S", 5, 0),

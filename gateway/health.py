@@ -48,10 +48,12 @@ async def worker_health(state: WorkerState) -> dict[str, Any]:
         "auth": "store_key" if up.store_key else "derive_from_request",
         "last_ok_ms": up.last_ok_ms,
         **({"last_error": up.last_error} if up.last_error else {}),
+        **up.stats(),
     }
     body.update(await cache_health(state))
     body["inflight"] = state.inflight
     body["watched_namespaces"] = len(state.watcher.namespaces)
+    body["tasks"] = len(asyncio.all_tasks())
     return body
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from bisect import bisect_left
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, multiprocess
@@ -39,6 +40,20 @@ QUERY_RETRIES = Counter("layer_query_retries_total", "One-shot 429 query retries
 REQUESTS = Counter("layer_http_requests_total", "Requests by route and status class", ("route", "method", "code"))
 TPUF_INFLIGHT = Gauge("layer_tpuf_inflight", "Upstream requests in flight (sampled at each metrics flush)",
                       multiprocess_mode="livesum")
+# The httptools transport's connection pools (gateway/httpclient), sampled at each flush; `upstream` is host:port.
+UPSTREAM_CONNECTIONS = Gauge("layer_upstream_connections", "Upstream connections by state (idle|active)",
+                             ("upstream", "state"), multiprocess_mode="livesum")
+UPSTREAM_OPENED = Counter("layer_upstream_connections_opened_total", "Upstream connections opened", ("upstream",))
+UPSTREAM_DISCARDED = Counter("layer_upstream_connections_discarded_total",
+                             "Upstream connections closed, by reason (expired, closed, not_reusable, error, timeout, "
+                             "stale, cancelled, shutdown)", ("upstream", "reason"))
+UPSTREAM_REQUESTS = Counter("layer_upstream_requests_total", "Upstream exchanges by connection (new|reused)",
+                            ("upstream", "connection"))
+UPSTREAM_RETRIES = Counter("layer_upstream_retries_total",
+                           "Idempotent requests sent again after a reused connection died before answering",
+                           ("upstream",))
+UPSTREAM_POOL_WAITS = Counter("layer_upstream_pool_waits_total", "Requests that waited for a free pooled connection",
+                              ("upstream",))
 
 # ---- cache metrics (owned by the cache engineer) go below this line ----
 # `set` = the backend's set for the namespace (AEROSPIKE_SET_PREFIX + ns; the namespace for the embedded cache).
@@ -75,6 +90,9 @@ _pending_hist: dict[Any, list[Any]] = {}
 _pending_inc: dict[Any, float] = {}
 # Labelled children cached per label tuple: `.labels()` takes a lock and builds tuples on every call.
 _children: dict[tuple[str, ...], tuple[Any, ...]] = {}
+# Called at the start of every flush: per-worker objects (the upstream pools) that export state they count themselves.
+_samplers: list[Callable[[], None]] = []
+_pool_seen: dict[tuple[str, ...], int] = {}
 
 
 def ns_label(ns: str | None) -> str:
@@ -110,9 +128,32 @@ def inc(child: Any, amount: float = 1.0) -> None:
     _pending_inc[child] = _pending_inc.get(child, 0.0) + amount
 
 
+def add_sampler(sampler: Callable[[], None]) -> None:
+    _samplers.append(sampler)
+
+
+def sample_pool(pool: dict[str, Any]) -> None:
+    """One pool snapshot (gateway/httpclient/pool.py): gauges set, cumulative counts added as increments."""
+    label = pool["upstream"]
+    UPSTREAM_CONNECTIONS.labels(label, "idle").set(pool["idle"])
+    UPSTREAM_CONNECTIONS.labels(label, "active").set(pool["active"])
+    counts = [(UPSTREAM_OPENED, (label,), pool["opened"]), (UPSTREAM_RETRIES, (label,), pool["retried"]),
+              (UPSTREAM_POOL_WAITS, (label,), pool["waited"]),
+              (UPSTREAM_REQUESTS, (label, "reused"), pool["reused"]),
+              (UPSTREAM_REQUESTS, (label, "new"), pool["requests"] - pool["reused"])]
+    counts += [(UPSTREAM_DISCARDED, (label, reason), n) for reason, n in pool["discarded"].items()]
+    for metric, labels, total in counts:
+        key = (metric._name, *labels)
+        if total > _pool_seen.get(key, 0):
+            inc(metric.labels(*labels), total - _pool_seen.get(key, 0))
+            _pool_seen[key] = total
+
+
 def flush() -> None:
     """Write the pending totals to this worker's multiprocess files (the histogram's own sum and bucket values:
     prometheus-client has no public bulk observe)."""
+    for sampler in _samplers:
+        sampler()
     for child, (total, counts) in _pending_hist.items():
         child._sum.inc(total)
         for bucket, n in zip(child._buckets, counts):

@@ -1,8 +1,10 @@
-"""The upstream (Turbopuffer or the local store): a small transport interface with two implementations.
+"""The upstream (Turbopuffer or the local store) as the gateway calls it, and the transport interface under it.
 
-`LAYER_UPSTREAM_TRANSPORT=pyreqwest` (default) or `aiohttp`. Clients are created lazily inside the worker (after
-fork). Transport failures and timeouts become 502 `upstream_error`; nothing here retries: pyreqwest 0.15 reports a
-read timeout as ConnectTimeoutError, so a "connect" error does not prove a POST was not delivered.
+`LAYER_UPSTREAM_TRANSPORT=httptools` (default: gateway/httpclient, an HTTP/1.1 keep-alive client on asyncio) or
+`pyreqwest`. Both pass one conformance suite (tests/transport) and are created lazily inside the worker (after
+fork). A transport re-sends a request only when that is safe: an idempotent one (a query, a GET) once, when a reused
+connection died before any response byte arrived; a write never once any of it may have been written. Transport
+failures and timeouts become 502 `upstream_error`.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ from typing import Any, Protocol
 
 from msgspec import Struct
 
-from gateway.config import Config
+from gateway import metrics
+from gateway.config import Config, TransportSettings
 from gateway.http import Ctx, upstream_error
 
 # Upstream response headers the official client acts on (turbopuffer.md §17.3); everything else is dropped.
 RELAYED_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry", "content-encoding")
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD"})
+SEND_REQUEST_FAILED = "client error (SendRequest)"  # hyper: the connection was up, the exchange on it failed
 
 
 class UpstreamResponse(Struct):
@@ -34,9 +39,14 @@ class UpstreamResponse(Struct):
 
 class UpstreamTransport(Protocol):
     async def send(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes | None,
-                   timeout_s: float) -> UpstreamResponse:
-        """Send one request; return any HTTP response (2xx or not). Raise UpstreamTransportError on transport
-        failure or timeout. Never retries."""
+                   idempotent: bool) -> UpstreamResponse:
+        """Send one request within the settings' deadlines; return any HTTP response (2xx or not). Raise
+        UpstreamTransportError on transport failure, timeout or a response over the size limits. `idempotent`:
+        the request may be sent again (once, only when a reused connection died before any response byte)."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Connection pool state for /health and the pool metrics (`pools`: one entry per origin, when known)."""
         ...
 
     async def close(self) -> None:
@@ -50,74 +60,93 @@ class UpstreamTransportError(Exception):
         self.timeout = timeout
 
 
+def open_transport(settings: TransportSettings) -> UpstreamTransport:
+    if settings.kind == "pyreqwest":
+        return PyreqwestTransport(settings)
+    from gateway.httpclient.transport import HttptoolsTransport
+
+    return HttptoolsTransport(settings)
+
+
 class PyreqwestTransport:
-    def __init__(self) -> None:
+    """pyreqwest 0.15 reports a read timeout as ConnectTimeoutError, and a connection that died under a sent request
+    as ConnectError, so a "connect" error does not prove that a request was not delivered. An idempotent request is
+    sent once more when the error says the connection was already established (hyper's `SendRequest`) and no
+    response head arrived; pyreqwest cannot say whether the connection was reused or part of a head had arrived."""
+
+    def __init__(self, settings: TransportSettings) -> None:
         from pyreqwest.client import ClientBuilder
 
-        self._client = ClientBuilder().gzip(False).brotli(False).zstd(False).deflate(False).follow_redirects(
-            False).pool_idle_timeout(timedelta(seconds=60)).build()
+        ms = lambda n: timedelta(milliseconds=n)
+        builder = ClientBuilder().gzip(False).brotli(False).zstd(False).deflate(False).follow_redirects(False)
+        builder = builder.timeout(ms(settings.timeout_ms)).connect_timeout(ms(settings.connect_timeout_ms))
+        builder = builder.read_timeout(ms(settings.read_timeout_ms)).pool_timeout(ms(settings.timeout_ms))
+        builder = builder.pool_idle_timeout(ms(settings.idle_timeout_ms)).max_connections(settings.pool_size)
+        if settings.ca_file:
+            with open(settings.ca_file, "rb") as f:
+                builder = builder.add_root_certificate_pem(f.read())
+        self._client = builder.build()
+        self._max_bytes = settings.max_response_bytes
 
     async def send(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes | None,
-                   timeout_s: float) -> UpstreamResponse:
-        from pyreqwest.exceptions import RequestError, RequestTimeoutError, TransportError
+                   idempotent: bool) -> UpstreamResponse:
+        from pyreqwest.exceptions import RequestError, RequestTimeoutError
 
-        builder = self._client.request(method, url).headers(headers).timeout(timedelta(seconds=timeout_s))
-        if body is not None:
-            builder = builder.body_bytes(body)
-        try:
-            resp = await builder.build().send()
-            data = (await resp.bytes()).to_bytes()
-        except RequestTimeoutError as exc:
-            raise UpstreamTransportError(f"timed out after {timeout_s:g}s ({exc.message})", True) from None
-        except (TransportError, RequestError) as exc:
-            raise UpstreamTransportError(_causes(exc), False) from None
+        retry = idempotent
+        while True:
+            builder = self._client.request(method, url).headers(headers)
+            if body is not None:
+                builder = builder.body_bytes(body)
+            head_arrived = False
+            try:
+                async with builder.build_streamed() as resp:
+                    head_arrived = True
+                    data = await self._read(resp)
+                break
+            except RequestTimeoutError as exc:
+                raise UpstreamTransportError(f"timed out ({_causes(exc)})", True) from None
+            except RequestError as exc:
+                if not (retry and not head_arrived and SEND_REQUEST_FAILED in _cause_list(exc)):
+                    raise UpstreamTransportError(_causes(exc), False) from None
+                retry = False
         relayed = [(h, v) for h in RELAYED_HEADERS if (v := resp.get_header(h)) is not None]
         return UpstreamResponse(resp.status, data, resp.get_header("content-type"), relayed)
+
+    async def _read(self, resp: Any) -> bytes:
+        """The body, refused once it passes the size limit (a response is never buffered past it)."""
+        reader = resp.body_reader
+        parts, size = [], 0
+        while (chunk := await reader.read_chunk()) is not None:
+            size += len(chunk)
+            if size > self._max_bytes:
+                raise UpstreamTransportError(f"upstream response body exceeds {self._max_bytes} bytes", False)
+            parts.append(chunk.to_bytes())
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def stats(self) -> dict[str, Any]:
+        return {"transport": "pyreqwest"}
 
     async def close(self) -> None:
         await self._client.close()
 
 
+def _cause_list(exc: Any) -> list[str]:
+    return [c["message"] for c in (getattr(exc, "details", None) or {}).get("causes") or []]
+
+
 def _causes(exc: Any) -> str:
-    causes = (getattr(exc, "details", None) or {}).get("causes") or []
-    return causes[-1]["message"] if causes else str(getattr(exc, "message", exc))
-
-
-class AiohttpTransport:
-    def __init__(self) -> None:
-        import aiohttp
-
-        self._aiohttp = aiohttp
-        self._session = aiohttp.ClientSession(auto_decompress=False, skip_auto_headers=("User-Agent",),
-                                              connector=aiohttp.TCPConnector(limit=0))
-
-    async def send(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes | None,
-                   timeout_s: float) -> UpstreamResponse:
-        aiohttp = self._aiohttp
-        try:
-            async with self._session.request(method, url, headers=headers, data=body, allow_redirects=False,
-                                             timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
-                data = await resp.read()
-                relayed = [(h, v) for h in RELAYED_HEADERS if (v := resp.headers.get(h)) is not None]
-                return UpstreamResponse(resp.status, data, resp.headers.get("content-type"), relayed)
-        except TimeoutError:
-            raise UpstreamTransportError(f"timed out after {timeout_s:g}s", True) from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamTransportError(str(exc) or type(exc).__name__, False) from None
-
-    async def close(self) -> None:
-        await self._session.close()
+    causes = _cause_list(exc)
+    return causes[-1] if causes else str(getattr(exc, "message", exc))
 
 
 class Upstream:
-    """The Turbopuffer API as the gateway uses it: base URL, store key, timeout and one transport."""
+    """The Turbopuffer API as the gateway uses it: base URL, store key and one transport."""
 
     def __init__(self, config: Config) -> None:
         assert config.upstream_url is not None, "the upstream URL is resolved before workers start"
         self.base_url = config.upstream_url
         self.store_key = config.upstream_key
-        self.timeout_s = config.upstream_timeout_ms / 1000
-        self._kind = config.upstream_transport
+        self.settings = config.transport
         self._transport: UpstreamTransport | None = None
         self.last_ok_ms: int | None = None
         self.last_error: str | None = None
@@ -128,15 +157,17 @@ class Upstream:
     @property
     def transport(self) -> UpstreamTransport:
         if self._transport is None:  # lazily, inside the worker process and its running loop
-            self._transport = PyreqwestTransport() if self._kind == "pyreqwest" else AiohttpTransport()
+            self._transport = open_transport(self.settings)
+            metrics.add_sampler(self._sample_metrics)
         return self._transport
 
     async def request(self, method: str, path: str, key: str | None, body: bytes | None = None,
-                      what: str = "request", ctx: Ctx | None = None,
-                      accept_encoding: str | None = None) -> UpstreamResponse:
+                      what: str = "request", ctx: Ctx | None = None, accept_encoding: str | None = None,
+                      idempotent: bool = False) -> UpstreamResponse:
         """Call the upstream; HTTP errors come back as responses, transport failures raise 502 GatewayError.
         `accept_encoding`: gzip or identity for the client on relayed routes (the body may then come back gzipped, see
-        gateway.compression); otherwise identity, so the gateway's own calls read plain bodies."""
+        gateway.compression); otherwise identity, so the gateway's own calls read plain bodies. `idempotent=True`
+        marks a read sent with POST (a query): the transport may send it once more (GET and HEAD always are)."""
         headers = [("accept", "application/json"), ("accept-encoding", accept_encoding or "identity")]
         if key:
             headers.append(("authorization", f"Bearer {key}"))
@@ -145,7 +176,8 @@ class Upstream:
         self.inflight += 1
         started = time.perf_counter()
         try:
-            resp = await self.transport.send(method, self.base_url + path, headers, body, self.timeout_s)
+            resp = await self.transport.send(method, self.base_url + path, headers, body,
+                                             idempotent or method in IDEMPOTENT_METHODS)
         except UpstreamTransportError as exc:
             self.last_error = f"{what}: {exc}"
             raise upstream_error(f"Turbopuffer {what} failed: {exc}") from None
@@ -158,6 +190,13 @@ class Upstream:
         if resp.status in (401, 403) and key and self.on_denied is not None:
             self.on_denied(key, path, resp.status)
         return resp
+
+    def stats(self) -> dict[str, Any]:
+        return self._transport.stats() if self._transport is not None else {"transport": self.settings.kind}
+
+    def _sample_metrics(self) -> None:
+        for pool in self.stats().get("pools", ()):
+            metrics.sample_pool(pool)
 
     async def close(self) -> None:
         if self._transport is not None:

@@ -51,7 +51,8 @@ async def fetch_vectors(ctx: Ctx, state: WorkerState, ns: str, ids: list[Any]) -
     body = json_encode({"rank_by": ["id", "asc"], "top_k": len(ids), "filters": ["id", "In", ids],
                         "include_attributes": ["vector"], "consistency": {"level": "strong"}})
     path = f"/v2/namespaces/{quote(ns, safe='')}/query"
-    resp = await state.upstream.request("POST", path, ctx.upstream_key, body, "vector fetch", ctx)
+    resp = await state.upstream.request("POST", path, ctx.upstream_key, body, "vector fetch", ctx,
+                                        idempotent=True)
     if resp.status == 404:
         raise GatewayError("not_found", f"namespace '{ns}' not found", status=404)
     if not resp.ok:

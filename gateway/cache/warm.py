@@ -85,7 +85,7 @@ async def scan_page(upstream: Upstream, key: str | None, ns: str, cursor: Any, p
         body["filters"] = ["id", "Gt", cursor]
     try:
         resp = await upstream.request("POST", f"/v2/namespaces/{quote(ns, safe='')}/query", key, json_encode(body),
-                                      "warm scan")
+                                      "warm scan", idempotent=True)
     except GatewayError as exc:
         raise ScanFailed(exc.message) from None
     if not resp.ok:

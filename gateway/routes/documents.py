@@ -63,7 +63,7 @@ async def fetch_rows(ctx: Ctx, state: WorkerState, ns: str, ids: list[Any]) -> l
     flt: list[Any] = ["id", "Eq", ids[0]] if top_k == 1 else ["id", "In", ids]
     body = json_encode({"rank_by": ["id", "asc"], "top_k": top_k, "filters": flt, "include_attributes": True})
     path = f"/v2/namespaces/{quote(ns, safe='')}/query"
-    resp = await state.upstream.request("POST", path, ctx.upstream_key, body, "fetch", ctx)
+    resp = await state.upstream.request("POST", path, ctx.upstream_key, body, "fetch", ctx, idempotent=True)
     if resp.status == 404:
         raise GatewayError("not_found", f"namespace '{ns}' not found", status=404)
     if resp.status == 400 and all(isinstance(i, str) and i.isascii() and i.isdigit() for i in ids):

@@ -279,7 +279,7 @@ async def send_with_retry(ctx: Ctx, state: WorkerState, plan: Plan, path: str) -
     caller did not ask for strong consistency). A persisting 429 is relayed; other statuses are never retried."""
     encoding = forwarded_encoding(ctx)
     resp = await state.upstream.request("POST", path, ctx.upstream_key, plan.body, "query", ctx,
-                                        accept_encoding=encoding)
+                                        accept_encoding=encoding, idempotent=True)
     if resp.status != 429:
         return resp
     body = plan.body
@@ -288,7 +288,7 @@ async def send_with_retry(ctx: Ctx, state: WorkerState, plan: Plan, path: str) -
         body = json_encode(with_watermark(doc, plan.watermark))
         plan.inject = True
     retry = await state.upstream.request("POST", path, ctx.upstream_key, body, "query (retry)", ctx,
-                                         accept_encoding=encoding)
+                                         accept_encoding=encoding, idempotent=True)
     metrics.QUERY_RETRIES.labels(metrics.ns_label(ctx.params["ns"]), "ok" if retry.ok else str(retry.status)).inc()
     return retry
 
