@@ -101,6 +101,8 @@ class PyreqwestTransport:
             try:
                 async with builder.build_streamed() as resp:
                     head_arrived = True
+                    if resp.status < 200:  # 101: an upgrade nobody asked for (hyper consumes the other 1xx)
+                        raise UpstreamTransportError(f"the upstream switched protocols ({resp.status})", False)
                     data = await self._read(resp)
                 break
             except RequestTimeoutError as exc:
