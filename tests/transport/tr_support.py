@@ -87,3 +87,13 @@ def wait_for(pred: Callable[[], Any], timeout: float = 10.0) -> Any:
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(0.02)
     return value
+
+
+async def until(pred: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """wait_for from inside the client's event loop (its timers keep running while the test waits)."""
+    deadline = time.monotonic() + timeout
+    while not (value := pred()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(0.01)
+    return value
