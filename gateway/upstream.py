@@ -75,6 +75,12 @@ class PyreqwestTransport:
     response head arrived; pyreqwest cannot say whether the connection was reused or part of a head had arrived."""
 
     def __init__(self, settings: TransportSettings) -> None:
+        self._client = self._build(settings, settings.pool_size)
+        self._fresh = self._build(settings, 0)  # keeps no idle connection: the retry always gets a new one
+        self._max_bytes = settings.max_response_bytes
+
+    @staticmethod
+    def _build(settings: TransportSettings, max_idle: int) -> Any:
         from pyreqwest.client import ClientBuilder
 
         ms = lambda n: timedelta(milliseconds=n)
@@ -82,19 +88,19 @@ class PyreqwestTransport:
         builder = builder.timeout(ms(settings.timeout_ms)).connect_timeout(ms(settings.connect_timeout_ms))
         builder = builder.read_timeout(ms(settings.read_timeout_ms)).pool_timeout(ms(settings.timeout_ms))
         builder = builder.pool_idle_timeout(ms(settings.idle_timeout_ms)).max_connections(settings.pool_size)
+        builder = builder.pool_max_idle_per_host(max_idle)
         if settings.ca_file:
             with open(settings.ca_file, "rb") as f:
                 builder = builder.add_root_certificate_pem(f.read())
-        self._client = builder.build()
-        self._max_bytes = settings.max_response_bytes
+        return builder.build()
 
     async def send(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes | None,
                    idempotent: bool) -> UpstreamResponse:
         from pyreqwest.exceptions import RequestError, RequestTimeoutError
 
-        retry = idempotent
+        client, retry = self._client, idempotent
         while True:
-            builder = self._client.request(method, url).headers(headers)
+            builder = client.request(method, url).headers(headers)
             if body is not None:
                 builder = builder.body_bytes(body)
             head_arrived = False
@@ -110,7 +116,7 @@ class PyreqwestTransport:
             except RequestError as exc:
                 if not (retry and not head_arrived and SEND_REQUEST_FAILED in _cause_list(exc)):
                     raise UpstreamTransportError(_causes(exc), False) from None
-                retry = False
+                client, retry = self._fresh, False
         relayed = [(h, v) for h in RELAYED_HEADERS if (v := resp.get_header(h)) is not None]
         return UpstreamResponse(resp.status, data, resp.get_header("content-type"), relayed)
 
@@ -130,6 +136,7 @@ class PyreqwestTransport:
 
     async def close(self) -> None:
         await self._client.close()
+        await self._fresh.close()
 
 
 def _cause_list(exc: Any) -> list[str]:
