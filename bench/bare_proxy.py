@@ -1,39 +1,41 @@
-"""The floor of the gateway's stack: a bare Granian (RSGI, uvloop) + pyreqwest proxy that forwards the request
-body to the upstream and relays status and body, with no routing, auth, stamps or metrics.
+"""The floor of the gateway's stack: a bare Granian (RSGI, uvloop) proxy that forwards the request body to the
+upstream through one of the gateway's own upstream transports and relays status and body, with no routing, auth,
+stamps or metrics.
 
-Measured beside the gateway in `query_passthrough`, it separates what the stack costs from what the gateway adds.
-Run by bench.procs.start_bare_proxy with BARE_UPSTREAM set; `GET /ready` answers 200.
+Measured beside the gateway (`servers`, `transport_floors`), it separates what the server and the transport cost from
+what the gateway adds. Run by bench.procs.start_bare("granian") with BARE_UPSTREAM, BARE_TRANSPORT (httptools |
+pyreqwest) and optionally BARE_CA_FILE set; `GET /ready` answers 200.
 """
 
 from __future__ import annotations
 
 import os
-from datetime import timedelta
 from typing import Any
 
+from gateway.config import TransportSettings
+from gateway.upstream import UpstreamTransport, open_transport
+
 UPSTREAM = os.environ.get("BARE_UPSTREAM", "")
-TIMEOUT = timedelta(seconds=30)
+# The floors' shared transport settings (bare_asgi.py and bare_raw.py import them).
+SETTINGS = TransportSettings(kind=os.environ.get("BARE_TRANSPORT", "httptools"),
+                             ca_file=os.environ.get("BARE_CA_FILE") or None)
 JSON = [("content-type", "application/json")]
 
 
 class BareProxy:
     def __init__(self) -> None:
-        self.client: Any = None  # created in the worker, after fork
+        self.transport: UpstreamTransport | None = None  # created in the worker, after fork
 
     async def __rsgi__(self, scope: Any, proto: Any) -> None:
         if scope.path == "/ready":
             proto.response_bytes(200, [], b"ok")
             return
-        if self.client is None:
-            from pyreqwest.client import ClientBuilder
-
-            self.client = ClientBuilder().gzip(False).brotli(False).zstd(False).deflate(False).build()
+        if self.transport is None:
+            self.transport = open_transport(SETTINGS)
         body = await proto()
         headers = [("authorization", scope.headers.get("authorization") or ""), *JSON]
-        resp = await self.client.request(scope.method, UPSTREAM + scope.path).headers(headers).timeout(
-            TIMEOUT).body_bytes(body).build().send()
-        data = (await resp.bytes()).to_bytes()
-        proto.response_bytes(resp.status, JSON, data)
+        resp = await self.transport.send(scope.method, UPSTREAM + scope.path, headers, body, True)
+        proto.response_bytes(resp.status, JSON, resp.body)
 
 
 app = BareProxy()

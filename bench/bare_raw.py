@@ -1,19 +1,19 @@
-"""The Python floor: a raw uvloop Protocol HTTP/1.1 server (httptools parser, keep-alive, no ASGI) + the httptools
-client. Not an option for the gateway (it means owning an HTTP server); it shows what any Python server on uvloop
+"""The Python floor: a raw uvloop Protocol HTTP/1.1 server (httptools parser, keep-alive, no ASGI) + one of the
+gateway's upstream transports (BARE_TRANSPORT, default the httptools client). Not an option for the gateway (it means owning an HTTP server); it shows what any Python server on uvloop
 costs at least. `python -m bench.bare_raw PORT` with BARE_UPSTREAM set; `GET /ready` answers 200."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 
 import httptools
 import uvloop
 
-from bench.h1client import H1Client
+from bench.bare_proxy import SETTINGS, UPSTREAM
+from gateway.upstream import open_transport
 
-client = H1Client(os.environ.get("BARE_UPSTREAM", "http://127.0.0.1:9"))
+transport = open_transport(SETTINGS)  # connections are opened lazily, inside the running loop
 
 
 class Server(asyncio.Protocol):
@@ -49,8 +49,9 @@ class Server(asyncio.Protocol):
         if url == "/ready":
             status, data = 200, b"ok"
         else:
-            status, data = await client.request(method, url, b"authorization: %s\r\ncontent-type: application/json"
-                                                             b"\r\n" % auth, body)
+            resp = await transport.send(method, UPSTREAM + url, [("authorization", auth.decode()),
+                                                                 ("content-type", "application/json")], body, True)
+            status, data = resp.status, resp.body
         assert self.transport is not None
         self.transport.write(b"HTTP/1.1 %d OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
                              % (status, len(data), data))

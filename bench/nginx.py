@@ -46,15 +46,18 @@ def wide_schema(attrs: int) -> str:
     return json.dumps(schema, separators=(",", ":"))
 
 
-def canned_conf(root: Path, port: int) -> str:
+def canned_conf(root: Path, port: int, tls_port: int | None = None) -> str:
+    """With `tls_port`: also https on that port, with root/cert.pem + root/key.pem (see make_tls_cert)."""
     root.mkdir(parents=True, exist_ok=True)
+    tls = (f"listen 127.0.0.1:{tls_port} ssl reuseport backlog=4096; ssl_certificate {root}/cert.pem; "
+           f"ssl_certificate_key {root}/key.pem;" if tls_port else "")
     (root / "meta.json").write_text(STABLE_META)
     (root / "big.json").write_text(big_rows(1000))
     (root / "schema.json").write_text(wide_schema(120))
     return _EVENTS.format(root=root) + f"""http {{ {_HTTP.format(root=root)}
   default_type application/json;
   geo $dollar {{ default "$"; }}
-  server {{ listen 127.0.0.1:{port} reuseport backlog=4096;
+  server {{ listen 127.0.0.1:{port} reuseport backlog=4096; {tls}
     location = /v2/namespaces/{WATERMARK_NS}/metadata {{ alias {root}/meta.json; }}
     location = /v2/namespaces/{BIG_NS}/query {{ alias {root}/big.json; error_page 405 =200 $uri; }}
     location = /v1/namespaces/{SCHEMA_NS}/schema {{ alias {root}/schema.json; }}
@@ -93,6 +96,27 @@ def start_nginx(name: str, root: Path, conf: str, port: int, cpu: str) -> Proc:
 def start_canned(root: Path) -> tuple[Proc, str]:
     port = free_port()
     return start_nginx("canned", root, canned_conf(root, port), port, LOAD_CPU), f"http://127.0.0.1:{port}"
+
+
+def make_tls_cert(root: Path) -> str:
+    """A CA made now and a certificate for 127.0.0.1 it signed (root/cert.pem, root/key.pem); returns the CA file."""
+    import trustme
+
+    root.mkdir(parents=True, exist_ok=True)
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(root / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(root / "key.pem"))
+    ca.cert_pem.write_to_path(str(root / "ca.pem"))
+    return str(root / "ca.pem")
+
+
+def start_canned_tls(root: Path) -> tuple[Proc, str, str]:
+    """The canned upstream on http and https at once: (proc, https URL, CA file)."""
+    ca_file = make_tls_cert(root)
+    port, tls_port = free_port(), free_port()
+    proc = start_nginx("canned-tls", root, canned_conf(root, port, tls_port), port, LOAD_CPU)
+    return proc, f"https://127.0.0.1:{tls_port}", ca_file
 
 
 def start_proxy(root: Path, upstream_url: str) -> tuple[Proc, str]:

@@ -88,6 +88,11 @@ def markdown(report: dict[str, Any]) -> str:
                          f"{_f(d.get('rps'), 0)} | {_f(r.get('gateway_over_nginx_rps'), 3)} | "
                          f"{_f(g.get('p50_ms'), 3)} | {_f(g.get('p99_ms'), 3)} | {_f(g.get('cpu_us_per_req'))} | "
                          f"{r.get('status', '-')} |")
+    floors = report.get("transport_floors") or {}
+    for name, x in floors.items():
+        if isinstance(x, dict):
+            lines.append(f"| - | transport floor: {name} | {_f(x.get('rps'), 0)} | - | - | - | {_f(x.get('p50_ms'), 3)} "
+                         f"| {_f(x.get('p99_ms'), 3)} | {_f(x.get('cpu_us_per_req'))} | {floors.get('status', '-')} |")
     sc = report.get("scaling", {})
     for k in ("workers_1", "workers_2"):
         if k in sc:

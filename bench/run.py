@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench import cache_bench, compression_bench, mix, throughput
+from bench import cache_bench, compression_bench, mix, throughput, transports
 from bench.localstore_bench import run as localstore_run
 from bench.nginx import start_canned, start_proxy
 from bench.procs import NCPU, PROXY_CPU, ensure_tools, start_gateway, start_localstore
@@ -27,13 +27,14 @@ from bench.profile import profile
 from bench.report import check_budgets, markdown, statuses
 
 HERE = Path(__file__).resolve().parent
-PARTS = ("servers", "throughput", "scaling", "profile", "cache", "mix", "soak", "localstore", "compression")
+PARTS = ("servers", "throughput", "transports", "scaling", "profile", "cache", "mix", "soak", "localstore",
+         "compression")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="every scenario briefly, no budgets (CI)")
-    ap.add_argument("--transports", default="pyreqwest,aiohttp",
+    ap.add_argument("--transports", default="httptools,pyreqwest",
                     help="gateway upstream transports to measure, first is primary (default: both)")
     ap.add_argument("--skip", default="", help=f"comma list of parts to skip: {','.join(PARTS)}")
     ap.add_argument("--seconds", type=float, default=None, help="seconds per h2load run (default 3; 0 = a fixed 200 requests, the smoke)")
@@ -46,7 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def part_throughput(args: argparse.Namespace, b: dict[str, Any], report: dict[str, Any], tmp: Path,
                     stamp: str, skip: set[str]) -> None:
-    transports = [t.strip() for t in args.transports.split(",") if t.strip()]
+    transport_kinds = [t.strip() for t in args.transports.split(",") if t.strip()]
     seconds = args.seconds if args.seconds is not None else (0 if args.smoke else 3)
     repeats = args.repeats or (1 if args.smoke else 3)
     rate = b["throughput"]["fixed_rate_rps"]
@@ -57,11 +58,11 @@ def part_throughput(args: argparse.Namespace, b: dict[str, Any], report: dict[st
             if "servers" not in skip:
                 runner = throughput.Runner(seconds, repeats)
                 runner.scenario("servers", lambda: throughput.servers(runner, canned_url, nginx_url, nginx.pids(),
-                                                                       str(tmp / "servers"), transports[0],
+                                                                       str(tmp / "servers"), transport_kinds[0],
                                                                        max(repeats, 1 if args.smoke else 4)))
                 report["servers"] = runner.out["servers"]
             report["throughput"] = {}
-            for i, transport in enumerate(transports):
+            for i, transport in enumerate(transport_kinds):
                 runner = throughput.Runner(seconds, repeats)
                 res, gw = throughput.gateway_suite(runner, canned_url, tmp / "canned", nginx_url, nginx.pids(),
                                                    str(tmp / f"gw-{transport}"), transport, rate, full=i == 0)
@@ -75,11 +76,16 @@ def part_throughput(args: argparse.Namespace, b: dict[str, Any], report: dict[st
                 finally:
                     gw.stop()
                 report["throughput"][transport] = res
+            if "transports" not in skip:
+                runner = throughput.Runner(seconds, repeats)
+                runner.scenario("transport_floors", partial(transports.transport_floors, runner, tmp, canned_url,
+                                                            transport_kinds))
+                report["transport_floors"] = runner.out["transport_floors"]
             if "scaling" not in skip:
                 runner = throughput.Runner(seconds, 1)
                 runner.scenario("scaling", lambda: throughput.workers_scaling(runner, canned_url, str(tmp / "scale"),
-                                                                               transports[0]))
-                report["scaling"] = {"transport": transports[0], **runner.out["scaling"]}
+                                                                               transport_kinds[0]))
+                report["scaling"] = {"transport": transport_kinds[0], **runner.out["scaling"]}
         finally:
             nginx.stop()
     finally:
