@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httptools
+from msgspec import Struct
 
 SMALL_BODY = 64 * 1024  # a body up to this size leaves in the same write (one syscall) as the request head
 WRITE_CHUNK = 256 * 1024  # larger bodies are written in chunks, waiting for the socket to drain in between
@@ -32,18 +33,14 @@ class _StopParsing(Exception):
     """Raised from a parser callback to stop httptools mid-buffer (HEAD answered, a limit passed)."""
 
 
-class Limits:
+class Limits(Struct, frozen=True):
     """What every connection of a pool shares: deadlines, size limits and the response headers to collect."""
 
-    __slots__ = ("collect", "max_body_bytes", "max_header_bytes", "read_timeout_s", "total_timeout_s")
-
-    def __init__(self, collect: frozenset[bytes], read_timeout_s: float, total_timeout_s: float,
-                 max_header_bytes: int, max_body_bytes: int) -> None:
-        self.collect = collect  # lower-case names of the response headers the caller wants back
-        self.read_timeout_s = read_timeout_s
-        self.total_timeout_s = total_timeout_s
-        self.max_header_bytes = max_header_bytes
-        self.max_body_bytes = max_body_bytes
+    collect: frozenset[bytes]  # lower-case names of the response headers the caller wants back
+    read_timeout_s: float
+    total_timeout_s: float
+    max_header_bytes: int
+    max_body_bytes: int
 
 
 RawResponse = tuple[int, list[tuple[bytes, bytes]], bytes]  # status, collected headers (lower-case names), body
