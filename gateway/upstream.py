@@ -100,11 +100,11 @@ class PyreqwestTransport:
 
         client, retry = self._client, idempotent
         while True:
-            builder = client.request(method, url).headers(headers)
-            if body is not None:
-                builder = builder.body_bytes(body)
             head_arrived = False
             try:
+                builder = client.request(method, url).headers(headers)
+                if body is not None:
+                    builder = builder.body_bytes(body)
                 async with builder.build_streamed() as resp:
                     head_arrived = True
                     if resp.status < 200:  # 101: an upgrade nobody asked for (hyper consumes the other 1xx)
@@ -117,6 +117,8 @@ class PyreqwestTransport:
                 if not (retry and not head_arrived and SEND_REQUEST_FAILED in _cause_list(exc)):
                     raise UpstreamTransportError(_causes(exc), False) from None
                 client, retry = self._fresh, False
+            except ValueError as exc:  # a header value with control characters: never sent
+                raise UpstreamTransportError(f"refused to send the request: {exc}", False) from None
         relayed = [(h, v) for h in RELAYED_HEADERS if (v := resp.get_header(h)) is not None]
         return UpstreamResponse(resp.status, data, resp.get_header("content-type"), relayed)
 

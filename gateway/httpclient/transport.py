@@ -18,9 +18,7 @@ from gateway.httpclient.pool import OriginPool
 from gateway.upstream import RELAYED_HEADERS, UpstreamResponse, UpstreamTransportError
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-# Request smuggling guard: no control characters in a header value, none (nor spaces) in the request target.
-UNSAFE_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-UNSAFE_TARGET = re.compile(r"[\x00-\x20\x7f]")
+UNSAFE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # control characters other than TAB, CR, LF
 
 
 class HttptoolsTransport:
@@ -74,15 +72,20 @@ class HttptoolsTransport:
     @staticmethod
     def _head(pool: OriginPool, method: str, target: str, headers: list[tuple[str, str]],
               body: bytes | None) -> bytes:
-        if UNSAFE_TARGET.search(target) or any(UNSAFE_VALUE.search(v) for _, v in headers):
-            raise UpstreamTransportError("refused to send a request with control characters in its path or headers",
-                                         False)
         lines = [f"{method} {target} HTTP/1.1\r\nhost: {pool.host_header}\r\n"]
-        lines.extend(f"{name}: {value}\r\n" for name, value in headers)
+        for name, value in headers:
+            lines.append(f"{name}: {value}\r\n")
         if body is not None or method in BODY_METHODS:
             lines.append(f"content-length: {len(body) if body else 0}\r\n")
         lines.append("\r\n")
-        return "".join(lines).encode()
+        head = "".join(lines)
+        # Request smuggling guard: a CR or LF inside the target or a value would add line breaks (the request line
+        # and host make one more than `lines`); no other control characters, no space in the target.
+        breaks = len(lines) + 1
+        if head.count("\n") != breaks or head.count("\r") != breaks or " " in target or UNSAFE.search(head):
+            raise UpstreamTransportError("refused to send a request with control characters in its path or headers",
+                                         False)
+        return head.encode()
 
     def _route(self, url: str) -> tuple[OriginPool, str]:
         """The pool for the URL's origin and the request target (path and query). Parsed once per origin."""

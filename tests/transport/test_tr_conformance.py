@@ -64,6 +64,14 @@ def test_the_request_goes_out_as_given(make_client: Make, upstream: ScriptedUpst
     assert "transfer-encoding" not in seen.headers
 
 
+@pytest.mark.parametrize("value", ["k\r\nx-injected: 1", "k\nx-injected: 1", "k\x00"])
+def test_a_header_value_that_would_inject_a_line_is_never_sent(make_client: Make, upstream: ScriptedUpstream,
+                                                               value: str) -> None:
+    err, _ = make_client(**FAST).fail(upstream.url + "/q", headers=[("authorization", value)])
+    assert not err.timeout, err
+    assert upstream.requests == []
+
+
 def test_an_http_error_is_a_response_with_the_relayed_headers_only(make_client: Make,
                                                                    upstream: ScriptedUpstream) -> None:
     upstream.plan = lambda s: respond(429, b'{"error":"slow down"}', [("Retry-After-Ms", "250"), ("X-Should-Retry",
