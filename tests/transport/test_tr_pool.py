@@ -4,7 +4,6 @@ connections never written to, cancellation), its header limit, its write back-pr
 from __future__ import annotations
 
 import asyncio
-import gc
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -174,12 +173,21 @@ def test_a_large_body_is_written_with_back_pressure(h1: Any, upstream: ScriptedU
     upstream.read_body = False
     upstream.plan = lambda s: hang()
     client = h1(timeout_ms=30_000, read_timeout_ms=30_000)
+    url = upstream.url + "/w"
+    acquired: list[H1Connection] = []
 
     async def run() -> int:
-        task = asyncio.ensure_future(client.asend(upstream.url + "/w", body=b"x" * (128 << 20)))
-        conn = await _active_connection(client)
-        while not conn._paused:  # the socket buffers filled: the client is waiting for them to drain
-            await asyncio.sleep(0.01)
+        origin_pool = client.transport._route(url)[0]  # type: ignore[attr-defined]
+        acquire = origin_pool.acquire
+
+        async def capture(deadline: float) -> H1Connection:  # the connection the request is written to
+            acquired.append(await acquire(deadline))
+            return acquired[-1]
+
+        origin_pool.acquire = capture
+        task = asyncio.ensure_future(client.asend(url, body=b"x" * (128 << 20)))
+        conn = (await until(lambda: acquired))[0]
+        await until(lambda: conn._paused)  # the socket buffers filled: the client waits for them to drain
         buffered = conn.transport.get_write_buffer_size()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -197,9 +205,3 @@ def test_an_idempotent_retry_is_counted(h1: Any, upstream: ScriptedUpstream) -> 
     assert client.send(upstream.url + "/b", idempotent=True).status == 200
     p = pool(client)
     assert (p["retried"], p["discarded"], p["opened"]) == (1, {"stale": 1}, 2)
-
-
-async def _active_connection(client: Client) -> Any:
-    """The connection a request in flight is using (the pool keeps no list of its active connections)."""
-    return await until(lambda: next((o for o in gc.get_objects() if isinstance(o, H1Connection) and not o.closed
-                                     and not o.pooled), None))
