@@ -193,8 +193,8 @@ class ScriptedUpstream:
 
     def stop(self) -> None:
         self._stop.set()
+        self._accept_thread.join(5)  # before the close: select() on a closed (or reused) descriptor fails
         self._listener.close()
-        self._accept_thread.join(5)
         for t in list(self._threads):
             t.join(5)
 
