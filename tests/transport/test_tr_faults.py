@@ -1,6 +1,9 @@
 """A misbehaving upstream through the real gateway (one worker, each transport): every case is a 502
 `upstream_error` within the deadline, the connection is discarded and nothing leaks (sockets, asyncio tasks,
-dead pooled connections). Then the same with random misbehaviour over many concurrent requests."""
+dead pooled connections). Then the same with random misbehaviour over many concurrent requests.
+
+The worker's tasks and pools come from its health snapshot on the ops listener, which it rewrites every metrics
+flush (~1 s): a check only counts a snapshot taken after the test's last request returned."""
 
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ GW_ENV = {"LAYER_UPSTREAM_TIMEOUT_MS": str(int(TIMEOUT_S * 1000)), "LAYER_UPSTRE
           "LAYER_UPSTREAM_MAX_RESPONSE_BYTES": str(1 << 20), "LAYER_LOG_LEVEL": "warning",
           "CONSISTENCY_POLL_INTERVAL_MS": "600000", "CONSISTENCY_STABLE_POLL_INTERVAL_MS": "600000"}
 SLOW = ("slow-drip", "hang")
+SETTLE_S = 20.0  # a snapshot is at most ~1 s old; a few flushes on a loaded machine, times ten
 QUERY = json.dumps({"rank_by": ["id", "asc"], "top_k": 1}).encode()
 ROWS = b'{"rows":[{"id":1}]}'
 META = b'{"id":"x","approx_row_count":1,"index":{"status":"up-to-date"}}'
@@ -59,14 +63,19 @@ GOOD: dict[str, Action] = {
 }
 
 
+State = tuple[int, int, list[tuple[int, int, int]]]
+
+
 class Faulty:
     """A gateway in front of a scripted upstream; the namespace says how the upstream answers (`ns-<case>`)."""
 
     def __init__(self, kind: str, upstream: ScriptedUpstream, gw: Proc) -> None:
         self.kind, self.upstream, self.gw = kind, upstream, gw
-        host, port = gw.url.rsplit("/", 1)[1].split(":")
-        self._health = http.client.HTTPConnection(host, int(port), timeout=10)  # one kept-alive connection
-        self.pid = self.health()["worker"]["pid"]
+        assert gw.ops_url is not None
+        host, port = gw.ops_url.rsplit("/", 1)[1].split(":")
+        self._ops = http.client.HTTPConnection(host, int(port), timeout=10)  # one kept-alive connection
+        wait_for(lambda: self._ops_get("/health")[0] == 200, SETTLE_S)  # 503 until the worker has published
+        self.pid = self.health()["pid"]
 
     def call(self, method: str, path: str, body: bytes | None) -> tuple[int, dict[str, Any], float]:
         host, port = self.gw.url.rsplit("/", 1)[1].split(":")
@@ -84,9 +93,20 @@ class Faulty:
     def query(self, ns: str) -> tuple[int, dict[str, Any], float]:
         return self.call("POST", f"/v2/namespaces/{ns}/query", QUERY)
 
+    def _ops_get(self, path: str) -> tuple[int, bytes]:
+        self._ops.request("GET", path)
+        resp = self._ops.getresponse()
+        return resp.status, resp.read()
+
     def health(self) -> dict[str, Any]:
-        self._health.request("GET", "/health")
-        return dict(json.loads(self._health.getresponse().read()))
+        """The worker's latest health snapshot (the gateway has one worker)."""
+        (worker,) = json.loads(self._ops_get("/health")[1])["workers"]
+        return dict(worker)
+
+    def metric(self, series: str) -> float | None:
+        values = [float(line.rsplit(" ", 1)[1]) for line in self._ops_get("/metrics")[1].decode().splitlines()
+                  if line.startswith(series + " ")]
+        return sum(values) if values else None
 
     def sockets(self) -> int:
         """The worker's open sockets (other files, like the cache's SQLite connections, come and go on their own)."""
@@ -98,25 +118,32 @@ class Faulty:
                 pass
         return count
 
-    def state(self) -> tuple[int, int, list[tuple[int, int, int]]]:
-        """(worker sockets other than upstream connections, asyncio tasks, pools' (open, idle, waiting))."""
-        fds, live = self.sockets(), self.upstream.counters.live
+    def state(self, since_ms: float) -> tuple[int, State] | None:
+        """(snapshot time, (worker sockets other than upstream connections, asyncio tasks, pools' (open, idle,
+        waiting))) when the worker is quiet: its snapshot is newer than `since_ms` and every pooled connection is
+        an open, idle one (the upstream sees exactly as many open connections). None otherwise."""
         health = self.health()
         pools = [(p["open"], p["idle"], p["waiting"]) for p in health["upstream"].get("pools", [])]
-        return fds - live, health["worker"]["tasks"], pools
+        fds, live = self.sockets(), self.upstream.counters.live
+        if health["updated_ms"] <= since_ms or not all(o == i == live and w == 0 for o, i, w in pools):
+            return None
+        return health["updated_ms"], (fds - live, health["tasks"], pools)
 
-    def settle(self, baseline: tuple[int, int, list[tuple[int, int, int]]], timeout: float = 10.0) -> None:
-        """Nothing leaked: same sockets and tasks as at the start, and every pooled connection is an open, idle one
-        (the upstream sees exactly as many open connections)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            fds, tasks, pools = now = self.state()
-            live = self.upstream.counters.live
-            if (fds, tasks) == baseline[:2] and all(o == i == live and w == 0 for o, i, w in pools):
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"not settled: {now} (upstream sees {live} open) vs {baseline}: {self.health()}")
-            time.sleep(0.02)
+    def settle(self, baseline: State) -> None:
+        """Nothing leaked: once a snapshot taken after every request so far shows a quiet worker, it has the same
+        sockets and tasks as at the start."""
+        since_ms = time.time() * 1000
+        seen: list[Any] = []
+
+        def back_to_baseline() -> bool:
+            seen[:] = [self.state(since_ms)]
+            return seen[0] is not None and seen[0][1][:2] == baseline[:2]
+
+        try:
+            wait_for(back_to_baseline, SETTLE_S)
+        except AssertionError:
+            raise AssertionError(f"not settled: {seen} (upstream sees {self.upstream.counters.live} open) vs "
+                                 f"{baseline}: {self.health()}") from None
 
 
 def plan(seen: Seen) -> Action:
@@ -146,19 +173,25 @@ def faulty(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 
 @pytest.fixture
-def baseline(faulty: Faulty) -> tuple[int, int, list[tuple[int, int, int]]]:
-    """The worker's state once a good query went through and the watcher's first metadata poll is done."""
+def baseline(faulty: Faulty) -> State:
+    """The worker's state once a good query went through and the watcher's first metadata poll is done: the same in
+    two successive snapshots taken after the query, with the worker quiet."""
     assert faulty.query("base-ok")[0] == 200
-    quiet: list[Any] = []
+    since_ms = time.time() * 1000
+    quiet: list[tuple[int, State]] = []
 
     def stable() -> bool:
-        state = faulty.state()
-        live = faulty.upstream.counters.live
-        quiet[:] = [*quiet[-2:], state] if all(o == i == live and w == 0 for o, i, w in state[2]) else []
-        return len(quiet) == 3 and quiet[0] == quiet[1] == quiet[2]
+        state = faulty.state(since_ms)
+        if state is None:
+            quiet.clear()
+        elif quiet and state[0] == quiet[-1][0]:  # the same snapshot: keep the latest socket count
+            quiet[-1] = state
+        else:
+            quiet[:] = [*quiet[-1:], state]
+        return len(quiet) == 2 and quiet[0][1] == quiet[1][1]
 
-    wait_for(stable)
-    return quiet[-1]
+    wait_for(stable, SETTLE_S)
+    return quiet[-1][1]
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -171,7 +204,7 @@ def test_a_misbehaving_upstream_is_a_502_within_the_deadline_and_leaks_nothing(f
     status, body, _ = faulty.query("after-ok")
     assert status == 200 and body == json.loads(ROWS)
     if faulty.kind == "httptools":
-        discarded = faulty.health()["upstream"]["pools"][0]["discarded"]
+        discarded = faulty.health()["upstream"]["pools"][0]["discarded"]  # settle saw a snapshot after the case
         assert discarded.get("timeout" if case in SLOW else "error", 0) >= 1, discarded
 
 
@@ -185,10 +218,10 @@ def test_a_query_on_a_dead_reused_connection_is_retried_and_a_write_is_not(fault
     faulty.settle(baseline)
     if faulty.kind == "httptools":  # the pool's counts reach /metrics at the next flush (labels sorted by name)
         label = f'upstream="127.0.0.1:{faulty.upstream.port}"'
-        wait_for(lambda: (_metric(faulty, f"layer_upstream_retries_total{{{label}}}") or 0) >= 1
-                 and (_metric(faulty, f'layer_upstream_connections_discarded_total{{reason="stale",{label}}}') or 0) >= 1
-                 and (_metric(faulty, f"layer_upstream_connections_opened_total{{{label}}}") or 0) >= 2
-                 and _metric(faulty, f'layer_upstream_connections{{state="idle",{label}}}') is not None)
+        wait_for(lambda: (faulty.metric(f"layer_upstream_retries_total{{{label}}}") or 0) >= 1
+                 and (faulty.metric(f'layer_upstream_connections_discarded_total{{reason="stale",{label}}}') or 0) >= 1
+                 and (faulty.metric(f"layer_upstream_connections_opened_total{{{label}}}") or 0) >= 2
+                 and faulty.metric(f'layer_upstream_connections{{state="idle",{label}}}') is not None, SETTLE_S)
 
 
 def test_random_misbehaviour_over_many_requests_leaves_a_clean_gateway(faulty: Faulty, baseline: Any) -> None:
@@ -228,14 +261,3 @@ def test_random_misbehaviour_over_many_requests_leaves_a_clean_gateway(faulty: F
     assert all(faulty.query(f"end{i}-ok")[0] == 200 for i in range(20))
     faulty.settle(baseline)
 
-
-def _metric(faulty: Faulty, series: str) -> float | None:
-    host, port = faulty.gw.url.rsplit("/", 1)[1].split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=10)
-    try:
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
-    finally:
-        conn.close()
-    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(series + " ")]
-    return sum(values) if values else None
