@@ -10,7 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from gateway.config import EMBEDDED_MARKER, SERVERS, ConfigError, load_config
+from gateway.config import EMBEDDED_MARKER, SERVERS, Config, ConfigError, load_config
 from gateway.ops import DEFAULT_HOST as DEFAULT_OPS_HOST
 from gateway.ops import DEFAULT_PORT as DEFAULT_OPS_PORT
 from gateway.ops import OpsServer
@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--ops-port", type=int, default=os.environ.get("LAYER_OPS_PORT", str(DEFAULT_OPS_PORT)),
                        help="port of the ops listener; 0 turns it off")
     sub.add_parser("keys", help="manage scoped API keys (layer-gateway keys --help)", add_help=False)
+    sub.add_parser("udf-worker", help="run a built-in UDF worker (layer-gateway udf-worker --help)", add_help=False)
     return parser
 
 
@@ -93,6 +94,8 @@ def serve(host: str, port: int, workers: int, server: str | None = None, ops_hos
                 print(f"layer-gateway: cannot listen for ops on {ops_host}:{ops_port}: {exc}", file=sys.stderr)
                 return 1
         config = load_config()
+        if not _migrate_queue(config):
+            return 1
         print(f"layer-gateway: listening on http://{host}:{port} with {workers} {config.server.server} worker(s), "
               f"upstream {config.upstream_url}", flush=True)
         if ops is not None:
@@ -108,8 +111,26 @@ def serve(host: str, port: int, workers: int, server: str | None = None, ops_hos
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
+def _migrate_queue(config: Config) -> bool:
+    """Create or upgrade the pipelines/functions schema before any worker starts (docs/queue.md)."""
+    from gateway.queue import migrate
+
+    try:
+        backend, version = migrate(config.queue, config.data_dir)
+    except Exception as exc:  # noqa: BLE001 - any failure here is reported and stops the start-up
+        where = "DATABASE_URL" if config.queue.database_url else f"LAYER_DATA_DIR ({config.data_dir})"
+        print(f"layer-gateway: the queue database ({where}) could not be prepared: {exc}", file=sys.stderr)
+        return False
+    print(f"layer-gateway: queue store {backend}, schema version {version}", flush=True)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "udf-worker":
+        from gateway.queue.builtin_worker import main as worker_main  # the model is never imported by the gateway
+
+        return worker_main(argv[1:])
     if argv and argv[0] == "keys":
         from gateway.keys.cli import main as keys_main  # written by the keys module; imported only when used
 

@@ -41,7 +41,7 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # While draining every response tells keep-alive clients to reconnect (through the balancer, to another instance).
 CONNECTION_CLOSE = ("connection", "close")
 # Optional per-worker hooks other modules provide: `async def attach(state)` / `async def detach(state)`.
-WORKER_HOOK_MODULES = ("gateway.cache", "gateway.keys")
+WORKER_HOOK_MODULES = ("gateway.cache", "gateway.keys", "gateway.queue")
 
 
 async def authenticate(ctx: Ctx, state: WorkerState) -> Response | None:

@@ -15,6 +15,8 @@ from gateway.http import GatewayError
 PUBLIC, READ, WRITE, ADMIN = "public", "read", "write", "admin"
 NS = "/v2/namespaces/{ns}"
 V1NS = "/v1/namespaces/{ns}"
+PIPELINES, PIPELINE = "/v2/pipelines", "/v2/pipelines/{pipeline_id}"
+UDFS, UDF = "/v2/udfs", "/v2/udfs/{udf_id}"
 
 # (method, path template) -> route class. Every route the gateway serves, including the ones other modules add
 # (documents, warm, keys); the router refuses to start if a route is missing here, so nothing escapes auth.
@@ -52,6 +54,32 @@ ROUTE_CLASSES: dict[tuple[str, str], str] = {
     ("GET", "/v2/keys/{key_id}"): ADMIN,
     ("POST", "/v2/keys/{key_id}/revoke"): ADMIN,
     ("DELETE", "/v2/keys/{key_id}"): ADMIN,
+    # Pipelines and Functions (gateway/routes/pipelines.py, udfs.py). Namespace grants are checked by the handlers
+    # against each pipeline's target namespace, each UDF's targets and each item's namespace.
+    ("POST", PIPELINES): ADMIN,
+    ("GET", PIPELINES): READ,
+    ("DELETE", PIPELINE): ADMIN,
+    ("GET", PIPELINE + "/status"): READ,
+    ("PUT", PIPELINE + "/documents/{doc_id}"): WRITE,
+    ("GET", PIPELINE + "/documents/{doc_id}/chunks"): READ,
+    ("PUT", PIPELINE + "/documents/{doc_id}/vectors"): WRITE,
+    ("POST", PIPELINE + "/claim"): WRITE,
+    ("POST", PIPELINE + "/documents/heartbeat"): WRITE,
+    ("POST", PIPELINE + "/documents/stage"): WRITE,
+    ("POST", UDFS): ADMIN,
+    ("GET", UDFS): READ,
+    ("GET", UDF): READ,
+    ("PUT", UDF): ADMIN,
+    ("DELETE", UDF): ADMIN,
+    ("GET", UDF + "/status"): READ,
+    ("POST", UDF + "/pause"): ADMIN,
+    ("POST", UDF + "/resume"): ADMIN,
+    ("POST", UDF + "/reset-failed"): ADMIN,
+    ("POST", UDF + "/discover"): ADMIN,
+    ("POST", UDF + "/claim"): WRITE,
+    ("POST", UDF + "/items/heartbeat"): WRITE,
+    ("POST", UDF + "/items/complete"): WRITE,
+    ("POST", UDF + "/items/fail"): WRITE,
 }
 
 # Routes that may answer without asking upstream (cache hits, warm jobs). In derive-from-request mode the gateway

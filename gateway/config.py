@@ -81,6 +81,18 @@ class ServerSettings(Struct, frozen=True):
     backlog: int = 2048
 
 
+class QueueSettings(Struct, frozen=True):
+    """Pipelines and Functions (docs/queue.md): PostgreSQL when DATABASE_URL is set, else SQLite in LAYER_DATA_DIR."""
+
+    database_url: str | None = None
+    sweep_ms: int = 5000
+    rate_window_seconds: int = 60
+    status_cache_ttl_ms: int = 1000
+    discovery_tick_ms: int = 1000
+    max_document_bytes: int = 32 * 1024 * 1024
+    idle_in_transaction_timeout_ms: int = 5000
+
+
 class Config(Struct, frozen=True):
     upstream_url: str | None  # None only in the serve process before the embedded store is up
     upstream_key: str | None  # None = derive-from-request: the caller's bearer goes upstream
@@ -103,6 +115,7 @@ class Config(Struct, frozen=True):
     cache: CacheSettings
     keys: KeySettings
     server: ServerSettings = ServerSettings()
+    queue: QueueSettings = QueueSettings()
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
@@ -208,6 +221,24 @@ def load_server_settings(env: Mapping[str, str]) -> ServerSettings:
     )
 
 
+def load_queue_settings(env: Mapping[str, str]) -> QueueSettings:
+    url = env.get("DATABASE_URL", "").strip() or None
+    if url is not None and not url.startswith(("postgres://", "postgresql://")):
+        raise ConfigError(f"DATABASE_URL must start with postgres:// or postgresql://, got {url.split('@')[-1]!r}")
+    ttl_var = "LAYER_QUEUE_STATUS_CACHE_TTL_MS"  # PIPELINE_STATUS_CACHE_TTL_MS: the original's name, still read
+    if not env.get(ttl_var, "").strip():
+        ttl_var = "PIPELINE_STATUS_CACHE_TTL_MS"
+    return QueueSettings(
+        database_url=url,
+        sweep_ms=_int(env, "LAYER_QUEUE_SWEEP_MS", 5000, 100),
+        rate_window_seconds=_int(env, "LAYER_QUEUE_RATE_WINDOW_SECONDS", 60, 10),
+        status_cache_ttl_ms=_int(env, ttl_var, 1000, 0),
+        discovery_tick_ms=_int(env, "LAYER_UDF_DISCOVERY_TICK_MS", 1000, 50),
+        max_document_bytes=_int(env, "LAYER_PIPELINE_MAX_DOCUMENT_BYTES", 32 * 1024 * 1024, 1024),
+        idle_in_transaction_timeout_ms=_int(env, "LAYER_QUEUE_IDLE_IN_TRANSACTION_TIMEOUT_MS", 5000, 100),
+    )
+
+
 def _url(env: Mapping[str, str]) -> str | None:
     url = env.get("TURBOPUFFER_API_URL", "").strip()
     if url:
@@ -248,6 +279,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         cache=load_cache_settings(env),
         keys=load_key_settings(env),
         server=load_server_settings(env),
+        queue=load_queue_settings(env),
     )
 
 
@@ -257,4 +289,6 @@ def describe(cfg: Config) -> dict[str, Any]:
     out = {f: getattr(cfg, f) for f in cfg.__struct_fields__}
     out["upstream_key"] = hide(cfg.upstream_key)
     out["gateway_api_key"] = hide(cfg.gateway_api_key)
+    out["queue"] = {**{f: getattr(cfg.queue, f) for f in cfg.queue.__struct_fields__},
+                    "database_url": hide(cfg.queue.database_url)}
     return out

@@ -82,6 +82,27 @@ WARM_DOCUMENTS = Counter("layer_cache_warm_documents_total", "Documents written 
                          ("namespace",))
 # ---- end of cache metrics ----
 
+# ---- pipelines and functions (gateway/queue); pipeline and UDF label values are capped at MAX_QUEUE_IDS ----
+PIPELINE_STAGE_COUNT = Gauge("layer_pipeline_stage_count", "Pipeline documents per stage (sampled by the lease sweep)",
+                             ("pipeline_id", "stage"), multiprocess_mode="livemostrecent")
+PIPELINE_INDEXED = Counter("layer_pipeline_indexed_total", "Pipeline documents indexed", ("pipeline_id",))
+PIPELINE_FAILED = Counter("layer_pipeline_failed_total", "Pipeline documents moved to failed", ("pipeline_id", "reason"))
+UDF_QUEUE_DEPTH = Gauge("layer_udf_queue_depth", "UDF items pending (sampled by the lease sweep)", ("udf",),
+                        multiprocess_mode="livemostrecent")
+UDF_STAGE_COUNT = Gauge("layer_udf_stage_count", "UDF items per state (sampled by the lease sweep)", ("udf", "stage"),
+                        multiprocess_mode="livemostrecent")
+QUEUE_CLAIMED = Counter("layer_queue_claimed_total", "Documents or items leased to workers", ("queue", "id"))
+QUEUE_COMPLETED = Counter("layer_queue_completed_total", "Documents indexed or items completed", ("queue", "id"))
+UDF_FAILURES = Counter("layer_udf_failures_total", "UDF item failures by kind "
+                       "(transient, permanent, max_attempts, lease_expired, writeback_rejected)", ("udf", "kind"))
+UDF_DISCOVERY_SWEEPS = Counter("layer_udf_discovery_sweeps_total", "Discovery sweeps by trigger and outcome",
+                               ("udf", "trigger", "status"))
+UDF_ENQUEUED = Counter("layer_udf_enqueued_total", "UDF items enqueued or revived, by source", ("udf", "source"))
+UDF_TRIGGER_ERRORS = Counter("layer_udf_trigger_errors_total", "Write triggers that failed (the write itself did not)",
+                             ("udf",))
+MAX_QUEUE_IDS = 50
+_seen_queue_ids: set[str] = set()
+
 METRICS_FLUSH_INTERVAL_S = 1.0
 
 _seen_namespaces: set[str] = set()
@@ -104,6 +125,16 @@ def ns_label(ns: str | None) -> str:
         return "other"
     _seen_namespaces.add(ns)
     return ns
+
+
+def queue_label(owner: str) -> str:
+    """A pipeline or UDF id as a label value: the first MAX_QUEUE_IDS per worker, then `other`."""
+    if owner in _seen_queue_ids:
+        return owner
+    if len(_seen_queue_ids) >= MAX_QUEUE_IDS:
+        return "other"
+    _seen_queue_ids.add(owner)
+    return owner
 
 
 def status_label(status: int) -> str:

@@ -26,7 +26,7 @@ Handler = Callable[[Ctx, "WorkerState"], Awaitable[Response]]
 # Modules whose ROUTES are merged into the table, in order; later entries replace earlier ones with the same
 # (method, template). Optional modules (written by other engineers) are skipped while they do not exist.
 ROUTE_MODULES = ("gateway.routes.ops", "gateway.routes.passthrough", "gateway.routes.namespaces",
-                 "gateway.routes.query")
+                 "gateway.routes.query", "gateway.routes.pipelines", "gateway.routes.udfs")
 OPTIONAL_ROUTE_MODULES = ("gateway.routes.documents", "gateway.routes.warm", "gateway.routes.keys")
 
 

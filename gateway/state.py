@@ -19,6 +19,7 @@ class WorkerState:
     Slots other modules fill after construction (both None until then):
     - `cache`: the document cache (gateway/cache); every cache phase is a no-op while it is None.
     - `key_verifier`: verifies minted `hvl_` bearers (gateway/keys); minted keys are rejected while it is None.
+    - `queue`: pipelines and functions (gateway/queue); its routes answer 503 and write triggers are off while None.
     `verdicts` is set only in derive-from-request mode (no store key): upstream's word on each caller's bearer.
     """
 
@@ -31,6 +32,7 @@ class WorkerState:
         "inflight",
         "key_verifier",
         "pid",
+        "queue",
         "router",
         "upstream",
         "verdicts",
@@ -50,6 +52,7 @@ class WorkerState:
             self.upstream.on_denied = self.verdicts.forget
         self.cache: Any = None
         self.key_verifier: KeyVerifier | None = None
+        self.queue: Any = None
         self.draining = False
         self.inflight = 0
         self.pid = os.getpid()

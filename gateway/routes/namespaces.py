@@ -40,14 +40,16 @@ MANAGED_KEYS = (*ROW_KEYS, *COLUMN_KEYS, "deletes", "delete_by_filter", "patch_b
 FRACTION_DIGITS = re.compile(r"(\.\d{6})\d+")
 
 
-def _check_names(names: Any, where: str, allowed: str | None = STAMP) -> None:
+def _check_names(names: Any, where: str, allowed: str | None = STAMP, system: bool = False) -> None:
+    if system:
+        return
     for name in names:
         if isinstance(name, str) and name.startswith(RESERVED_PREFIX) and name != allowed:
             raise reserved_attribute(name, where)
 
 
-def stamp_write(doc: dict[str, Any], stamp: int) -> int:
-    """Reject reserved attributes and stamp `_hevlayer_upserted_at` on every upserted/patched row (overwriting a
+def stamp_write(doc: dict[str, Any], stamp: int, system: bool = False) -> int:
+    """Reject reserved attributes (unless `system`: the gateway's own UDF write-backs) and stamp `_hevlayer_upserted_at` on every upserted/patched row (overwriting a
     caller's value). Returns the number of rows stamped. Parts whose shape is not Turbopuffer's are left as they
     are: upstream rejects the whole write with its own error, so nothing unstamped is ever stored."""
     rows = 0
@@ -56,19 +58,19 @@ def stamp_write(doc: dict[str, Any], stamp: int) -> int:
     for key in ROW_KEYS:
         for i, row in enumerate(doc.get(key) if isinstance(doc.get(key), list) else ()):
             if isinstance(row, dict):
-                _check_names(row, f"$.{key}[{i}]")
+                _check_names(row, f"$.{key}[{i}]", system=system)
                 row[STAMP] = stamp
                 rows += 1
     for key in COLUMN_KEYS:
         cols = doc.get(key)
         if isinstance(cols, dict):
-            _check_names(cols, f"$.{key}")
+            _check_names(cols, f"$.{key}", system=system)
             if isinstance(cols.get("id"), list):
                 cols[STAMP] = [stamp] * len(cols["id"])
                 rows += len(cols["id"])
     pbf = doc.get("patch_by_filter")
     if isinstance(pbf, dict) and isinstance(pbf.get("patch"), dict):
-        _check_names(pbf["patch"], "$.patch_by_filter.patch")
+        _check_names(pbf["patch"], "$.patch_by_filter.patch", system=system)
         pbf["patch"][STAMP] = stamp
     return rows
 
@@ -120,17 +122,44 @@ async def write(ctx: Ctx, state: WorkerState) -> Response:
     if "upserts" in doc or "patches" in doc:
         raise validation_error("custom write bodies were removed; use native Turbopuffer write keys "
                                "(upsert_rows, upsert_columns, patch_rows, patch_columns, deletes, ...)")
-    managed = any(k in doc for k in MANAGED_KEYS)
-    rows = stamp_write(doc, now_ms()) if managed else 0
-    plan = await cache_mirror_before_write(state, ns, doc) if managed else None
-    body = json_encode(doc) if managed else ctx.body
-    resp = await state.upstream.request("POST", upstream_path(ctx), ctx.upstream_key, body, "write", ctx,
-                                        accept_encoding=forwarded_encoding(ctx))
-    await cache_mirror_after_write(state, ns, doc, resp, plan)
-    if resp.ok and managed:
-        state.watcher.watch(ns, ctx.upstream_key, due=True)
+    if not any(k in doc for k in MANAGED_KEYS):
+        resp = await state.upstream.request("POST", upstream_path(ctx), ctx.upstream_key, ctx.body, "write", ctx,
+                                            accept_encoding=forwarded_encoding(ctx))
+        _observe_write(ctx, ns, resp.status, 0)
+        return relay(resp)
+    resp, rows = await write_rows(state, ns, doc, ctx.upstream_key, ctx, path=upstream_path(ctx),
+                                  accept_encoding=forwarded_encoding(ctx))
     _observe_write(ctx, ns, resp.status, rows)
     return relay(resp)
+
+
+async def write_rows(state: WorkerState, ns: str, doc: dict[str, Any], upstream_key: str | None,
+                     ctx: Ctx | None = None, *, system: bool = False, path: str | None = None,
+                     accept_encoding: str | None = None) -> tuple[UpstreamResponse, int]:
+    """The one write path (routes and the queue's write-backs): reserved attributes -> stamp -> cache mirror ->
+    upstream -> mirror follow-up -> watch -> write triggers. `system` writes (UDF results) may set the
+    `_hevlayer_udf_*` markers and never fire triggers. Returns (upstream response, rows stamped)."""
+    rows = stamp_write(doc, now_ms(), system=system)
+    plan = await cache_mirror_before_write(state, ns, doc)
+    trigger = None if system else queue_trigger_before_write(state, ns, doc)
+    path = path or f"/v2/namespaces/{quote(ns, safe='')}"
+    resp = await state.upstream.request("POST", path, upstream_key, json_encode(doc), "write", ctx,
+                                        accept_encoding=accept_encoding)
+    await cache_mirror_after_write(state, ns, doc, resp, plan)
+    if resp.ok:
+        state.watcher.watch(ns, upstream_key, due=True)
+        if trigger is not None:
+            trigger.fire(doc, identity_body(resp) or b"", upstream_key)
+    return resp, rows
+
+
+def queue_trigger_before_write(state: WorkerState, ns: str, doc: dict[str, Any]) -> Any:
+    """Phase: UDF write triggers (gateway/queue/triggers.py); None while no UDF's write trigger targets `ns`."""
+    if state.queue is None or ns not in state.queue.write_triggers:
+        return None
+    from gateway.queue.triggers import WriteTrigger
+
+    return WriteTrigger.before_write(state.queue, ns, doc)
 
 
 def _observe_write(ctx: Ctx, ns: str, status: int, rows: int) -> None:
