@@ -1,0 +1,8 @@
+"""The queue tests run every scenario on both backends (tests/queue/queue_support.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
