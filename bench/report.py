@@ -36,6 +36,14 @@ def check_budgets(report: dict[str, Any], b: dict[str, Any]) -> list[dict[str, A
     if "soak" in report:
         add("soak RSS MB per worker (peak)", _get(report, "soak", "rss_peak_mb"), s["rss_mb_max"], False)
         add("soak RSS growth per worker", _get(report, "soak", "rss_growth"), s["rss_growth_max"], False)
+    q = report.get("queue") or {}
+    for backend in ("sqlite", "postgres"):
+        if f"throughput_{backend}" in q:
+            add(f"queue claim+complete items/s ({backend})", _get(q, f"throughput_{backend}", "items_per_s"),
+                b["queue"]["claim_complete_items_per_s_min"], True)
+    if "discovery" in q:
+        add("queue discovery rows/s (100k docs)", _get(q, "discovery", "rows_per_s"), b["queue"]["discovery_rows_per_s_min"],
+            True)
     if "localstore" in report:
         add("localstore 10k ANN median ms", _get(report, "localstore", "10000", "ann_top10", "median_ms"),
             b["localstore"]["ann_10k_median_ms_max"], False)
@@ -141,6 +149,16 @@ def markdown(report: dict[str, Any]) -> str:
                          f" ms p99 {_f(_get(r, 'ann_top10', 'p99_ms'), 3)} ms; filtered p50 "
                          f"{_f(_get(r, 'filtered_ann_top10', 'median_ms'), 3)} ms; writes "
                          f"{_f(_get(r, 'write', 'rows_per_s'), 0)} rows/s")
+    q = report.get("queue") or {}
+    for name, r in q.items():
+        if name == "embedding" and r.get("status") == "ok":
+            lines.append(f"queue embedding ({r['docs']} docs): batched built-in "
+                         f"{_f(r['batched_builtin']['items_per_s'])} items/s, per-item run_udf_worker "
+                         f"{_f(r['per_item_run_udf_worker']['items_per_s'])} items/s "
+                         f"(x{_f(r['batched_over_per_item'], 2)})")
+        elif isinstance(r, dict):
+            figure = r.get("items_per_s", r.get("rows_per_s"))
+            lines.append(f"queue {name}: {r.get('status')}, {_f(figure)} per s")
     if report.get("budgets"):
         lines += ["", "| budget | limit | measured | ok |", "|---|---|---|---|"]
         for row in report["budgets"]:

@@ -47,7 +47,7 @@ class Db(Protocol):
         ...
 
     async def read(self, fn: TxFn[T], *args: Any) -> T:
-        """Run `fn(tx, *args)` in one read-only transaction."""
+        """Run a read-only `fn(tx, *args)`: each statement on its own (no transaction around them)."""
         ...
 
     async def close(self) -> None:

@@ -25,11 +25,14 @@ RECOVER = (f"UPDATE udf_items SET state = CASE WHEN attempts >= :max THEN 'faile
            f"ready_at = :now, {RELEASE}, updated_at = :now WHERE (udf_id, namespace, doc_key) IN ("
            "SELECT udf_id, namespace, doc_key FROM udf_items WHERE udf_id = :u AND state = 'processing' "
            "AND lease_until < :now {skip_locked}) RETURNING state")
-PICK = ("SELECT namespace, doc_key, doc_id FROM udf_items WHERE udf_id = :u AND state = 'pending' "
-        "AND ready_at <= :now ORDER BY ready_at, namespace, doc_key LIMIT :limit {skip_locked}")
-TAKE = ("UPDATE udf_items SET state = 'processing', worker_id = :w, lease_until = :until, lease_ms = :lease, "
-        "attempts = attempts + 1, rerun = 0, input_hash = NULL, updated_at = :now "
-        "WHERE udf_id = :u AND (namespace, doc_key) IN (SELECT a, b FROM ({pairs}) AS p)")
+# One statement picks (oldest ready first; PostgreSQL skips rows other claimers hold) and leases; RETURNING order is
+# unspecified, so the caller sorts by the picking order.
+CLAIM = ("WITH picked AS (SELECT namespace AS pn, doc_key AS pk FROM udf_items WHERE udf_id = :u "
+         "AND state = 'pending' AND ready_at <= :now ORDER BY ready_at, namespace, doc_key LIMIT :limit {skip_locked}) "
+         "UPDATE udf_items SET state = 'processing', worker_id = :w, lease_until = :until, lease_ms = :lease, "
+         "attempts = attempts + 1, rerun = 0, input_hash = NULL, updated_at = :now FROM picked "
+         "WHERE udf_id = :u AND namespace = picked.pn AND doc_key = picked.pk "
+         "RETURNING namespace, doc_key, doc_id, ready_at")
 ENQUEUE = ("INSERT INTO udf_items (udf_id, namespace, doc_key, doc_id, state, ready_at, source, enqueued_at, "
            "updated_at) SELECT :u, :ns, a, b, 'pending', :now, :source, :now, :now FROM ({pairs}) AS p WHERE true "
            "ON CONFLICT (udf_id, namespace, doc_key) DO NOTHING")
@@ -146,11 +149,8 @@ async def claim(tx: Tx, udf_id: str, worker: str, limit: int, lease_ms: int, max
                 now: int) -> tuple[list[Any], int]:
     """(claimed rows in order, lease-expiry failures). Recovery first, then up to `limit` ready items."""
     failed = await recover(tx, udf_id, max_attempts, now)
-    picked = list(await tx.rows(PICK, u=udf_id, now=now, limit=limit))
-    if picked:
-        await tx.run(TAKE, u=udf_id, pairs=pairs([(r["namespace"], r["doc_key"]) for r in picked]), w=worker,
-                     until=now + lease_ms, lease=lease_ms, now=now)
-    return picked, failed
+    picked = await tx.rows(CLAIM, u=udf_id, now=now, limit=limit, w=worker, until=now + lease_ms, lease=lease_ms)
+    return sorted(picked, key=lambda r: (r["ready_at"], r["namespace"], r["doc_key"])), failed
 
 
 async def claimed_inputs(tx: Tx, udf_id: str, worker: str, hashes: list[tuple[str, str, str]],

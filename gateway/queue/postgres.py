@@ -51,6 +51,11 @@ def _settings(idle_ms: int) -> dict[str, str]:
     return {"idle_in_transaction_session_timeout": str(idle_ms)}
 
 
+async def _keep_session(conn: Any) -> None:
+    """Pool release hook: the queue keeps no session state (no LISTEN, cursors or session locks), so the default
+    reset query, a round trip on every release, is skipped."""
+
+
 async def migrate(url: str, idle_ms: int = 5000) -> int:
     """Create or upgrade the schema under an advisory lock (gateways starting together wait for each other)."""
     import asyncpg
@@ -90,19 +95,22 @@ class PostgresDb:
             async with self._lock:
                 if self._pool is None:
                     self._pool = await asyncpg.create_pool(self.url, min_size=POOL_MIN, max_size=POOL_MAX,
-                                                           timeout=CONNECT_TIMEOUT_S,
+                                                           timeout=CONNECT_TIMEOUT_S, reset=_keep_session,
                                                            server_settings=_settings(self.idle_ms))
         return self._pool
 
-    async def _transact(self, fn: TxFn[T], args: tuple[Any, ...], readonly: bool) -> T:
+    async def _transact(self, fn: TxFn[T], args: tuple[Any, ...], write: bool) -> T:
         import asyncpg
 
         retryable = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
         for attempt in range(RETRIES):
             try:
                 pool = await self._get_pool()
-                async with pool.acquire() as conn, conn.transaction(readonly=readonly):
-                    return await fn(PostgresTx(conn), *args)
+                async with pool.acquire() as conn:
+                    if not write:  # each statement on its own: saves BEGIN/COMMIT round trips on the hot path
+                        return await fn(PostgresTx(conn), *args)
+                    async with conn.transaction():
+                        return await fn(PostgresTx(conn), *args)
             except retryable:
                 if attempt == RETRIES - 1:
                     raise QueueUnavailable("queue database (PostgreSQL): transaction kept conflicting") from None
@@ -112,10 +120,10 @@ class PostgresDb:
         raise AssertionError("unreachable")
 
     async def write(self, fn: TxFn[T], *args: Any) -> T:
-        return await self._transact(fn, args, False)
+        return await self._transact(fn, args, True)
 
     async def read(self, fn: TxFn[T], *args: Any) -> T:
-        return await self._transact(fn, args, True)
+        return await self._transact(fn, args, False)
 
     async def close(self) -> None:
         if self._pool is not None:

@@ -79,7 +79,9 @@ class SqliteDb:
         if self._db is None:
             self._db = connect(self.path)
         db = self._db
-        db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        if not write:  # each statement on its own (autocommit): no lock, no BEGIN/COMMIT
+            return drive(fn(SqliteTx(db), *args))
+        db.execute("BEGIN IMMEDIATE")
         try:
             result = drive(fn(SqliteTx(db), *args))
             db.execute("COMMIT")

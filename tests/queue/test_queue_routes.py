@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from queue_support import BACKENDS, KEY, QueueStack, queue_stack
+from queue_support import BACKENDS, QueueStack, queue_stack
 from queue_support import call as http
 
 P, U = "/v2/pipelines", "/v2/udfs"

@@ -23,7 +23,7 @@ EXPECTED_LAST_STEP = "B16 gone"
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_published_client_scenario(backend: str, tmp_path: Path) -> None:
     with queue_stack(tmp_path, backend) as stack:
-        proc = subprocess.run([PYTHON, str(SCRIPT), stack.url, KEY], capture_output=True, text=True, timeout=240)
+        proc = subprocess.run([PYTHON, str(SCRIPT), stack.url, KEY], capture_output=True, text=True, timeout=240, check=False)
         assert proc.returncode == 0, f"{proc.stderr}\n{stack.logs()}"
         result = json.loads(proc.stdout)
         assert result["client"] == "0.7.3", f"{PYTHON} has hevlayer {result['client']}, not the published 0.7.3"

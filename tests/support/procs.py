@@ -118,7 +118,8 @@ class Proc:
 def base_env(**extra: str) -> dict[str, str]:
     """The test run's environment without any Turbopuffer/Layer/Aerospike setting, except the server under test;
     gateways stop without a drain grace (SIGTERM is how every test stops its gateway) unless `extra` sets one."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TURBOPUFFER_", "LAYER_", "AEROSPIKE_"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("TURBOPUFFER_", "LAYER_", "AEROSPIKE_")) and k != "DATABASE_URL"}
     if SERVER:
         env["LAYER_SERVER"] = SERVER
     env["LAYER_DRAIN_GRACE_MS"] = "0"
