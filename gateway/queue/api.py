@@ -11,6 +11,7 @@ import msgspec
 from gateway.http import GatewayError, bad_request, validation_error
 
 T = TypeVar("T")
+MAX_WORKER_ID_BYTES = 256
 UNAVAILABLE = GatewayError("queue_unavailable", "the queue database is not available on this worker", status=503,
                            source="internal", retryable=True)
 _decoders: dict[type, msgspec.json.Decoder[Any]] = {}
@@ -45,3 +46,19 @@ def service(state: Any) -> Any:
         raise UNAVAILABLE
     return svc
 
+
+
+def worker_id(value: str, where: str = "$.worker_id") -> str:
+    if not value or len(value.encode()) > MAX_WORKER_ID_BYTES:
+        raise validation_error(f"worker_id must be 1-{MAX_WORKER_ID_BYTES} bytes - at `{where}`")
+    return value
+
+
+def in_range(value: int, low: int, high: int, where: str) -> int:
+    if not low <= value <= high:
+        raise validation_error(f"Expected `int` between {low} and {high}, got {value} - at `{where}`")
+    return value
+
+
+def not_found(kind: str, ident: str) -> GatewayError:
+    return GatewayError("not_found", f"{kind} '{ident}' not found", status=404)

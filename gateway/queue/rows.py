@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 import msgspec
 
-from gateway.http import GatewayError, json_encode, upstream_error
+from gateway.http import json_encode, upstream_error
 from gateway.state import WorkerState
 
 ID_BATCH = 1000
@@ -91,6 +91,3 @@ def input_of(inputs: list[str], doc_id: Any, row: dict[str, Any]) -> dict[str, A
 def input_hash(value: dict[str, Any]) -> str:
     return hashlib.blake2b(_canonical(value), digest_size=16).hexdigest()
 
-
-def not_found(kind: str, ident: str) -> GatewayError:
-    return GatewayError("not_found", f"{kind} '{ident}' not found", status=404)

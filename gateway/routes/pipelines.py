@@ -18,8 +18,8 @@ from gateway import metrics
 from gateway.auth import READ, WRITE, authorize, can_read
 from gateway.http import Ctx, GatewayError, Response, json_response, validation_error
 from gateway.queue import documents
-from gateway.queue.api import decode, now_ms, rfc3339, service
-from gateway.queue.rows import not_found
+from gateway.queue.api import decode, in_range, not_found, now_ms, rfc3339, service, worker_id
+from gateway.queue.spec import check_namespace
 from gateway.router import RouteSpec
 from gateway.routes.namespaces import write_rows
 from gateway.routes.passthrough import relay
@@ -29,7 +29,6 @@ PIPELINE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 STAGE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 METRICS = ("cosine_distance", "euclidean_squared")
 MAX_CHUNKS = MAX_IDS = 10_000
-MAX_WORKER_ID_BYTES = 256
 MAX_DOC_ID_BYTES = 512
 
 
@@ -94,16 +93,8 @@ def _stage(value: str, where: str) -> str:
     return value
 
 
-def _worker(value: str, where: str = "$.worker_id") -> str:
-    if not value or len(value.encode()) > MAX_WORKER_ID_BYTES:
-        raise validation_error(f"worker_id must be 1-{MAX_WORKER_ID_BYTES} bytes - at `{where}`")
-    return value
 
 
-def _range(value: int, low: int, high: int, where: str) -> int:
-    if not low <= value <= high:
-        raise validation_error(f"Expected `int` between {low} and {high}, got {value} - at `{where}`")
-    return value
 
 
 def _ids(ids: list[str]) -> list[str]:
@@ -143,8 +134,6 @@ async def create_pipeline(ctx: Ctx, state: WorkerState) -> Response:
     if metric not in METRICS:
         raise validation_error(f"distance_metric must be one of {', '.join(METRICS)}, got {metric!r} - "
                                "at `$.distance_metric`")
-    from gateway.queue.spec import check_namespace
-
     check_namespace(req.target_namespace, "$.target_namespace")
     svc = service(state)
     row = await svc.db.write(documents.create_pipeline, req.id, req.target_namespace, metric, now_ms())
@@ -228,9 +217,9 @@ async def claim_documents(ctx: Ctx, state: WorkerState) -> Response:
     claim_stage = _stage(req.claim_stage or "embedding", "$.claim_stage")
     if claim_stage == stage:
         raise validation_error("claim_stage must differ from stage - at `$.claim_stage`")
-    limit = _range(req.limit if req.limit is not None else 100, 1, 1000, "$.limit")
-    lease = _range(req.lease_seconds if req.lease_seconds is not None else 900, 1, 86_400, "$.lease_seconds")
-    worker = _worker(req.worker_id)
+    limit = in_range(req.limit if req.limit is not None else 100, 1, 1000, "$.limit")
+    lease = in_range(req.lease_seconds if req.lease_seconds is not None else 900, 1, 86_400, "$.lease_seconds")
+    worker = worker_id(req.worker_id)
     row = await _pipeline(ctx, state, WRITE)
     svc = service(state)
     ids = await svc.db.write(documents.claim_documents, row["id"], stage, claim_stage, limit, worker, lease * 1000,
@@ -247,7 +236,7 @@ async def claim_documents(ctx: Ctx, state: WorkerState) -> Response:
 async def heartbeat_documents(ctx: Ctx, state: WorkerState) -> Response:
     req = decode(ctx.body, HeartbeatDocumentsRequest)
     stage = _stage(req.stage or "embedding", "$.stage")
-    worker, ids = _worker(req.worker_id), _ids(req.document_ids)
+    worker, ids = worker_id(req.worker_id), _ids(req.document_ids)
     row = await _pipeline(ctx, state, WRITE)
     updated = await service(state).db.write(documents.heartbeat_documents, row["id"], ids, stage, worker, now_ms())
     return json_response(200, {"pipeline_id": row["id"], "stage": stage, "updated": updated or 0})
@@ -257,7 +246,7 @@ async def set_documents_stage(ctx: Ctx, state: WorkerState) -> Response:
     req = decode(ctx.body, SetDocumentsStageRequest)
     stage = _stage(req.stage, "$.stage")
     from_stage = _stage(req.from_stage, "$.from_stage") if req.from_stage is not None else None
-    worker = _worker(req.worker_id) if req.worker_id is not None else None
+    worker = worker_id(req.worker_id) if req.worker_id is not None else None
     ids = _ids(req.document_ids)
     row = await _pipeline(ctx, state, WRITE)
     svc = service(state)

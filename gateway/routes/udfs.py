@@ -16,14 +16,12 @@ from gateway import metrics
 from gateway.auth import READ, WRITE, authorize, can_read
 from gateway.http import Ctx, GatewayError, Response, json_response, validation_error
 from gateway.queue import discovery, items, writeback
-from gateway.queue.api import decode, now_ms, rfc3339, service
-from gateway.queue.rows import not_found
+from gateway.queue.api import decode, in_range, not_found, now_ms, rfc3339, service, worker_id
 from gateway.queue.spec import UdfSpec, check_udf_id, find_cycle, marker, normalised, parse_spec
 from gateway.router import RouteSpec
 from gateway.state import WorkerState
 
 MAX_ITEMS = 10_000
-MAX_WORKER_ID_BYTES = 256
 
 
 class CreateUdfRequest(Struct):
@@ -78,16 +76,8 @@ def _udf_json(row: Any, spec: UdfSpec) -> dict[str, Any]:
             "created_at": rfc3339(row["created_at"]), "updated_at": rfc3339(row["updated_at"])}
 
 
-def _worker(value: str) -> str:
-    if not value or len(value.encode()) > MAX_WORKER_ID_BYTES:
-        raise validation_error(f"worker_id must be 1-{MAX_WORKER_ID_BYTES} bytes - at `$.worker_id`")
-    return value
 
 
-def _range(value: int, low: int, high: int, where: str) -> int:
-    if not low <= value <= high:
-        raise validation_error(f"Expected `int` between {low} and {high}, got {value} - at `{where}`")
-    return value
 
 
 def _keys(refs: list[Any], principal: Any) -> list[tuple[str, str]]:
@@ -233,7 +223,7 @@ async def reset_failed(ctx: Ctx, state: WorkerState) -> Response:
 
 async def discover(ctx: Ctx, state: WorkerState) -> Response:
     req = decode(ctx.body, DiscoverRequest)
-    page_size = _range(req.page_size if req.page_size is not None else 10_000, 1, 10_000, "$.page_size")
+    page_size = in_range(req.page_size if req.page_size is not None else 10_000, 1, 10_000, "$.page_size")
     row, spec = await _udf(ctx, state, None)
     namespaces = discovery.namespaces_for(spec, req.namespaces or [])
     enqueued, swept = await discovery.sweep(service(state), row["id"], spec, namespaces, page_size, ctx.upstream_key,
@@ -244,11 +234,11 @@ async def discover(ctx: Ctx, state: WorkerState) -> Response:
 # ---- work items ----
 async def claim(ctx: Ctx, state: WorkerState) -> Response:
     req = decode(ctx.body, ClaimRequest)
-    worker = _worker(req.worker_id)
+    worker = worker_id(req.worker_id)
     row, spec = await _udf(ctx, state, WRITE)
     assert spec.schedule is not None
-    limit = _range(req.limit if req.limit is not None else spec.worker.batch_size, 1, 1000, "$.limit")
-    lease = _range(req.lease_seconds if req.lease_seconds is not None else spec.schedule.lease_seconds, 1, 86_400,
+    limit = in_range(req.limit if req.limit is not None else spec.worker.batch_size, 1, 1000, "$.limit")
+    lease = in_range(req.lease_seconds if req.lease_seconds is not None else spec.schedule.lease_seconds, 1, 86_400,
                    "$.lease_seconds")
     claimed: list[dict[str, Any]] = []
     if not row["paused"]:
@@ -259,7 +249,7 @@ async def claim(ctx: Ctx, state: WorkerState) -> Response:
 
 async def heartbeat(ctx: Ctx, state: WorkerState) -> Response:
     req = decode(ctx.body, HeartbeatRequest)
-    worker = _worker(req.worker_id)
+    worker = worker_id(req.worker_id)
     keys = _keys(req.items, ctx.principal)
     row, _ = await _udf(ctx, state, None)
     updated = await service(state).db.write(items.heartbeat, row["id"], worker, keys, now_ms())
@@ -268,7 +258,7 @@ async def heartbeat(ctx: Ctx, state: WorkerState) -> Response:
 
 async def complete(ctx: Ctx, state: WorkerState) -> Response:
     req = decode(ctx.body, CompleteRequest)
-    worker = _worker(req.worker_id)
+    worker = worker_id(req.worker_id)
     _keys(req.items, ctx.principal)
     writeback.check_results(req.items)
     row, spec = await _udf(ctx, state, None)
@@ -278,7 +268,7 @@ async def complete(ctx: Ctx, state: WorkerState) -> Response:
 
 async def fail(ctx: Ctx, state: WorkerState) -> Response:
     req = decode(ctx.body, FailRequest)
-    worker = _worker(req.worker_id)
+    worker = worker_id(req.worker_id)
     keys = _keys(req.items, ctx.principal)
     row, spec = await _udf(ctx, state, None)
     assert spec.retry is not None
