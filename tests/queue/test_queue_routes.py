@@ -234,3 +234,42 @@ def test_metrics_count_claims_completions_failures_and_sweeps(stack: QueueStack)
             break
         time.sleep(0.2)
     assert not missing, missing
+
+
+def _drain(stack: QueueStack, udf_id: str, ns: str) -> int:
+    items = http(stack.url, "POST", f"{U}/{udf_id}/claim", {"worker_id": "w"})[1]["items"]
+    done = [{"namespace": ns, "id": i["id"], "attributes": {f"out_{udf_id}": 1}} for i in items]
+    return int(http(stack.url, "POST", f"{U}/{udf_id}/items/complete", {"worker_id": "w", "items": done})[1]["updated"])
+
+
+def test_invalidates_marks_the_dependent_udf_stale(stack: QueueStack) -> None:
+    assert http(stack.url, "POST", "/v2/namespaces/inv", {"upsert_rows": [{"id": "r1", "x": 1}]})[0] == 200
+    for udf_id, deps in (("inv-b", []), ("inv-a", ["inv-b"])):
+        spec = {"target_namespaces": ["inv"], "inputs": ["id"], "worker": {}, "invalidates": deps}
+        assert http(stack.url, "POST", U, {"id": udf_id, "spec": spec})[0] == 200
+    assert http(stack.url, "POST", f"{U}/inv-b/discover", {})[1]["enqueued"] == 1
+    assert _drain(stack, "inv-b", "inv") == 1
+    assert http(stack.url, "POST", f"{U}/inv-b/discover", {})[1]["enqueued"] == 0  # done at v1
+    assert http(stack.url, "POST", f"{U}/inv-a/discover", {})[1]["enqueued"] == 1
+    assert _drain(stack, "inv-a", "inv") == 1
+    row = http(stack.url, "POST", "/v2/namespaces/inv/query", {"rank_by": ["id", "asc"], "top_k": 1,
+                                                               "include_attributes": True})[1]["rows"][0]
+    assert isinstance(row["_hevlayer_udf_inv_b_stale_after"], int) and row["_hevlayer_udf_inv_a_v"] == "v1"
+    assert http(stack.url, "POST", f"{U}/inv-b/discover", {})[1]["enqueued"] == 1  # b's output is stale now
+    assert _drain(stack, "inv-b", "inv") == 1
+    assert http(stack.url, "POST", f"{U}/inv-b/discover", {})[1]["enqueued"] == 0
+
+
+def test_scheduled_discovery_sweeps_without_a_call(stack: QueueStack) -> None:
+    assert http(stack.url, "POST", "/v2/namespaces/sched", {"upsert_rows": [{"id": 1, "x": 1}, {"id": 2}]})[0] == 200
+    spec = {"target_namespaces": ["sched"], "inputs": ["id"], "worker": {},
+            "schedule": {"discovery_interval_seconds": 1}}
+    assert http(stack.url, "POST", U, {"id": "sched", "spec": spec})[0] == 200
+    deadline = time.monotonic() + 30
+    while True:
+        status = http(stack.url, "GET", f"{U}/sched/status")[1]
+        if status["discovery"]["sweeps_completed"] >= 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert status["discovery"]["sweeps_completed"] >= 1 and status["pending_count"] == 2, status
+    assert http(stack.url, "DELETE", f"{U}/sched")[0] == 200
