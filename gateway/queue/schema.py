@@ -1,5 +1,8 @@
 """The queue's tables, their versioned migrations, and the few SQL fragments that differ between SQLite and PostgreSQL.
 
+No index on (udf_id, state): before a fresh table is analysed, PostgreSQL would claim through it and sort every
+pending item (status counts scan the udf's primary-key range instead).
+
 Every statement elsewhere is written once, with `:name` parameters and `{fragment}` slots that `Dialect.compile`
 fills per backend: JSON-array parameters become row sources (`{ids}`, `{pairs}`), and PostgreSQL's claims add
 `FOR UPDATE SKIP LOCKED`. Times are epoch milliseconds; flags are small integers on both backends (one SQL text).
@@ -48,7 +51,6 @@ CREATE TABLE IF NOT EXISTS udf_items (
 CREATE INDEX IF NOT EXISTS udf_items_ready ON udf_items (udf_id, ready_at, namespace, doc_key)
   WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS udf_items_leased ON udf_items (udf_id, lease_until) WHERE state = 'processing';
-CREATE INDEX IF NOT EXISTS udf_items_state ON udf_items (udf_id, state);
 CREATE TABLE IF NOT EXISTS queue_rates (kind TEXT NOT NULL, owner_id TEXT NOT NULL, bucket {i64} NOT NULL,
   n INTEGER NOT NULL, PRIMARY KEY (kind, owner_id, bucket)){without_rowid};
 """

@@ -29,6 +29,7 @@ SWEEP_RENEW_S = 20.0
 # Status answers are cached only when computing them was slow (a big queue): small queues stay read-after-write exact
 # across workers, whose caches are not told about each other's writes.
 SLOW_STATUS_MS = 50
+_spec_decoder = msgspec.json.Decoder(UdfSpec)
 
 
 def now_ms() -> int:
@@ -123,7 +124,7 @@ class QueueService:
         cached = self._specs.get(row["id"])
         if cached is not None and cached[0] == row["updated_at"]:
             return cached[1]
-        spec = msgspec.json.decode(row["spec"], type=UdfSpec)
+        spec = _spec_decoder.decode(row["spec"])
         self._specs[row["id"]] = (row["updated_at"], spec)
         return spec
 
