@@ -7,7 +7,8 @@
   same DELETE as a counted completion, minus one rate-bucket upsert. SQLite, and PostgreSQL when a server answers.
 * discovery: the local store with 100k documents (smoke: 2k), one explicit `discover`: rows/s enqueued.
 * embedding: the built-in minilm worker (one batched encode per claim) against per-item encodes through the
-  published client's `run_udf_worker` (`@udf(kind="embedding")`), on the same rows; needs the `embed` extra.
+  published client's `run_udf_worker` (`@udf(kind="embedding")`, in the published client's own interpreter:
+  bench/queue_published_worker.py), on the same rows; model load excluded; needs the `embed` extra.
 Run alone: python -m bench.queue_bench [--smoke]
 """
 
@@ -18,6 +19,7 @@ import asyncio
 import http.client
 import json
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -29,6 +31,7 @@ from bench.nginx import start_canned
 from bench.procs import PROXY_CPU, start_gateway, start_localstore
 from bench.throughput import Runner
 
+HERE = Path(__file__).resolve().parent
 KEY = "bench-queue-key"
 BATCH = 32
 CLAIMERS = 8
@@ -44,8 +47,14 @@ class Client:
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
-        self.conn.request(method, path, data, {"authorization": f"Bearer {KEY}", "content-type": "application/json"})
-        resp = self.conn.getresponse()
+        headers = {"authorization": f"Bearer {KEY}", "content-type": "application/json"}
+        try:
+            self.conn.request(method, path, data, headers)
+            resp = self.conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            self.conn.close()  # the gateway closed the idle keep-alive connection: once more on a new one
+            self.conn.request(method, path, data, headers)
+            resp = self.conn.getresponse()
         raw = resp.read()
         if resp.status != 200:
             raise RuntimeError(f"{method} {path}: HTTP {resp.status}: {raw[:300]!r}")
@@ -171,25 +180,25 @@ def discovery(tmp: Path, docs: int) -> dict[str, Any]:
         store.stop()
 
 
-def _drain_batched(url: str, c: Client, model: Any, udf_id: str) -> None:
+def _drain_batched(url: str, c: Client, model: Any, udf_id: str) -> float:
     from gateway.queue.builtin_worker import GatewayClient, run_batch
 
     client = GatewayClient(url, KEY)
+    started = time.perf_counter()
     while run_batch(client, model, udf_id, "bench", None):
         pass
+    return time.perf_counter() - started
 
 
-def _drain_per_item(url: str, c: Client, model: Any, udf_id: str) -> None:
-    from hevlayer.udf import run_udf_worker, udf
+def _drain_per_item(url: str, c: Client, model: Any, udf_id: str) -> float:
+    """Seconds for the published client's `run_udf_worker` (its own interpreter) to drain `udf_id`."""
+    from support.published_client import run_published  # bench.procs put tests/ on sys.path
 
-    @udf(kind="embedding", batch_size=BATCH)
-    def embed_title(*, title: str) -> list[float]:
-        return model.embed([title])[0]  # type: ignore[no-any-return]
-
-    async def loop() -> None:
-        while c.call("GET", f"/v2/udfs/{udf_id}/status")["pending_count"]:
-            await run_udf_worker(embed_title, udf_id=udf_id, api_key=KEY, base_url=url, worker_id="bench", once=True)
-    asyncio.run(loop())
+    site = next(p for p in sys.path if p.endswith("site-packages"))
+    out = run_published(HERE / "queue_published_worker.py", url, KEY, udf_id, str(HERE.parent), site, timeout=1800)
+    if out["hevlayer"] != "0.7.3":
+        raise RuntimeError(f"the per-item worker ran hevlayer {out['hevlayer']}, not the published 0.7.3")
+    return float(out["seconds"])
 
 
 def embedding(tmp: Path, docs: int) -> dict[str, Any]:
@@ -212,9 +221,7 @@ def embedding(tmp: Path, docs: int) -> dict[str, Any]:
                     "target_namespaces": [ns], "inputs": ["title"], "worker": {"batch_size": BATCH}}})
                 udf_id = mode.replace("_", "-")
                 c.call("POST", f"/v2/udfs/{udf_id}/discover", {})
-                t0 = time.perf_counter()
-                (_drain_batched if mode == "batched_builtin" else _drain_per_item)(url, c, model, udf_id)
-                elapsed = time.perf_counter() - t0
+                elapsed = (_drain_batched if mode == "batched_builtin" else _drain_per_item)(url, c, model, udf_id)
                 left = c.call("GET", f"/v2/udfs/{udf_id}/status")["counts"]
                 if sum(left.values()):
                     raise RuntimeError(f"{mode}: queue not drained: {left}")
