@@ -21,11 +21,36 @@ var opBranchNamespace = &operation{
 	read:       false,
 	fixedQuery: [][2]string{{"stainless_overload", "branchFrom"}},
 }
+var opClaimDocuments = &operation{
+	name: "ClaimDocuments", method: "POST", path: "/v2/pipelines/{pipeline_id}/claim", fallback: "none",
+	upstreamMethod: "", upstreamPath: "", response: "json",
+	read: false,
+}
+var opClaimUdfItems = &operation{
+	name: "ClaimUdfItems", method: "POST", path: "/v2/udfs/{udf_id}/claim", fallback: "none",
+	upstreamMethod: "", upstreamPath: "", response: "json",
+	read: false,
+}
+var opCompleteUdfItems = &operation{
+	name: "CompleteUdfItems", method: "POST", path: "/v2/udfs/{udf_id}/items/complete", fallback: "none",
+	upstreamMethod: "", upstreamPath: "", response: "json",
+	read: false,
+}
 var opCopyNamespace = &operation{
 	name: "CopyNamespace", method: "POST", path: "/v2/namespaces/{namespace}", fallback: "direct",
 	upstreamMethod: "POST", upstreamPath: "/v2/namespaces/{namespace}", response: "json",
 	read:       false,
 	fixedQuery: [][2]string{{"stainless_overload", "copyFrom"}},
+}
+var opCreatePipeline = &operation{
+	name: "CreatePipeline", method: "POST", path: "/v2/pipelines", fallback: "none",
+	upstreamMethod: "", upstreamPath: "", response: "json",
+	read: false,
+}
+var opCreateUdf = &operation{
+	name: "CreateUdf", method: "POST", path: "/v2/udfs", fallback: "none",
+	upstreamMethod: "", upstreamPath: "", response: "json",
+	read: false,
 }
 var opDeleteKey = &operation{
 	name: "DeleteKey", method: "DELETE", path: "/v2/keys/{keyId}", fallback: "none",
@@ -37,6 +62,21 @@ var opDeleteNamespace = &operation{
 	upstreamMethod: "DELETE", upstreamPath: "/v2/namespaces/{namespace}", response: "json",
 	read: false,
 }
+var opDeletePipeline = &operation{
+	name: "DeletePipeline", method: "DELETE", path: "/v2/pipelines/{pipeline_id}", fallback: "none",
+	upstreamMethod: "", upstreamPath: "", response: "json",
+	read: false,
+}
+var opDeleteUdf = &operation{
+	name: "DeleteUdf", method: "DELETE", path: "/v2/udfs/{udf_id}", fallback: "none",
+	upstreamMethod: "", upstreamPath: "", response: "json",
+	read: false,
+}
+var opDiscoverUdf = &operation{
+	name: "DiscoverUdf", method: "POST", path: "/v2/udfs/{udf_id}/discover", fallback: "none",
+	upstreamMethod: "", upstreamPath: "", response: "json",
+	read: false,
+}
 var opEvaluateTurbopufferRecall = &operation{
 	name: "EvaluateTurbopufferRecall", method: "POST", path: "/v1/namespaces/{namespace}/_debug/recall", fallback: "direct",
 	upstreamMethod: "POST", upstreamPath: "/v1/namespaces/{namespace}/_debug/recall", response: "json",
@@ -46,6 +86,11 @@ var opExplainTurbopufferQuery = &operation{
 	name: "ExplainTurbopufferQuery", method: "POST", path: "/v2/namespaces/{namespace}/explain_query", fallback: "direct",
 	upstreamMethod: "POST", upstreamPath: "/v2/namespaces/{namespace}/explain_query", response: "json",
 	read: true,
+}
+var opFailUdfItems = &operation{
+	name: "FailUdfItems", method: "POST", path: "/v2/udfs/{udf_id}/items/fail", fallback: "none",
+	upstreamMethod: "", upstreamPath: "", response: "json",
+	read: false,
 }
 var opFetchDocument = &operation{
 	name: "FetchDocument", method: "GET", path: "/v2/namespaces/{namespace}/documents/{doc_id}", fallback: "none",
@@ -77,6 +122,16 @@ var opGetOpenApiSpec = &operation{
 	upstreamMethod: "", upstreamPath: "", response: "text",
 	read: true,
 }
+var opGetPipelineDocumentChunks = &operation{
+	name: "GetPipelineDocumentChunks", method: "GET", path: "/v2/pipelines/{pipeline_id}/documents/{doc_id}/chunks", fallback: "none",
+	upstreamMethod: "", upstreamPath: "", response: "json",
+	read: true,
+}
+var opGetPipelineStatus = &operation{
+	name: "GetPipelineStatus", method: "GET", path: "/v2/pipelines/{pipeline_id}/status", fallback: "none",
+	upstreamMethod: "", upstreamPath: "", response: "json",
+	read: true,
+}
 var opGetReady = &operation{
 	name: "GetReady", method: "GET", path: "/ready", fallback: "none",
 	upstreamMethod: "", upstreamPath: "", response: "json",
@@ -97,10 +152,30 @@ var opGetTurbopufferV1NamespaceMetadata = &operation{
 	upstreamMethod: "GET", upstreamPath: "/v1/namespaces/{namespace}/metadata", response: "json",
 	read: true,
 }
+var opGetUdf = &operation{
+	name: "GetUdf", method: "GET", path: "/v2/udfs/{udf_id}", fallback: "none",
+	upstreamMethod: "", upstreamPath: "", response: "json",
+	read: true,
+}
+var opGetUdfStatus = &operation{
+	name: "GetUdfStatus", method: "GET", path: "/v2/udfs/{udf_id}/status", fallback: "none",
+	upstreamMethod: "", upstreamPath: "", response: "json",
+	read: true,
+}
 var opGetWarmJob = &operation{
 	name: "GetWarmJob", method: "GET", path: "/v2/namespaces/{namespace}/warm-jobs/{job_id}", fallback: "none",
 	upstreamMethod: "", upstreamPath: "", response: "json",
 	read: true,
+}
+var opHeartbeatDocuments = &operation{
+	name: "HeartbeatDocuments", method: "POST", path: "/v2/pipelines/{pipeline_id}/documents/heartbeat", fallback: "none",
+	upstreamMethod: "", upstreamPath: "", response: "json",
+	read: false,
+}
+var opHeartbeatUdfItems = &operation{
+	name: "HeartbeatUdfItems", method: "POST", path: "/v2/udfs/{udf_id}/items/heartbeat", fallback: "none",
+	upstreamMethod: "", upstreamPath: "", response: "json",
+	read: false,
 }
 var opHintCacheWarm = &operation{
 	name: "HintCacheWarm", method: "GET", path: "/v1/namespaces/{namespace}/hint_cache_warm", fallback: "none",
@@ -117,9 +192,19 @@ var opListNamespaces = &operation{
 	upstreamMethod: "", upstreamPath: "", response: "json",
 	read: true,
 }
+var opListPipelines = &operation{
+	name: "ListPipelines", method: "GET", path: "/v2/pipelines", fallback: "none",
+	upstreamMethod: "", upstreamPath: "", response: "json",
+	read: true,
+}
 var opListTurbopufferNamespaces = &operation{
 	name: "ListTurbopufferNamespaces", method: "GET", path: "/v1/namespaces", fallback: "direct",
 	upstreamMethod: "GET", upstreamPath: "/v1/namespaces", response: "json",
+	read: true,
+}
+var opListUdfs = &operation{
+	name: "ListUdfs", method: "GET", path: "/v2/udfs", fallback: "none",
+	upstreamMethod: "", upstreamPath: "", response: "json",
 	read: true,
 }
 var opListWarmJobs = &operation{
@@ -129,6 +214,21 @@ var opListWarmJobs = &operation{
 }
 var opMintKey = &operation{
 	name: "MintKey", method: "POST", path: "/v2/keys", fallback: "none",
+	upstreamMethod: "", upstreamPath: "", response: "json",
+	read: false,
+}
+var opPauseUdf = &operation{
+	name: "PauseUdf", method: "POST", path: "/v2/udfs/{udf_id}/pause", fallback: "none",
+	upstreamMethod: "", upstreamPath: "", response: "json",
+	read: false,
+}
+var opPutPipelineDocumentChunks = &operation{
+	name: "PutPipelineDocumentChunks", method: "PUT", path: "/v2/pipelines/{pipeline_id}/documents/{doc_id}", fallback: "none",
+	upstreamMethod: "", upstreamPath: "", response: "json",
+	read: false,
+}
+var opPutPipelineDocumentVectors = &operation{
+	name: "PutPipelineDocumentVectors", method: "PUT", path: "/v2/pipelines/{pipeline_id}/documents/{doc_id}/vectors", fallback: "none",
 	upstreamMethod: "", upstreamPath: "", response: "json",
 	read: false,
 }
@@ -142,8 +242,23 @@ var opQueryTurbopufferNamespace = &operation{
 	upstreamMethod: "POST", upstreamPath: "/v2/namespaces/{namespace}/query", response: "json",
 	read: true,
 }
+var opResetFailedUdf = &operation{
+	name: "ResetFailedUdf", method: "POST", path: "/v2/udfs/{udf_id}/reset-failed", fallback: "none",
+	upstreamMethod: "", upstreamPath: "", response: "json",
+	read: false,
+}
+var opResumeUdf = &operation{
+	name: "ResumeUdf", method: "POST", path: "/v2/udfs/{udf_id}/resume", fallback: "none",
+	upstreamMethod: "", upstreamPath: "", response: "json",
+	read: false,
+}
 var opRevokeKey = &operation{
 	name: "RevokeKey", method: "POST", path: "/v2/keys/{keyId}/revoke", fallback: "none",
+	upstreamMethod: "", upstreamPath: "", response: "json",
+	read: false,
+}
+var opSetDocumentsStage = &operation{
+	name: "SetDocumentsStage", method: "POST", path: "/v2/pipelines/{pipeline_id}/documents/stage", fallback: "none",
 	upstreamMethod: "", upstreamPath: "", response: "json",
 	read: false,
 }
@@ -160,6 +275,11 @@ var opUpdateTurbopufferNamespaceMetadata = &operation{
 var opUpdateTurbopufferNamespaceSchema = &operation{
 	name: "UpdateTurbopufferNamespaceSchema", method: "POST", path: "/v1/namespaces/{namespace}/schema", fallback: "direct",
 	upstreamMethod: "POST", upstreamPath: "/v1/namespaces/{namespace}/schema", response: "json",
+	read: false,
+}
+var opUpsertUdf = &operation{
+	name: "UpsertUdf", method: "PUT", path: "/v2/udfs/{udf_id}", fallback: "none",
+	upstreamMethod: "", upstreamPath: "", response: "json",
 	read: false,
 }
 var opWarmCache = &operation{
@@ -292,6 +412,78 @@ func (c *Client) BranchNamespaceWithPerf(ctx context.Context, namespace string, 
 	return &LayerResponse[TurbopufferWriteResponse]{Data: out, Perf: perf}, nil
 }
 
+// ClaimDocuments: Lease the documents that waited longest in a stage
+func (c *Client) ClaimDocuments(ctx context.Context, pipelineID string, body *ClaimDocumentsRequest) (*ClaimDocumentsResponse, error) {
+	res, err := c.ClaimDocumentsWithPerf(ctx, pipelineID, body)
+	if err != nil {
+		return nil, err
+	}
+	return &res.Data, nil
+}
+
+// ClaimDocumentsWithPerf is ClaimDocuments with the call's LayerPerf.
+func (c *Client) ClaimDocumentsWithPerf(ctx context.Context, pipelineID string, body *ClaimDocumentsRequest) (*LayerResponse[ClaimDocumentsResponse], error) {
+	req := newCall(opClaimDocuments, pipelineID)
+	if body != nil {
+		req.body = body
+	}
+	var out ClaimDocumentsResponse
+	header, perf, err := c.do(ctx, req, &out)
+	if err != nil {
+		return nil, err
+	}
+	_ = header
+	return &LayerResponse[ClaimDocumentsResponse]{Data: out, Perf: perf}, nil
+}
+
+// ClaimUdfItems: Lease ready items with their inputs (none while paused)
+func (c *Client) ClaimUdfItems(ctx context.Context, udfID string, body *UdfClaimRequest) (*UdfClaimResponse, error) {
+	res, err := c.ClaimUdfItemsWithPerf(ctx, udfID, body)
+	if err != nil {
+		return nil, err
+	}
+	return &res.Data, nil
+}
+
+// ClaimUdfItemsWithPerf is ClaimUdfItems with the call's LayerPerf.
+func (c *Client) ClaimUdfItemsWithPerf(ctx context.Context, udfID string, body *UdfClaimRequest) (*LayerResponse[UdfClaimResponse], error) {
+	req := newCall(opClaimUdfItems, udfID)
+	if body != nil {
+		req.body = body
+	}
+	var out UdfClaimResponse
+	header, perf, err := c.do(ctx, req, &out)
+	if err != nil {
+		return nil, err
+	}
+	_ = header
+	return &LayerResponse[UdfClaimResponse]{Data: out, Perf: perf}, nil
+}
+
+// CompleteUdfItems: Write results onto the rows and finish the caller's items
+func (c *Client) CompleteUdfItems(ctx context.Context, udfID string, body *UdfCompleteRequest) (*UdfItemsResponse, error) {
+	res, err := c.CompleteUdfItemsWithPerf(ctx, udfID, body)
+	if err != nil {
+		return nil, err
+	}
+	return &res.Data, nil
+}
+
+// CompleteUdfItemsWithPerf is CompleteUdfItems with the call's LayerPerf.
+func (c *Client) CompleteUdfItemsWithPerf(ctx context.Context, udfID string, body *UdfCompleteRequest) (*LayerResponse[UdfItemsResponse], error) {
+	req := newCall(opCompleteUdfItems, udfID)
+	if body != nil {
+		req.body = body
+	}
+	var out UdfItemsResponse
+	header, perf, err := c.do(ctx, req, &out)
+	if err != nil {
+		return nil, err
+	}
+	_ = header
+	return &LayerResponse[UdfItemsResponse]{Data: out, Perf: perf}, nil
+}
+
 // CopyNamespace: Copy another namespace into this one
 func (c *Client) CopyNamespace(ctx context.Context, namespace string, body *TurbopufferCopyFromRequest) (*TurbopufferWriteResponse, error) {
 	res, err := c.CopyNamespaceWithPerf(ctx, namespace, body)
@@ -314,6 +506,54 @@ func (c *Client) CopyNamespaceWithPerf(ctx context.Context, namespace string, bo
 	}
 	_ = header
 	return &LayerResponse[TurbopufferWriteResponse]{Data: out, Perf: perf}, nil
+}
+
+// CreatePipeline: Create a pipeline (409 when the id exists)
+func (c *Client) CreatePipeline(ctx context.Context, body *CreatePipelineRequest) (*Pipeline, error) {
+	res, err := c.CreatePipelineWithPerf(ctx, body)
+	if err != nil {
+		return nil, err
+	}
+	return &res.Data, nil
+}
+
+// CreatePipelineWithPerf is CreatePipeline with the call's LayerPerf.
+func (c *Client) CreatePipelineWithPerf(ctx context.Context, body *CreatePipelineRequest) (*LayerResponse[Pipeline], error) {
+	req := newCall(opCreatePipeline)
+	if body != nil {
+		req.body = body
+	}
+	var out Pipeline
+	header, perf, err := c.do(ctx, req, &out)
+	if err != nil {
+		return nil, err
+	}
+	_ = header
+	return &LayerResponse[Pipeline]{Data: out, Perf: perf}, nil
+}
+
+// CreateUdf: Create a function (409 when the id or its marker stem exists)
+func (c *Client) CreateUdf(ctx context.Context, body *CreateUdfRequest) (*Udf, error) {
+	res, err := c.CreateUdfWithPerf(ctx, body)
+	if err != nil {
+		return nil, err
+	}
+	return &res.Data, nil
+}
+
+// CreateUdfWithPerf is CreateUdf with the call's LayerPerf.
+func (c *Client) CreateUdfWithPerf(ctx context.Context, body *CreateUdfRequest) (*LayerResponse[Udf], error) {
+	req := newCall(opCreateUdf)
+	if body != nil {
+		req.body = body
+	}
+	var out Udf
+	header, perf, err := c.do(ctx, req, &out)
+	if err != nil {
+		return nil, err
+	}
+	_ = header
+	return &LayerResponse[Udf]{Data: out, Perf: perf}, nil
 }
 
 // DeleteKey: Delete a key record (it stops working at once)
@@ -356,6 +596,72 @@ func (c *Client) DeleteNamespaceWithPerf(ctx context.Context, namespace string) 
 	}
 	_ = header
 	return &LayerResponse[StatusResponse]{Data: out, Perf: perf}, nil
+}
+
+// DeletePipeline: Delete a pipeline and its staged documents (namespace rows stay)
+func (c *Client) DeletePipeline(ctx context.Context, pipelineID string) (*StatusResponse, error) {
+	res, err := c.DeletePipelineWithPerf(ctx, pipelineID)
+	if err != nil {
+		return nil, err
+	}
+	return &res.Data, nil
+}
+
+// DeletePipelineWithPerf is DeletePipeline with the call's LayerPerf.
+func (c *Client) DeletePipelineWithPerf(ctx context.Context, pipelineID string) (*LayerResponse[StatusResponse], error) {
+	req := newCall(opDeletePipeline, pipelineID)
+	var out StatusResponse
+	header, perf, err := c.do(ctx, req, &out)
+	if err != nil {
+		return nil, err
+	}
+	_ = header
+	return &LayerResponse[StatusResponse]{Data: out, Perf: perf}, nil
+}
+
+// DeleteUdf: Delete a function and its queue (row markers stay)
+func (c *Client) DeleteUdf(ctx context.Context, udfID string) (*StatusResponse, error) {
+	res, err := c.DeleteUdfWithPerf(ctx, udfID)
+	if err != nil {
+		return nil, err
+	}
+	return &res.Data, nil
+}
+
+// DeleteUdfWithPerf is DeleteUdf with the call's LayerPerf.
+func (c *Client) DeleteUdfWithPerf(ctx context.Context, udfID string) (*LayerResponse[StatusResponse], error) {
+	req := newCall(opDeleteUdf, udfID)
+	var out StatusResponse
+	header, perf, err := c.do(ctx, req, &out)
+	if err != nil {
+		return nil, err
+	}
+	_ = header
+	return &LayerResponse[StatusResponse]{Data: out, Perf: perf}, nil
+}
+
+// DiscoverUdf: Sweep the target namespaces now and enqueue the rows not done
+func (c *Client) DiscoverUdf(ctx context.Context, udfID string, body *UdfDiscoverRequest) (*UdfDiscoverResponse, error) {
+	res, err := c.DiscoverUdfWithPerf(ctx, udfID, body)
+	if err != nil {
+		return nil, err
+	}
+	return &res.Data, nil
+}
+
+// DiscoverUdfWithPerf is DiscoverUdf with the call's LayerPerf.
+func (c *Client) DiscoverUdfWithPerf(ctx context.Context, udfID string, body *UdfDiscoverRequest) (*LayerResponse[UdfDiscoverResponse], error) {
+	req := newCall(opDiscoverUdf, udfID)
+	if body != nil {
+		req.body = body
+	}
+	var out UdfDiscoverResponse
+	header, perf, err := c.do(ctx, req, &out)
+	if err != nil {
+		return nil, err
+	}
+	_ = header
+	return &LayerResponse[UdfDiscoverResponse]{Data: out, Perf: perf}, nil
 }
 
 // EvaluateTurbopufferRecall: Measure ANN recall against exhaustive search (proxied verbatim)
@@ -404,6 +710,30 @@ func (c *Client) ExplainTurbopufferQueryWithPerf(ctx context.Context, namespace 
 	}
 	_ = header
 	return &LayerResponse[TurbopufferExplainQueryResponse]{Data: out, Perf: perf}, nil
+}
+
+// FailUdfItems: Report failures: retried with backoff (transient) or failed (permanent)
+func (c *Client) FailUdfItems(ctx context.Context, udfID string, body *UdfFailRequest) (*UdfItemsResponse, error) {
+	res, err := c.FailUdfItemsWithPerf(ctx, udfID, body)
+	if err != nil {
+		return nil, err
+	}
+	return &res.Data, nil
+}
+
+// FailUdfItemsWithPerf is FailUdfItems with the call's LayerPerf.
+func (c *Client) FailUdfItemsWithPerf(ctx context.Context, udfID string, body *UdfFailRequest) (*LayerResponse[UdfItemsResponse], error) {
+	req := newCall(opFailUdfItems, udfID)
+	if body != nil {
+		req.body = body
+	}
+	var out UdfItemsResponse
+	header, perf, err := c.do(ctx, req, &out)
+	if err != nil {
+		return nil, err
+	}
+	_ = header
+	return &LayerResponse[UdfItemsResponse]{Data: out, Perf: perf}, nil
 }
 
 // FetchDocument: One document by id, from the document cache when it has it (`x-layer-cache`)
@@ -538,6 +868,48 @@ func (c *Client) GetOpenApiSpecWithPerf(ctx context.Context) (*LayerResponse[str
 	return &LayerResponse[string]{Data: out, Perf: perf}, nil
 }
 
+// GetPipelineDocumentChunks: A document's chunks as staged
+func (c *Client) GetPipelineDocumentChunks(ctx context.Context, pipelineID string, docID string) (*[]Chunk, error) {
+	res, err := c.GetPipelineDocumentChunksWithPerf(ctx, pipelineID, docID)
+	if err != nil {
+		return nil, err
+	}
+	return &res.Data, nil
+}
+
+// GetPipelineDocumentChunksWithPerf is GetPipelineDocumentChunks with the call's LayerPerf.
+func (c *Client) GetPipelineDocumentChunksWithPerf(ctx context.Context, pipelineID string, docID string) (*LayerResponse[[]Chunk], error) {
+	req := newCall(opGetPipelineDocumentChunks, pipelineID, docID)
+	var out []Chunk
+	header, perf, err := c.do(ctx, req, &out)
+	if err != nil {
+		return nil, err
+	}
+	_ = header
+	return &LayerResponse[[]Chunk]{Data: out, Perf: perf}, nil
+}
+
+// GetPipelineStatus: Counts per stage, failure reasons, indexing rate
+func (c *Client) GetPipelineStatus(ctx context.Context, pipelineID string) (*PipelineStatus, error) {
+	res, err := c.GetPipelineStatusWithPerf(ctx, pipelineID)
+	if err != nil {
+		return nil, err
+	}
+	return &res.Data, nil
+}
+
+// GetPipelineStatusWithPerf is GetPipelineStatus with the call's LayerPerf.
+func (c *Client) GetPipelineStatusWithPerf(ctx context.Context, pipelineID string) (*LayerResponse[PipelineStatus], error) {
+	req := newCall(opGetPipelineStatus, pipelineID)
+	var out PipelineStatus
+	header, perf, err := c.do(ctx, req, &out)
+	if err != nil {
+		return nil, err
+	}
+	_ = header
+	return &LayerResponse[PipelineStatus]{Data: out, Perf: perf}, nil
+}
+
 // GetReady: Readiness (503 while draining after SIGTERM)
 func (c *Client) GetReady(ctx context.Context) (*HealthResponse, error) {
 	res, err := c.GetReadyWithPerf(ctx)
@@ -622,6 +994,48 @@ func (c *Client) GetTurbopufferV1NamespaceMetadataWithPerf(ctx context.Context, 
 	return &LayerResponse[NamespaceMetadata]{Data: out, Perf: perf}, nil
 }
 
+// GetUdf: A function and its status
+func (c *Client) GetUdf(ctx context.Context, udfID string) (*GetUdfResponse, error) {
+	res, err := c.GetUdfWithPerf(ctx, udfID)
+	if err != nil {
+		return nil, err
+	}
+	return &res.Data, nil
+}
+
+// GetUdfWithPerf is GetUdf with the call's LayerPerf.
+func (c *Client) GetUdfWithPerf(ctx context.Context, udfID string) (*LayerResponse[GetUdfResponse], error) {
+	req := newCall(opGetUdf, udfID)
+	var out GetUdfResponse
+	header, perf, err := c.do(ctx, req, &out)
+	if err != nil {
+		return nil, err
+	}
+	_ = header
+	return &LayerResponse[GetUdfResponse]{Data: out, Perf: perf}, nil
+}
+
+// GetUdfStatus: Queue counts, discovery progress, completion rate
+func (c *Client) GetUdfStatus(ctx context.Context, udfID string) (*UdfStatus, error) {
+	res, err := c.GetUdfStatusWithPerf(ctx, udfID)
+	if err != nil {
+		return nil, err
+	}
+	return &res.Data, nil
+}
+
+// GetUdfStatusWithPerf is GetUdfStatus with the call's LayerPerf.
+func (c *Client) GetUdfStatusWithPerf(ctx context.Context, udfID string) (*LayerResponse[UdfStatus], error) {
+	req := newCall(opGetUdfStatus, udfID)
+	var out UdfStatus
+	header, perf, err := c.do(ctx, req, &out)
+	if err != nil {
+		return nil, err
+	}
+	_ = header
+	return &LayerResponse[UdfStatus]{Data: out, Perf: perf}, nil
+}
+
 // GetWarmJob: One warm job
 func (c *Client) GetWarmJob(ctx context.Context, namespace string, jobID string) (*WarmJob, error) {
 	res, err := c.GetWarmJobWithPerf(ctx, namespace, jobID)
@@ -641,6 +1055,54 @@ func (c *Client) GetWarmJobWithPerf(ctx context.Context, namespace string, jobID
 	}
 	_ = header
 	return &LayerResponse[WarmJob]{Data: out, Perf: perf}, nil
+}
+
+// HeartbeatDocuments: Extend the caller's leases
+func (c *Client) HeartbeatDocuments(ctx context.Context, pipelineID string, body *HeartbeatDocumentsRequest) (*DocumentsStageResponse, error) {
+	res, err := c.HeartbeatDocumentsWithPerf(ctx, pipelineID, body)
+	if err != nil {
+		return nil, err
+	}
+	return &res.Data, nil
+}
+
+// HeartbeatDocumentsWithPerf is HeartbeatDocuments with the call's LayerPerf.
+func (c *Client) HeartbeatDocumentsWithPerf(ctx context.Context, pipelineID string, body *HeartbeatDocumentsRequest) (*LayerResponse[DocumentsStageResponse], error) {
+	req := newCall(opHeartbeatDocuments, pipelineID)
+	if body != nil {
+		req.body = body
+	}
+	var out DocumentsStageResponse
+	header, perf, err := c.do(ctx, req, &out)
+	if err != nil {
+		return nil, err
+	}
+	_ = header
+	return &LayerResponse[DocumentsStageResponse]{Data: out, Perf: perf}, nil
+}
+
+// HeartbeatUdfItems: Extend the caller's leases
+func (c *Client) HeartbeatUdfItems(ctx context.Context, udfID string, body *UdfHeartbeatRequest) (*UdfItemsResponse, error) {
+	res, err := c.HeartbeatUdfItemsWithPerf(ctx, udfID, body)
+	if err != nil {
+		return nil, err
+	}
+	return &res.Data, nil
+}
+
+// HeartbeatUdfItemsWithPerf is HeartbeatUdfItems with the call's LayerPerf.
+func (c *Client) HeartbeatUdfItemsWithPerf(ctx context.Context, udfID string, body *UdfHeartbeatRequest) (*LayerResponse[UdfItemsResponse], error) {
+	req := newCall(opHeartbeatUdfItems, udfID)
+	if body != nil {
+		req.body = body
+	}
+	var out UdfItemsResponse
+	header, perf, err := c.do(ctx, req, &out)
+	if err != nil {
+		return nil, err
+	}
+	_ = header
+	return &LayerResponse[UdfItemsResponse]{Data: out, Perf: perf}, nil
 }
 
 // HintCacheWarm: Warm caches; with no option a raw Turbopuffer passthrough, with any option the Layer warm steps
@@ -722,6 +1184,27 @@ func (c *Client) ListNamespacesWithPerf(ctx context.Context, params *ListNamespa
 	return &LayerResponse[NamespaceList]{Data: out, Perf: perf}, nil
 }
 
+// ListPipelines: Pipelines whose target namespace the key can read, by id
+func (c *Client) ListPipelines(ctx context.Context) (*PipelineList, error) {
+	res, err := c.ListPipelinesWithPerf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &res.Data, nil
+}
+
+// ListPipelinesWithPerf is ListPipelines with the call's LayerPerf.
+func (c *Client) ListPipelinesWithPerf(ctx context.Context) (*LayerResponse[PipelineList], error) {
+	req := newCall(opListPipelines)
+	var out PipelineList
+	header, perf, err := c.do(ctx, req, &out)
+	if err != nil {
+		return nil, err
+	}
+	_ = header
+	return &LayerResponse[PipelineList]{Data: out, Perf: perf}, nil
+}
+
 // ListTurbopufferNamespaces: Turbopuffer's namespace list (a scoped key sees only what it may read)
 func (c *Client) ListTurbopufferNamespaces(ctx context.Context, params *ListTurbopufferNamespacesParams) (*TurbopufferNamespaceList, error) {
 	res, err := c.ListTurbopufferNamespacesWithPerf(ctx, params)
@@ -746,6 +1229,27 @@ func (c *Client) ListTurbopufferNamespacesWithPerf(ctx context.Context, params *
 	}
 	_ = header
 	return &LayerResponse[TurbopufferNamespaceList]{Data: out, Perf: perf}, nil
+}
+
+// ListUdfs: Functions whose target namespaces the key can read, by id
+func (c *Client) ListUdfs(ctx context.Context) (*UdfList, error) {
+	res, err := c.ListUdfsWithPerf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &res.Data, nil
+}
+
+// ListUdfsWithPerf is ListUdfs with the call's LayerPerf.
+func (c *Client) ListUdfsWithPerf(ctx context.Context) (*LayerResponse[UdfList], error) {
+	req := newCall(opListUdfs)
+	var out UdfList
+	header, perf, err := c.do(ctx, req, &out)
+	if err != nil {
+		return nil, err
+	}
+	_ = header
+	return &LayerResponse[UdfList]{Data: out, Perf: perf}, nil
 }
 
 // ListWarmJobs: The namespace's warm jobs, oldest first
@@ -791,6 +1295,75 @@ func (c *Client) MintKeyWithPerf(ctx context.Context, body *MintKeyRequest) (*La
 	}
 	_ = header
 	return &LayerResponse[MintKeyResponse]{Data: out, Perf: perf}, nil
+}
+
+// PauseUdf: Stop handing out items (idempotent)
+func (c *Client) PauseUdf(ctx context.Context, udfID string) (*Udf, error) {
+	res, err := c.PauseUdfWithPerf(ctx, udfID)
+	if err != nil {
+		return nil, err
+	}
+	return &res.Data, nil
+}
+
+// PauseUdfWithPerf is PauseUdf with the call's LayerPerf.
+func (c *Client) PauseUdfWithPerf(ctx context.Context, udfID string) (*LayerResponse[Udf], error) {
+	req := newCall(opPauseUdf, udfID)
+	var out Udf
+	header, perf, err := c.do(ctx, req, &out)
+	if err != nil {
+		return nil, err
+	}
+	_ = header
+	return &LayerResponse[Udf]{Data: out, Perf: perf}, nil
+}
+
+// PutPipelineDocumentChunks: Stage (or re-stage) a document's chunks: pending
+func (c *Client) PutPipelineDocumentChunks(ctx context.Context, pipelineID string, docID string, body *PutChunksRequest) (*StageDocumentResponse, error) {
+	res, err := c.PutPipelineDocumentChunksWithPerf(ctx, pipelineID, docID, body)
+	if err != nil {
+		return nil, err
+	}
+	return &res.Data, nil
+}
+
+// PutPipelineDocumentChunksWithPerf is PutPipelineDocumentChunks with the call's LayerPerf.
+func (c *Client) PutPipelineDocumentChunksWithPerf(ctx context.Context, pipelineID string, docID string, body *PutChunksRequest) (*LayerResponse[StageDocumentResponse], error) {
+	req := newCall(opPutPipelineDocumentChunks, pipelineID, docID)
+	if body != nil {
+		req.body = body
+	}
+	var out StageDocumentResponse
+	header, perf, err := c.do(ctx, req, &out)
+	if err != nil {
+		return nil, err
+	}
+	_ = header
+	return &LayerResponse[StageDocumentResponse]{Data: out, Perf: perf}, nil
+}
+
+// PutPipelineDocumentVectors: Write a document's chunk vectors into the target namespace and mark it indexed
+func (c *Client) PutPipelineDocumentVectors(ctx context.Context, pipelineID string, docID string, body *PutVectorsRequest) (*StatusResponse, error) {
+	res, err := c.PutPipelineDocumentVectorsWithPerf(ctx, pipelineID, docID, body)
+	if err != nil {
+		return nil, err
+	}
+	return &res.Data, nil
+}
+
+// PutPipelineDocumentVectorsWithPerf is PutPipelineDocumentVectors with the call's LayerPerf.
+func (c *Client) PutPipelineDocumentVectorsWithPerf(ctx context.Context, pipelineID string, docID string, body *PutVectorsRequest) (*LayerResponse[StatusResponse], error) {
+	req := newCall(opPutPipelineDocumentVectors, pipelineID, docID)
+	if body != nil {
+		req.body = body
+	}
+	var out StatusResponse
+	header, perf, err := c.do(ctx, req, &out)
+	if err != nil {
+		return nil, err
+	}
+	_ = header
+	return &LayerResponse[StatusResponse]{Data: out, Perf: perf}, nil
 }
 
 // QueryNamespace: Query with stable reads, Layer keys (vector, nearest_to_id, as_of, between, cursor) and one 429 retry
@@ -850,6 +1423,48 @@ func (c *Client) QueryTurbopufferNamespaceWithPerf(ctx context.Context, namespac
 	return &LayerResponse[TurbopufferQueryResponse]{Data: out, Perf: perf}, nil
 }
 
+// ResetFailedUdf: Failed items back to pending, attempts reset
+func (c *Client) ResetFailedUdf(ctx context.Context, udfID string) (*UdfItemsResponse, error) {
+	res, err := c.ResetFailedUdfWithPerf(ctx, udfID)
+	if err != nil {
+		return nil, err
+	}
+	return &res.Data, nil
+}
+
+// ResetFailedUdfWithPerf is ResetFailedUdf with the call's LayerPerf.
+func (c *Client) ResetFailedUdfWithPerf(ctx context.Context, udfID string) (*LayerResponse[UdfItemsResponse], error) {
+	req := newCall(opResetFailedUdf, udfID)
+	var out UdfItemsResponse
+	header, perf, err := c.do(ctx, req, &out)
+	if err != nil {
+		return nil, err
+	}
+	_ = header
+	return &LayerResponse[UdfItemsResponse]{Data: out, Perf: perf}, nil
+}
+
+// ResumeUdf: Hand out items again
+func (c *Client) ResumeUdf(ctx context.Context, udfID string) (*Udf, error) {
+	res, err := c.ResumeUdfWithPerf(ctx, udfID)
+	if err != nil {
+		return nil, err
+	}
+	return &res.Data, nil
+}
+
+// ResumeUdfWithPerf is ResumeUdf with the call's LayerPerf.
+func (c *Client) ResumeUdfWithPerf(ctx context.Context, udfID string) (*LayerResponse[Udf], error) {
+	req := newCall(opResumeUdf, udfID)
+	var out Udf
+	header, perf, err := c.do(ctx, req, &out)
+	if err != nil {
+		return nil, err
+	}
+	_ = header
+	return &LayerResponse[Udf]{Data: out, Perf: perf}, nil
+}
+
 // RevokeKey: Revoke a key (idempotent; the record is kept)
 func (c *Client) RevokeKey(ctx context.Context, keyID string) (*ApiKey, error) {
 	res, err := c.RevokeKeyWithPerf(ctx, keyID)
@@ -869,6 +1484,30 @@ func (c *Client) RevokeKeyWithPerf(ctx context.Context, keyID string) (*LayerRes
 	}
 	_ = header
 	return &LayerResponse[ApiKey]{Data: out, Perf: perf}, nil
+}
+
+// SetDocumentsStage: Move documents to a stage (release, complete, fail)
+func (c *Client) SetDocumentsStage(ctx context.Context, pipelineID string, body *SetDocumentsStageRequest) (*DocumentsStageResponse, error) {
+	res, err := c.SetDocumentsStageWithPerf(ctx, pipelineID, body)
+	if err != nil {
+		return nil, err
+	}
+	return &res.Data, nil
+}
+
+// SetDocumentsStageWithPerf is SetDocumentsStage with the call's LayerPerf.
+func (c *Client) SetDocumentsStageWithPerf(ctx context.Context, pipelineID string, body *SetDocumentsStageRequest) (*LayerResponse[DocumentsStageResponse], error) {
+	req := newCall(opSetDocumentsStage, pipelineID)
+	if body != nil {
+		req.body = body
+	}
+	var out DocumentsStageResponse
+	header, perf, err := c.do(ctx, req, &out)
+	if err != nil {
+		return nil, err
+	}
+	_ = header
+	return &LayerResponse[DocumentsStageResponse]{Data: out, Perf: perf}, nil
 }
 
 // StartCopyFromNamespace: Start an asynchronous copy from another namespace (proxied verbatim; the official client adds `?stainless_overload=startCopyFrom`)
@@ -941,6 +1580,30 @@ func (c *Client) UpdateTurbopufferNamespaceSchemaWithPerf(ctx context.Context, n
 	}
 	_ = header
 	return &LayerResponse[TurbopufferSchema]{Data: out, Perf: perf}, nil
+}
+
+// UpsertUdf: Replace a function's spec (creates it when absent; keeps paused)
+func (c *Client) UpsertUdf(ctx context.Context, udfID string, body *UpdateUdfRequest) (*Udf, error) {
+	res, err := c.UpsertUdfWithPerf(ctx, udfID, body)
+	if err != nil {
+		return nil, err
+	}
+	return &res.Data, nil
+}
+
+// UpsertUdfWithPerf is UpsertUdf with the call's LayerPerf.
+func (c *Client) UpsertUdfWithPerf(ctx context.Context, udfID string, body *UpdateUdfRequest) (*LayerResponse[Udf], error) {
+	req := newCall(opUpsertUdf, udfID)
+	if body != nil {
+		req.body = body
+	}
+	var out Udf
+	header, perf, err := c.do(ctx, req, &out)
+	if err != nil {
+		return nil, err
+	}
+	_ = header
+	return &LayerResponse[Udf]{Data: out, Perf: perf}, nil
 }
 
 // WarmCache: Start a job that loads the namespace into the document cache

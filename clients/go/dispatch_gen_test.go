@@ -46,6 +46,45 @@ func dispatch(ctx context.Context, c *Client, op string, args map[string]json.Ra
 			return c.BranchNamespaceWithPerf(ctx, namespace, body)
 		}
 		return c.BranchNamespace(ctx, namespace, body)
+	case "claimDocuments":
+		var pipelineID string
+		if err := decodeArg(args, "pipeline_id", &pipelineID); err != nil {
+			return nil, err
+		}
+		var body *ClaimDocumentsRequest
+		if err := decodeArg(args, "body", &body); err != nil {
+			return nil, err
+		}
+		if withPerf {
+			return c.ClaimDocumentsWithPerf(ctx, pipelineID, body)
+		}
+		return c.ClaimDocuments(ctx, pipelineID, body)
+	case "claimUdfItems":
+		var udfID string
+		if err := decodeArg(args, "udf_id", &udfID); err != nil {
+			return nil, err
+		}
+		var body *UdfClaimRequest
+		if err := decodeArg(args, "body", &body); err != nil {
+			return nil, err
+		}
+		if withPerf {
+			return c.ClaimUdfItemsWithPerf(ctx, udfID, body)
+		}
+		return c.ClaimUdfItems(ctx, udfID, body)
+	case "completeUdfItems":
+		var udfID string
+		if err := decodeArg(args, "udf_id", &udfID); err != nil {
+			return nil, err
+		}
+		var body *UdfCompleteRequest
+		if err := decodeArg(args, "body", &body); err != nil {
+			return nil, err
+		}
+		if withPerf {
+			return c.CompleteUdfItemsWithPerf(ctx, udfID, body)
+		}
+		return c.CompleteUdfItems(ctx, udfID, body)
 	case "copyNamespace":
 		var namespace string
 		if err := decodeArg(args, "namespace", &namespace); err != nil {
@@ -59,6 +98,24 @@ func dispatch(ctx context.Context, c *Client, op string, args map[string]json.Ra
 			return c.CopyNamespaceWithPerf(ctx, namespace, body)
 		}
 		return c.CopyNamespace(ctx, namespace, body)
+	case "createPipeline":
+		var body *CreatePipelineRequest
+		if err := decodeArg(args, "body", &body); err != nil {
+			return nil, err
+		}
+		if withPerf {
+			return c.CreatePipelineWithPerf(ctx, body)
+		}
+		return c.CreatePipeline(ctx, body)
+	case "createUdf":
+		var body *CreateUdfRequest
+		if err := decodeArg(args, "body", &body); err != nil {
+			return nil, err
+		}
+		if withPerf {
+			return c.CreateUdfWithPerf(ctx, body)
+		}
+		return c.CreateUdf(ctx, body)
 	case "deleteKey":
 		var keyID string
 		if err := decodeArg(args, "keyId", &keyID); err != nil {
@@ -77,6 +134,37 @@ func dispatch(ctx context.Context, c *Client, op string, args map[string]json.Ra
 			return c.DeleteNamespaceWithPerf(ctx, namespace)
 		}
 		return c.DeleteNamespace(ctx, namespace)
+	case "deletePipeline":
+		var pipelineID string
+		if err := decodeArg(args, "pipeline_id", &pipelineID); err != nil {
+			return nil, err
+		}
+		if withPerf {
+			return c.DeletePipelineWithPerf(ctx, pipelineID)
+		}
+		return c.DeletePipeline(ctx, pipelineID)
+	case "deleteUdf":
+		var udfID string
+		if err := decodeArg(args, "udf_id", &udfID); err != nil {
+			return nil, err
+		}
+		if withPerf {
+			return c.DeleteUdfWithPerf(ctx, udfID)
+		}
+		return c.DeleteUdf(ctx, udfID)
+	case "discoverUdf":
+		var udfID string
+		if err := decodeArg(args, "udf_id", &udfID); err != nil {
+			return nil, err
+		}
+		var body *UdfDiscoverRequest
+		if err := decodeArg(args, "body", &body); err != nil {
+			return nil, err
+		}
+		if withPerf {
+			return c.DiscoverUdfWithPerf(ctx, udfID, body)
+		}
+		return c.DiscoverUdf(ctx, udfID, body)
 	case "evaluateTurbopufferRecall":
 		var namespace string
 		if err := decodeArg(args, "namespace", &namespace); err != nil {
@@ -103,6 +191,19 @@ func dispatch(ctx context.Context, c *Client, op string, args map[string]json.Ra
 			return c.ExplainTurbopufferQueryWithPerf(ctx, namespace, body)
 		}
 		return c.ExplainTurbopufferQuery(ctx, namespace, body)
+	case "failUdfItems":
+		var udfID string
+		if err := decodeArg(args, "udf_id", &udfID); err != nil {
+			return nil, err
+		}
+		var body *UdfFailRequest
+		if err := decodeArg(args, "body", &body); err != nil {
+			return nil, err
+		}
+		if withPerf {
+			return c.FailUdfItemsWithPerf(ctx, udfID, body)
+		}
+		return c.FailUdfItems(ctx, udfID, body)
 	case "fetchDocument":
 		var namespace string
 		if err := decodeArg(args, "namespace", &namespace); err != nil {
@@ -161,6 +262,28 @@ func dispatch(ctx context.Context, c *Client, op string, args map[string]json.Ra
 			return c.GetOpenApiSpecWithPerf(ctx)
 		}
 		return c.GetOpenApiSpec(ctx)
+	case "getPipelineDocumentChunks":
+		var pipelineID string
+		if err := decodeArg(args, "pipeline_id", &pipelineID); err != nil {
+			return nil, err
+		}
+		var docID string
+		if err := decodeArg(args, "doc_id", &docID); err != nil {
+			return nil, err
+		}
+		if withPerf {
+			return c.GetPipelineDocumentChunksWithPerf(ctx, pipelineID, docID)
+		}
+		return c.GetPipelineDocumentChunks(ctx, pipelineID, docID)
+	case "getPipelineStatus":
+		var pipelineID string
+		if err := decodeArg(args, "pipeline_id", &pipelineID); err != nil {
+			return nil, err
+		}
+		if withPerf {
+			return c.GetPipelineStatusWithPerf(ctx, pipelineID)
+		}
+		return c.GetPipelineStatus(ctx, pipelineID)
 	case "getReady":
 		if withPerf {
 			return c.GetReadyWithPerf(ctx)
@@ -197,6 +320,24 @@ func dispatch(ctx context.Context, c *Client, op string, args map[string]json.Ra
 			return c.GetTurbopufferV1NamespaceMetadataWithPerf(ctx, namespace)
 		}
 		return c.GetTurbopufferV1NamespaceMetadata(ctx, namespace)
+	case "getUdf":
+		var udfID string
+		if err := decodeArg(args, "udf_id", &udfID); err != nil {
+			return nil, err
+		}
+		if withPerf {
+			return c.GetUdfWithPerf(ctx, udfID)
+		}
+		return c.GetUdf(ctx, udfID)
+	case "getUdfStatus":
+		var udfID string
+		if err := decodeArg(args, "udf_id", &udfID); err != nil {
+			return nil, err
+		}
+		if withPerf {
+			return c.GetUdfStatusWithPerf(ctx, udfID)
+		}
+		return c.GetUdfStatus(ctx, udfID)
 	case "getWarmJob":
 		var namespace string
 		if err := decodeArg(args, "namespace", &namespace); err != nil {
@@ -210,6 +351,32 @@ func dispatch(ctx context.Context, c *Client, op string, args map[string]json.Ra
 			return c.GetWarmJobWithPerf(ctx, namespace, jobID)
 		}
 		return c.GetWarmJob(ctx, namespace, jobID)
+	case "heartbeatDocuments":
+		var pipelineID string
+		if err := decodeArg(args, "pipeline_id", &pipelineID); err != nil {
+			return nil, err
+		}
+		var body *HeartbeatDocumentsRequest
+		if err := decodeArg(args, "body", &body); err != nil {
+			return nil, err
+		}
+		if withPerf {
+			return c.HeartbeatDocumentsWithPerf(ctx, pipelineID, body)
+		}
+		return c.HeartbeatDocuments(ctx, pipelineID, body)
+	case "heartbeatUdfItems":
+		var udfID string
+		if err := decodeArg(args, "udf_id", &udfID); err != nil {
+			return nil, err
+		}
+		var body *UdfHeartbeatRequest
+		if err := decodeArg(args, "body", &body); err != nil {
+			return nil, err
+		}
+		if withPerf {
+			return c.HeartbeatUdfItemsWithPerf(ctx, udfID, body)
+		}
+		return c.HeartbeatUdfItems(ctx, udfID, body)
 	case "hintCacheWarm":
 		var namespace string
 		if err := decodeArg(args, "namespace", &namespace); err != nil {
@@ -262,6 +429,11 @@ func dispatch(ctx context.Context, c *Client, op string, args map[string]json.Ra
 			return c.ListNamespacesWithPerf(ctx, params)
 		}
 		return c.ListNamespaces(ctx, params)
+	case "listPipelines":
+		if withPerf {
+			return c.ListPipelinesWithPerf(ctx)
+		}
+		return c.ListPipelines(ctx)
 	case "listTurbopufferNamespaces":
 		params := &ListTurbopufferNamespacesParams{}
 		if err := decodeArg(args, "cursor", &params.Cursor); err != nil {
@@ -277,6 +449,11 @@ func dispatch(ctx context.Context, c *Client, op string, args map[string]json.Ra
 			return c.ListTurbopufferNamespacesWithPerf(ctx, params)
 		}
 		return c.ListTurbopufferNamespaces(ctx, params)
+	case "listUdfs":
+		if withPerf {
+			return c.ListUdfsWithPerf(ctx)
+		}
+		return c.ListUdfs(ctx)
 	case "listWarmJobs":
 		var namespace string
 		if err := decodeArg(args, "namespace", &namespace); err != nil {
@@ -295,6 +472,49 @@ func dispatch(ctx context.Context, c *Client, op string, args map[string]json.Ra
 			return c.MintKeyWithPerf(ctx, body)
 		}
 		return c.MintKey(ctx, body)
+	case "pauseUdf":
+		var udfID string
+		if err := decodeArg(args, "udf_id", &udfID); err != nil {
+			return nil, err
+		}
+		if withPerf {
+			return c.PauseUdfWithPerf(ctx, udfID)
+		}
+		return c.PauseUdf(ctx, udfID)
+	case "putPipelineDocumentChunks":
+		var pipelineID string
+		if err := decodeArg(args, "pipeline_id", &pipelineID); err != nil {
+			return nil, err
+		}
+		var docID string
+		if err := decodeArg(args, "doc_id", &docID); err != nil {
+			return nil, err
+		}
+		var body *PutChunksRequest
+		if err := decodeArg(args, "body", &body); err != nil {
+			return nil, err
+		}
+		if withPerf {
+			return c.PutPipelineDocumentChunksWithPerf(ctx, pipelineID, docID, body)
+		}
+		return c.PutPipelineDocumentChunks(ctx, pipelineID, docID, body)
+	case "putPipelineDocumentVectors":
+		var pipelineID string
+		if err := decodeArg(args, "pipeline_id", &pipelineID); err != nil {
+			return nil, err
+		}
+		var docID string
+		if err := decodeArg(args, "doc_id", &docID); err != nil {
+			return nil, err
+		}
+		var body *PutVectorsRequest
+		if err := decodeArg(args, "body", &body); err != nil {
+			return nil, err
+		}
+		if withPerf {
+			return c.PutPipelineDocumentVectorsWithPerf(ctx, pipelineID, docID, body)
+		}
+		return c.PutPipelineDocumentVectors(ctx, pipelineID, docID, body)
 	case "queryNamespace":
 		var namespace string
 		if err := decodeArg(args, "namespace", &namespace); err != nil {
@@ -328,6 +548,24 @@ func dispatch(ctx context.Context, c *Client, op string, args map[string]json.Ra
 			return c.QueryTurbopufferNamespaceWithPerf(ctx, namespace, body)
 		}
 		return c.QueryTurbopufferNamespace(ctx, namespace, body)
+	case "resetFailedUdf":
+		var udfID string
+		if err := decodeArg(args, "udf_id", &udfID); err != nil {
+			return nil, err
+		}
+		if withPerf {
+			return c.ResetFailedUdfWithPerf(ctx, udfID)
+		}
+		return c.ResetFailedUdf(ctx, udfID)
+	case "resumeUdf":
+		var udfID string
+		if err := decodeArg(args, "udf_id", &udfID); err != nil {
+			return nil, err
+		}
+		if withPerf {
+			return c.ResumeUdfWithPerf(ctx, udfID)
+		}
+		return c.ResumeUdf(ctx, udfID)
 	case "revokeKey":
 		var keyID string
 		if err := decodeArg(args, "keyId", &keyID); err != nil {
@@ -337,6 +575,19 @@ func dispatch(ctx context.Context, c *Client, op string, args map[string]json.Ra
 			return c.RevokeKeyWithPerf(ctx, keyID)
 		}
 		return c.RevokeKey(ctx, keyID)
+	case "setDocumentsStage":
+		var pipelineID string
+		if err := decodeArg(args, "pipeline_id", &pipelineID); err != nil {
+			return nil, err
+		}
+		var body *SetDocumentsStageRequest
+		if err := decodeArg(args, "body", &body); err != nil {
+			return nil, err
+		}
+		if withPerf {
+			return c.SetDocumentsStageWithPerf(ctx, pipelineID, body)
+		}
+		return c.SetDocumentsStage(ctx, pipelineID, body)
 	case "startCopyFromNamespace":
 		var namespace string
 		if err := decodeArg(args, "namespace", &namespace); err != nil {
@@ -376,6 +627,19 @@ func dispatch(ctx context.Context, c *Client, op string, args map[string]json.Ra
 			return c.UpdateTurbopufferNamespaceSchemaWithPerf(ctx, namespace, body)
 		}
 		return c.UpdateTurbopufferNamespaceSchema(ctx, namespace, body)
+	case "upsertUdf":
+		var udfID string
+		if err := decodeArg(args, "udf_id", &udfID); err != nil {
+			return nil, err
+		}
+		var body *UpdateUdfRequest
+		if err := decodeArg(args, "body", &body); err != nil {
+			return nil, err
+		}
+		if withPerf {
+			return c.UpsertUdfWithPerf(ctx, udfID, body)
+		}
+		return c.UpsertUdf(ctx, udfID, body)
 	case "warmCache":
 		var namespace string
 		if err := decodeArg(args, "namespace", &namespace); err != nil {

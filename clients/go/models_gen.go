@@ -376,3 +376,262 @@ type HintCacheWarmResponse struct {
 	Snapshots   *WarmSnapshotsResponse `json:"snapshots,omitempty"`
 	Blobs       *WarmBlobsResponse     `json:"blobs,omitempty"`
 }
+
+type CreatePipelineRequest struct {
+	ID              string  `json:"id"`
+	TargetNamespace string  `json:"target_namespace"`
+	DistanceMetric  *string `json:"distance_metric,omitempty"`
+}
+
+type Pipeline struct {
+	ID              string `json:"id"`
+	TargetNamespace string `json:"target_namespace"`
+	DistanceMetric  string `json:"distance_metric"`
+	CreatedAt       string `json:"created_at"`
+}
+
+type PipelineList struct {
+	Pipelines []Pipeline `json:"pipelines"`
+}
+
+type PipelineStatus struct {
+	PipelineID        string           `json:"pipeline_id"`
+	Status            string           `json:"status"`
+	Counts            map[string]int64 `json:"counts"`
+	FailedReasons     map[string]int64 `json:"failed_reasons"`
+	PendingCount      int64            `json:"pending_count"`
+	ProcessingCount   int64            `json:"processing_count"`
+	FailedCount       int64            `json:"failed_count"`
+	IndexedRatePerMin float64          `json:"indexed_rate_per_min"`
+	RateWindowSeconds int64            `json:"rate_window_seconds"`
+}
+
+type Chunk struct {
+	ID       string                 `json:"id"`
+	Text     *string                `json:"text,omitempty"`
+	Metadata map[string]interface{} `json:"metadata,omitempty"`
+}
+
+type PutChunksRequest struct {
+	Chunks []Chunk `json:"chunks"`
+}
+
+type StageDocumentResponse struct {
+	PipelineID string   `json:"pipeline_id"`
+	DocumentID string   `json:"document_id"`
+	Stage      string   `json:"stage"`
+	ChunkCount int64    `json:"chunk_count"`
+	ChunkIDs   []string `json:"chunk_ids"`
+}
+
+type ClaimDocumentsRequest struct {
+	Stage            *string `json:"stage,omitempty"`
+	ClaimStage       *string `json:"claim_stage,omitempty"`
+	Limit            *int64  `json:"limit,omitempty"`
+	WorkerID         string  `json:"worker_id"`
+	LeaseSeconds     *int64  `json:"lease_seconds,omitempty"`
+	DocumentIDPrefix *string `json:"document_id_prefix,omitempty"`
+}
+
+type ClaimDocumentsResponse struct {
+	PipelineID string   `json:"pipeline_id"`
+	Stage      string   `json:"stage"`
+	ClaimStage string   `json:"claim_stage"`
+	WorkerID   string   `json:"worker_id"`
+	Documents  []string `json:"documents"`
+}
+
+type HeartbeatDocumentsRequest struct {
+	DocumentIDs []string `json:"document_ids"`
+	Stage       *string  `json:"stage,omitempty"`
+	WorkerID    string   `json:"worker_id"`
+}
+
+type SetDocumentsStageRequest struct {
+	DocumentIDs   []string `json:"document_ids"`
+	Stage         string   `json:"stage"`
+	FromStage     *string  `json:"from_stage,omitempty"`
+	WorkerID      *string  `json:"worker_id,omitempty"`
+	CreateMissing *bool    `json:"create_missing,omitempty"`
+	Reason        *string  `json:"reason,omitempty"`
+}
+
+type DocumentsStageResponse struct {
+	PipelineID string `json:"pipeline_id"`
+	Stage      string `json:"stage"`
+	Updated    int64  `json:"updated"`
+}
+
+type VectorEntry struct {
+	ID         string                 `json:"id"`
+	Vector     []float64              `json:"vector,omitempty"`
+	Vectors    [][]float64            `json:"vectors,omitempty"`
+	Attributes map[string]interface{} `json:"attributes,omitempty"`
+}
+
+type PutVectorsRequest struct {
+	Vectors []VectorEntry `json:"vectors"`
+}
+
+type UdfWorkerSpec struct {
+	Image          *string     `json:"image,omitempty"`
+	URL            *string     `json:"url,omitempty"`
+	Port           *int64      `json:"port,omitempty"`
+	BatchSize      *int64      `json:"batch_size,omitempty"`
+	TimeoutSeconds *int64      `json:"timeout_seconds,omitempty"`
+	PodSpec        interface{} `json:"pod_spec,omitempty"`
+}
+
+type UdfScheduleSpec struct {
+	DiscoveryIntervalSeconds *int64 `json:"discovery_interval_seconds,omitempty"`
+	LeaseSeconds             *int64 `json:"lease_seconds,omitempty"`
+	MaxInFlightBatches       *int64 `json:"max_in_flight_batches,omitempty"`
+	MaxConcurrentScans       *int64 `json:"max_concurrent_scans,omitempty"`
+}
+
+type UdfRetrySpec struct {
+	MaxAttempts           *int64 `json:"max_attempts,omitempty"`
+	InitialBackoffSeconds *int64 `json:"initial_backoff_seconds,omitempty"`
+	MaxBackoffSeconds     *int64 `json:"max_backoff_seconds,omitempty"`
+}
+
+type UdfTrigger string
+
+const (
+	UdfTriggerDiscovery UdfTrigger = "discovery"
+	UdfTriggerWrite     UdfTrigger = "write"
+)
+
+// UdfSpec: Echoed normalised (every default filled, unknown keys dropped; `filter`, `index_selector` only when set).
+type UdfSpec struct {
+	IndexSelector    interface{}      `json:"index_selector,omitempty"`
+	TargetNamespaces []string         `json:"target_namespaces,omitempty"`
+	Inputs           []string         `json:"inputs,omitempty"`
+	Version          *string          `json:"version,omitempty"`
+	Filter           interface{}      `json:"filter,omitempty"`
+	Worker           UdfWorkerSpec    `json:"worker"`
+	Schedule         *UdfScheduleSpec `json:"schedule,omitempty"`
+	Retry            *UdfRetrySpec    `json:"retry,omitempty"`
+	Triggers         []UdfTrigger     `json:"triggers,omitempty"`
+	Invalidates      []string         `json:"invalidates,omitempty"`
+}
+
+type CreateUdfRequest struct {
+	ID   string  `json:"id"`
+	Spec UdfSpec `json:"spec"`
+}
+
+type UpdateUdfRequest struct {
+	Spec UdfSpec `json:"spec"`
+}
+
+type Udf struct {
+	ID        string  `json:"id"`
+	Spec      UdfSpec `json:"spec"`
+	Paused    bool    `json:"paused"`
+	CreatedAt string  `json:"created_at"`
+	UpdatedAt string  `json:"updated_at"`
+}
+
+type UdfList struct {
+	Udfs []Udf `json:"udfs"`
+}
+
+type UdfDiscoveryStatus struct {
+	SweepsCompleted int64   `json:"sweeps_completed"`
+	LastCompletedAt *string `json:"last_completed_at"`
+}
+
+type UdfStatus struct {
+	UdfID             string             `json:"udf_id"`
+	Paused            bool               `json:"paused"`
+	ActiveNamespaces  []string           `json:"active_namespaces"`
+	Discovery         UdfDiscoveryStatus `json:"discovery"`
+	Counts            map[string]int64   `json:"counts"`
+	PendingCount      int64              `json:"pending_count"`
+	ProcessingCount   int64              `json:"processing_count"`
+	FailedCount       int64              `json:"failed_count"`
+	IndexedRatePerMin float64            `json:"indexed_rate_per_min"`
+	RateWindowSeconds int64              `json:"rate_window_seconds"`
+}
+
+type GetUdfResponse struct {
+	Udf    Udf       `json:"udf"`
+	Status UdfStatus `json:"status"`
+}
+
+type UdfDiscoverRequest struct {
+	Namespaces []string `json:"namespaces,omitempty"`
+	PageSize   *int64   `json:"page_size,omitempty"`
+}
+
+type UdfDiscoverResponse struct {
+	UdfID      string   `json:"udf_id"`
+	Enqueued   int64    `json:"enqueued"`
+	Namespaces []string `json:"namespaces"`
+}
+
+type UdfClaimRequest struct {
+	WorkerID     string `json:"worker_id"`
+	Limit        *int64 `json:"limit,omitempty"`
+	LeaseSeconds *int64 `json:"lease_seconds,omitempty"`
+}
+
+type UdfClaimedItem struct {
+	Namespace string                 `json:"namespace"`
+	ID        string                 `json:"id"`
+	Input     map[string]interface{} `json:"input"`
+}
+
+type UdfClaimResponse struct {
+	UdfID    string           `json:"udf_id"`
+	WorkerID string           `json:"worker_id"`
+	Items    []UdfClaimedItem `json:"items"`
+}
+
+type UdfItemRef struct {
+	Namespace string `json:"namespace"`
+	ID        string `json:"id"`
+}
+
+type UdfHeartbeatRequest struct {
+	WorkerID string       `json:"worker_id"`
+	Items    []UdfItemRef `json:"items"`
+}
+
+type UdfCompleteItem struct {
+	Namespace  string                 `json:"namespace"`
+	ID         string                 `json:"id"`
+	Vector     []float64              `json:"vector,omitempty"`
+	Vectors    [][]float64            `json:"vectors,omitempty"`
+	Attributes map[string]interface{} `json:"attributes,omitempty"`
+}
+
+type UdfCompleteRequest struct {
+	WorkerID string            `json:"worker_id"`
+	Items    []UdfCompleteItem `json:"items"`
+}
+
+type UdfErrorKind string
+
+const (
+	UdfErrorKindTransient UdfErrorKind = "transient"
+	UdfErrorKindPermanent UdfErrorKind = "permanent"
+)
+
+type UdfFailItem struct {
+	Namespace string       `json:"namespace"`
+	ID        string       `json:"id"`
+	Kind      UdfErrorKind `json:"kind"`
+	Message   *string      `json:"message,omitempty"`
+}
+
+type UdfFailRequest struct {
+	WorkerID string        `json:"worker_id"`
+	Items    []UdfFailItem `json:"items"`
+}
+
+type UdfItemsResponse struct {
+	UdfID   string `json:"udf_id"`
+	Updated int64  `json:"updated"`
+}

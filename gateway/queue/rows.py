@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 import msgspec
 
-from gateway.http import json_encode, upstream_error
+from gateway.http import json_encode, upstream_error, validation_error
 from gateway.state import WorkerState
 
 ID_BATCH = 1000
@@ -36,9 +36,11 @@ async def query(state: WorkerState, ns: str, body: dict[str, Any], key: str | No
     resp = await state.upstream.request("POST", _path(ns, "/query"), key, json_encode(body), "queue read")
     if resp.status == 404:
         return None
+    detail = resp.body[:300].decode(errors="replace")
+    if 400 <= resp.status < 500 and resp.status != 429:  # the store refused what the spec asks (a filter, a name)
+        raise validation_error(f"the store rejected the read of '{ns}' ({resp.status}): {detail}")
     if not resp.ok:
-        raise upstream_error(f"Turbopuffer query on '{ns}' failed: upstream returned {resp.status}: "
-                             f"{resp.body[:200].decode(errors='replace')}")
+        raise upstream_error(f"Turbopuffer query on '{ns}' failed: upstream returned {resp.status}: {detail}")
     try:
         return _rows_decode(resp.body).rows
     except msgspec.DecodeError as exc:

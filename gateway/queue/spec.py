@@ -17,7 +17,8 @@ from gateway.http import validation_error
 UDF_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 NAMESPACE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 MARKER_PREFIX = "_hevlayer_udf_"
-PSEUDO_INPUTS = ("id", "vector")
+# Upper bounds keep every derived epoch-ms time inside 64 bits.
+DAY_S, WEEK_S, YEAR_S = 86_400, 7 * 86_400, 365 * 86_400
 
 
 class WorkerSpec(Struct):
@@ -107,14 +108,14 @@ def _validate(spec: UdfSpec, udf_id: str) -> None:
         raise validation_error("inputs must not repeat a name - at `$.spec.inputs`")
     w, s, r = spec.worker, spec.schedule, spec.retry
     _at_least(w.batch_size, 1, "worker.batch_size", 1000)
-    _at_least(w.timeout_seconds, 1, "worker.timeout_seconds")
-    _at_least(s.discovery_interval_seconds, 1, "schedule.discovery_interval_seconds")
-    _at_least(s.lease_seconds, 1, "schedule.lease_seconds", 86_400)
-    _at_least(s.max_in_flight_batches, 1, "schedule.max_in_flight_batches")
+    _at_least(w.timeout_seconds, 1, "worker.timeout_seconds", DAY_S)
+    _at_least(s.discovery_interval_seconds, 1, "schedule.discovery_interval_seconds", YEAR_S)
+    _at_least(s.lease_seconds, 1, "schedule.lease_seconds", DAY_S)
+    _at_least(s.max_in_flight_batches, 1, "schedule.max_in_flight_batches", 10_000)
     _at_least(s.max_concurrent_scans, 1, "schedule.max_concurrent_scans", 64)
     _at_least(r.max_attempts, 1, "retry.max_attempts", 1000)
-    _at_least(r.initial_backoff_seconds, 0, "retry.initial_backoff_seconds")
-    _at_least(r.max_backoff_seconds, 0, "retry.max_backoff_seconds")
+    _at_least(r.initial_backoff_seconds, 0, "retry.initial_backoff_seconds", WEEK_S)
+    _at_least(r.max_backoff_seconds, 0, "retry.max_backoff_seconds", WEEK_S)
     if r.initial_backoff_seconds > r.max_backoff_seconds:
         raise validation_error("retry.initial_backoff_seconds must not exceed max_backoff_seconds - at `$.spec.retry`")
     for i, other in enumerate(spec.invalidates):

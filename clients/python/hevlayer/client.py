@@ -34,10 +34,45 @@ OPERATIONS: dict[str, Op] = {
         (),
         False,
     ),
+    "claim_documents": Op(
+        "claim_documents", "POST", "/v2/pipelines/{pipeline_id}/claim", "none",
+        None, None,
+        (), "json", ClaimDocumentsResponse,
+        (),
+        False,
+    ),
+    "claim_udf_items": Op(
+        "claim_udf_items", "POST", "/v2/udfs/{udf_id}/claim", "none",
+        None, None,
+        (), "json", UdfClaimResponse,
+        (),
+        False,
+    ),
+    "complete_udf_items": Op(
+        "complete_udf_items", "POST", "/v2/udfs/{udf_id}/items/complete", "none",
+        None, None,
+        (), "json", UdfItemsResponse,
+        (),
+        False,
+    ),
     "copy_namespace": Op(
         "copy_namespace", "POST", "/v2/namespaces/{namespace}", "direct",
         "POST", "/v2/namespaces/{namespace}",
         (("stainless_overload", "copyFrom"),), "json", TurbopufferWriteResponse,
+        (),
+        False,
+    ),
+    "create_pipeline": Op(
+        "create_pipeline", "POST", "/v2/pipelines", "none",
+        None, None,
+        (), "json", Pipeline,
+        (),
+        False,
+    ),
+    "create_udf": Op(
+        "create_udf", "POST", "/v2/udfs", "none",
+        None, None,
+        (), "json", Udf,
         (),
         False,
     ),
@@ -55,6 +90,27 @@ OPERATIONS: dict[str, Op] = {
         (),
         False,
     ),
+    "delete_pipeline": Op(
+        "delete_pipeline", "DELETE", "/v2/pipelines/{pipeline_id}", "none",
+        None, None,
+        (), "json", StatusResponse,
+        (),
+        False,
+    ),
+    "delete_udf": Op(
+        "delete_udf", "DELETE", "/v2/udfs/{udf_id}", "none",
+        None, None,
+        (), "json", StatusResponse,
+        (),
+        False,
+    ),
+    "discover_udf": Op(
+        "discover_udf", "POST", "/v2/udfs/{udf_id}/discover", "none",
+        None, None,
+        (), "json", UdfDiscoverResponse,
+        (),
+        False,
+    ),
     "evaluate_turbopuffer_recall": Op(
         "evaluate_turbopuffer_recall", "POST", "/v1/namespaces/{namespace}/_debug/recall", "direct",
         "POST", "/v1/namespaces/{namespace}/_debug/recall",
@@ -68,6 +124,13 @@ OPERATIONS: dict[str, Op] = {
         (), "json", TurbopufferExplainQueryResponse,
         (),
         True,
+    ),
+    "fail_udf_items": Op(
+        "fail_udf_items", "POST", "/v2/udfs/{udf_id}/items/fail", "none",
+        None, None,
+        (), "json", UdfItemsResponse,
+        (),
+        False,
     ),
     "fetch_document": Op(
         "fetch_document", "GET", "/v2/namespaces/{namespace}/documents/{doc_id}", "none",
@@ -111,6 +174,20 @@ OPERATIONS: dict[str, Op] = {
         (),
         True,
     ),
+    "get_pipeline_document_chunks": Op(
+        "get_pipeline_document_chunks", "GET", "/v2/pipelines/{pipeline_id}/documents/{doc_id}/chunks", "none",
+        None, None,
+        (), "json", list[Chunk],
+        (),
+        True,
+    ),
+    "get_pipeline_status": Op(
+        "get_pipeline_status", "GET", "/v2/pipelines/{pipeline_id}/status", "none",
+        None, None,
+        (), "json", PipelineStatus,
+        (),
+        True,
+    ),
     "get_ready": Op(
         "get_ready", "GET", "/ready", "none",
         None, None,
@@ -139,12 +216,40 @@ OPERATIONS: dict[str, Op] = {
         (),
         True,
     ),
+    "get_udf": Op(
+        "get_udf", "GET", "/v2/udfs/{udf_id}", "none",
+        None, None,
+        (), "json", GetUdfResponse,
+        (),
+        True,
+    ),
+    "get_udf_status": Op(
+        "get_udf_status", "GET", "/v2/udfs/{udf_id}/status", "none",
+        None, None,
+        (), "json", UdfStatus,
+        (),
+        True,
+    ),
     "get_warm_job": Op(
         "get_warm_job", "GET", "/v2/namespaces/{namespace}/warm-jobs/{job_id}", "none",
         None, None,
         (), "json", WarmJob,
         (),
         True,
+    ),
+    "heartbeat_documents": Op(
+        "heartbeat_documents", "POST", "/v2/pipelines/{pipeline_id}/documents/heartbeat", "none",
+        None, None,
+        (), "json", DocumentsStageResponse,
+        (),
+        False,
+    ),
+    "heartbeat_udf_items": Op(
+        "heartbeat_udf_items", "POST", "/v2/udfs/{udf_id}/items/heartbeat", "none",
+        None, None,
+        (), "json", UdfItemsResponse,
+        (),
+        False,
     ),
     "hint_cache_warm": Op(
         "hint_cache_warm", "GET", "/v1/namespaces/{namespace}/hint_cache_warm", "none",
@@ -167,10 +272,24 @@ OPERATIONS: dict[str, Op] = {
         (),
         True,
     ),
+    "list_pipelines": Op(
+        "list_pipelines", "GET", "/v2/pipelines", "none",
+        None, None,
+        (), "json", PipelineList,
+        (),
+        True,
+    ),
     "list_turbopuffer_namespaces": Op(
         "list_turbopuffer_namespaces", "GET", "/v1/namespaces", "direct",
         "GET", "/v1/namespaces",
         (), "json", TurbopufferNamespaceList,
+        (),
+        True,
+    ),
+    "list_udfs": Op(
+        "list_udfs", "GET", "/v2/udfs", "none",
+        None, None,
+        (), "json", UdfList,
         (),
         True,
     ),
@@ -188,6 +307,27 @@ OPERATIONS: dict[str, Op] = {
         (),
         False,
     ),
+    "pause_udf": Op(
+        "pause_udf", "POST", "/v2/udfs/{udf_id}/pause", "none",
+        None, None,
+        (), "json", Udf,
+        (),
+        False,
+    ),
+    "put_pipeline_document_chunks": Op(
+        "put_pipeline_document_chunks", "PUT", "/v2/pipelines/{pipeline_id}/documents/{doc_id}", "none",
+        None, None,
+        (), "json", StageDocumentResponse,
+        (),
+        False,
+    ),
+    "put_pipeline_document_vectors": Op(
+        "put_pipeline_document_vectors", "PUT", "/v2/pipelines/{pipeline_id}/documents/{doc_id}/vectors", "none",
+        None, None,
+        (), "json", StatusResponse,
+        (),
+        False,
+    ),
     "query_namespace": Op(
         "query_namespace", "POST", "/v2/namespaces/{namespace}/query", "simple-vector",
         "POST", "/v2/namespaces/{namespace}/query",
@@ -202,10 +342,31 @@ OPERATIONS: dict[str, Op] = {
         (),
         True,
     ),
+    "reset_failed_udf": Op(
+        "reset_failed_udf", "POST", "/v2/udfs/{udf_id}/reset-failed", "none",
+        None, None,
+        (), "json", UdfItemsResponse,
+        (),
+        False,
+    ),
+    "resume_udf": Op(
+        "resume_udf", "POST", "/v2/udfs/{udf_id}/resume", "none",
+        None, None,
+        (), "json", Udf,
+        (),
+        False,
+    ),
     "revoke_key": Op(
         "revoke_key", "POST", "/v2/keys/{keyId}/revoke", "none",
         None, None,
         (), "json", ApiKey,
+        (),
+        False,
+    ),
+    "set_documents_stage": Op(
+        "set_documents_stage", "POST", "/v2/pipelines/{pipeline_id}/documents/stage", "none",
+        None, None,
+        (), "json", DocumentsStageResponse,
         (),
         False,
     ),
@@ -227,6 +388,13 @@ OPERATIONS: dict[str, Op] = {
         "update_turbopuffer_namespace_schema", "POST", "/v1/namespaces/{namespace}/schema", "direct",
         "POST", "/v1/namespaces/{namespace}/schema",
         (), "json", TurbopufferSchema,
+        (),
+        False,
+    ),
+    "upsert_udf": Op(
+        "upsert_udf", "PUT", "/v2/udfs/{udf_id}", "none",
+        None, None,
+        (), "json", Udf,
         (),
         False,
     ),
@@ -288,6 +456,45 @@ class AsyncHevlayer(AsyncHelpers, AsyncBase):
             body, {},
             {}, with_perf)
 
+    async def claim_documents(
+        self,
+        pipeline_id: str,
+        body: ClaimDocumentsRequest | dict[str, Any],
+        *,
+        with_perf: bool = False,
+    ) -> ClaimDocumentsResponse | LayerResponse[ClaimDocumentsResponse]:
+        """Lease the documents that waited longest in a stage"""
+        return await self._call(
+            OPERATIONS["claim_documents"], (pipeline_id,),
+            body, {},
+            {}, with_perf)
+
+    async def claim_udf_items(
+        self,
+        udf_id: str,
+        body: UdfClaimRequest | dict[str, Any],
+        *,
+        with_perf: bool = False,
+    ) -> UdfClaimResponse | LayerResponse[UdfClaimResponse]:
+        """Lease ready items with their inputs (none while paused)"""
+        return await self._call(
+            OPERATIONS["claim_udf_items"], (udf_id,),
+            body, {},
+            {}, with_perf)
+
+    async def complete_udf_items(
+        self,
+        udf_id: str,
+        body: UdfCompleteRequest | dict[str, Any],
+        *,
+        with_perf: bool = False,
+    ) -> UdfItemsResponse | LayerResponse[UdfItemsResponse]:
+        """Write results onto the rows and finish the caller's items"""
+        return await self._call(
+            OPERATIONS["complete_udf_items"], (udf_id,),
+            body, {},
+            {}, with_perf)
+
     async def copy_namespace(
         self,
         namespace: str,
@@ -298,6 +505,30 @@ class AsyncHevlayer(AsyncHelpers, AsyncBase):
         """Copy another namespace into this one"""
         return await self._call(
             OPERATIONS["copy_namespace"], (namespace,),
+            body, {},
+            {}, with_perf)
+
+    async def create_pipeline(
+        self,
+        body: CreatePipelineRequest | dict[str, Any],
+        *,
+        with_perf: bool = False,
+    ) -> Pipeline | LayerResponse[Pipeline]:
+        """Create a pipeline (409 when the id exists)"""
+        return await self._call(
+            OPERATIONS["create_pipeline"], (),
+            body, {},
+            {}, with_perf)
+
+    async def create_udf(
+        self,
+        body: CreateUdfRequest | dict[str, Any],
+        *,
+        with_perf: bool = False,
+    ) -> Udf | LayerResponse[Udf]:
+        """Create a function (409 when the id or its marker stem exists)"""
+        return await self._call(
+            OPERATIONS["create_udf"], (),
             body, {},
             {}, with_perf)
 
@@ -325,6 +556,43 @@ class AsyncHevlayer(AsyncHelpers, AsyncBase):
             None, {},
             {}, with_perf)
 
+    async def delete_pipeline(
+        self,
+        pipeline_id: str,
+        *,
+        with_perf: bool = False,
+    ) -> StatusResponse | LayerResponse[StatusResponse]:
+        """Delete a pipeline and its staged documents (namespace rows stay)"""
+        return await self._call(
+            OPERATIONS["delete_pipeline"], (pipeline_id,),
+            None, {},
+            {}, with_perf)
+
+    async def delete_udf(
+        self,
+        udf_id: str,
+        *,
+        with_perf: bool = False,
+    ) -> StatusResponse | LayerResponse[StatusResponse]:
+        """Delete a function and its queue (row markers stay)"""
+        return await self._call(
+            OPERATIONS["delete_udf"], (udf_id,),
+            None, {},
+            {}, with_perf)
+
+    async def discover_udf(
+        self,
+        udf_id: str,
+        body: UdfDiscoverRequest | dict[str, Any],
+        *,
+        with_perf: bool = False,
+    ) -> UdfDiscoverResponse | LayerResponse[UdfDiscoverResponse]:
+        """Sweep the target namespaces now and enqueue the rows not done"""
+        return await self._call(
+            OPERATIONS["discover_udf"], (udf_id,),
+            body, {},
+            {}, with_perf)
+
     async def evaluate_turbopuffer_recall(
         self,
         namespace: str,
@@ -348,6 +616,19 @@ class AsyncHevlayer(AsyncHelpers, AsyncBase):
         """Turbopuffer's query plan (proxied verbatim)"""
         return await self._call(
             OPERATIONS["explain_turbopuffer_query"], (namespace,),
+            body, {},
+            {}, with_perf)
+
+    async def fail_udf_items(
+        self,
+        udf_id: str,
+        body: UdfFailRequest | dict[str, Any],
+        *,
+        with_perf: bool = False,
+    ) -> UdfItemsResponse | LayerResponse[UdfItemsResponse]:
+        """Report failures: retried with backoff (transient) or failed (permanent)"""
+        return await self._call(
+            OPERATIONS["fail_udf_items"], (udf_id,),
             body, {},
             {}, with_perf)
 
@@ -424,6 +705,31 @@ class AsyncHevlayer(AsyncHelpers, AsyncBase):
             None, {},
             {}, with_perf)
 
+    async def get_pipeline_document_chunks(
+        self,
+        pipeline_id: str,
+        doc_id: str,
+        *,
+        with_perf: bool = False,
+    ) -> list[Chunk] | LayerResponse[list[Chunk]]:
+        """A document's chunks as staged"""
+        return await self._call(
+            OPERATIONS["get_pipeline_document_chunks"], (pipeline_id,doc_id,),
+            None, {},
+            {}, with_perf)
+
+    async def get_pipeline_status(
+        self,
+        pipeline_id: str,
+        *,
+        with_perf: bool = False,
+    ) -> PipelineStatus | LayerResponse[PipelineStatus]:
+        """Counts per stage, failure reasons, indexing rate"""
+        return await self._call(
+            OPERATIONS["get_pipeline_status"], (pipeline_id,),
+            None, {},
+            {}, with_perf)
+
     async def get_ready(
         self,
         *,
@@ -472,6 +778,30 @@ class AsyncHevlayer(AsyncHelpers, AsyncBase):
             None, {},
             {}, with_perf)
 
+    async def get_udf(
+        self,
+        udf_id: str,
+        *,
+        with_perf: bool = False,
+    ) -> GetUdfResponse | LayerResponse[GetUdfResponse]:
+        """A function and its status"""
+        return await self._call(
+            OPERATIONS["get_udf"], (udf_id,),
+            None, {},
+            {}, with_perf)
+
+    async def get_udf_status(
+        self,
+        udf_id: str,
+        *,
+        with_perf: bool = False,
+    ) -> UdfStatus | LayerResponse[UdfStatus]:
+        """Queue counts, discovery progress, completion rate"""
+        return await self._call(
+            OPERATIONS["get_udf_status"], (udf_id,),
+            None, {},
+            {}, with_perf)
+
     async def get_warm_job(
         self,
         namespace: str,
@@ -483,6 +813,32 @@ class AsyncHevlayer(AsyncHelpers, AsyncBase):
         return await self._call(
             OPERATIONS["get_warm_job"], (namespace,job_id,),
             None, {},
+            {}, with_perf)
+
+    async def heartbeat_documents(
+        self,
+        pipeline_id: str,
+        body: HeartbeatDocumentsRequest | dict[str, Any],
+        *,
+        with_perf: bool = False,
+    ) -> DocumentsStageResponse | LayerResponse[DocumentsStageResponse]:
+        """Extend the caller's leases"""
+        return await self._call(
+            OPERATIONS["heartbeat_documents"], (pipeline_id,),
+            body, {},
+            {}, with_perf)
+
+    async def heartbeat_udf_items(
+        self,
+        udf_id: str,
+        body: UdfHeartbeatRequest | dict[str, Any],
+        *,
+        with_perf: bool = False,
+    ) -> UdfItemsResponse | LayerResponse[UdfItemsResponse]:
+        """Extend the caller's leases"""
+        return await self._call(
+            OPERATIONS["heartbeat_udf_items"], (udf_id,),
+            body, {},
             {}, with_perf)
 
     async def hint_cache_warm(
@@ -529,6 +885,17 @@ class AsyncHevlayer(AsyncHelpers, AsyncBase):
             None, {"prefix": prefix, "cursor": cursor, "page_size": page_size},
             {}, with_perf)
 
+    async def list_pipelines(
+        self,
+        *,
+        with_perf: bool = False,
+    ) -> PipelineList | LayerResponse[PipelineList]:
+        """Pipelines whose target namespace the key can read, by id"""
+        return await self._call(
+            OPERATIONS["list_pipelines"], (),
+            None, {},
+            {}, with_perf)
+
     async def list_turbopuffer_namespaces(
         self,
         *,
@@ -541,6 +908,17 @@ class AsyncHevlayer(AsyncHelpers, AsyncBase):
         return await self._call(
             OPERATIONS["list_turbopuffer_namespaces"], (),
             None, {"cursor": cursor, "prefix": prefix, "page_size": page_size},
+            {}, with_perf)
+
+    async def list_udfs(
+        self,
+        *,
+        with_perf: bool = False,
+    ) -> UdfList | LayerResponse[UdfList]:
+        """Functions whose target namespaces the key can read, by id"""
+        return await self._call(
+            OPERATIONS["list_udfs"], (),
+            None, {},
             {}, with_perf)
 
     async def list_warm_jobs(
@@ -564,6 +942,46 @@ class AsyncHevlayer(AsyncHelpers, AsyncBase):
         """Mint a scoped key (the only response that carries the token)"""
         return await self._call(
             OPERATIONS["mint_key"], (),
+            body, {},
+            {}, with_perf)
+
+    async def pause_udf(
+        self,
+        udf_id: str,
+        *,
+        with_perf: bool = False,
+    ) -> Udf | LayerResponse[Udf]:
+        """Stop handing out items (idempotent)"""
+        return await self._call(
+            OPERATIONS["pause_udf"], (udf_id,),
+            None, {},
+            {}, with_perf)
+
+    async def put_pipeline_document_chunks(
+        self,
+        pipeline_id: str,
+        doc_id: str,
+        body: PutChunksRequest | dict[str, Any],
+        *,
+        with_perf: bool = False,
+    ) -> StageDocumentResponse | LayerResponse[StageDocumentResponse]:
+        """Stage (or re-stage) a document's chunks: pending"""
+        return await self._call(
+            OPERATIONS["put_pipeline_document_chunks"], (pipeline_id,doc_id,),
+            body, {},
+            {}, with_perf)
+
+    async def put_pipeline_document_vectors(
+        self,
+        pipeline_id: str,
+        doc_id: str,
+        body: PutVectorsRequest | dict[str, Any],
+        *,
+        with_perf: bool = False,
+    ) -> StatusResponse | LayerResponse[StatusResponse]:
+        """Write a document's chunk vectors into the target namespace and mark it indexed"""
+        return await self._call(
+            OPERATIONS["put_pipeline_document_vectors"], (pipeline_id,doc_id,),
             body, {},
             {}, with_perf)
 
@@ -595,6 +1013,30 @@ class AsyncHevlayer(AsyncHelpers, AsyncBase):
             body, {},
             {}, with_perf)
 
+    async def reset_failed_udf(
+        self,
+        udf_id: str,
+        *,
+        with_perf: bool = False,
+    ) -> UdfItemsResponse | LayerResponse[UdfItemsResponse]:
+        """Failed items back to pending, attempts reset"""
+        return await self._call(
+            OPERATIONS["reset_failed_udf"], (udf_id,),
+            None, {},
+            {}, with_perf)
+
+    async def resume_udf(
+        self,
+        udf_id: str,
+        *,
+        with_perf: bool = False,
+    ) -> Udf | LayerResponse[Udf]:
+        """Hand out items again"""
+        return await self._call(
+            OPERATIONS["resume_udf"], (udf_id,),
+            None, {},
+            {}, with_perf)
+
     async def revoke_key(
         self,
         keyId: str,
@@ -605,6 +1047,19 @@ class AsyncHevlayer(AsyncHelpers, AsyncBase):
         return await self._call(
             OPERATIONS["revoke_key"], (keyId,),
             None, {},
+            {}, with_perf)
+
+    async def set_documents_stage(
+        self,
+        pipeline_id: str,
+        body: SetDocumentsStageRequest | dict[str, Any],
+        *,
+        with_perf: bool = False,
+    ) -> DocumentsStageResponse | LayerResponse[DocumentsStageResponse]:
+        """Move documents to a stage (release, complete, fail)"""
+        return await self._call(
+            OPERATIONS["set_documents_stage"], (pipeline_id,),
+            body, {},
             {}, with_perf)
 
     async def start_copy_from_namespace(
@@ -643,6 +1098,19 @@ class AsyncHevlayer(AsyncHelpers, AsyncBase):
         """Change the schema (a bare map of attribute to schema; `_hevlayer_*` names are rejected)"""
         return await self._call(
             OPERATIONS["update_turbopuffer_namespace_schema"], (namespace,),
+            body, {},
+            {}, with_perf)
+
+    async def upsert_udf(
+        self,
+        udf_id: str,
+        body: UpdateUdfRequest | dict[str, Any],
+        *,
+        with_perf: bool = False,
+    ) -> Udf | LayerResponse[Udf]:
+        """Replace a function's spec (creates it when absent; keeps paused)"""
+        return await self._call(
+            OPERATIONS["upsert_udf"], (udf_id,),
             body, {},
             {}, with_perf)
 
@@ -714,6 +1182,45 @@ class Hevlayer(SyncHelpers, SyncBase):
             body, {},
             {}, with_perf)
 
+    def claim_documents(
+        self,
+        pipeline_id: str,
+        body: ClaimDocumentsRequest | dict[str, Any],
+        *,
+        with_perf: bool = False,
+    ) -> ClaimDocumentsResponse | LayerResponse[ClaimDocumentsResponse]:
+        """Lease the documents that waited longest in a stage"""
+        return self._call(
+            OPERATIONS["claim_documents"], (pipeline_id,),
+            body, {},
+            {}, with_perf)
+
+    def claim_udf_items(
+        self,
+        udf_id: str,
+        body: UdfClaimRequest | dict[str, Any],
+        *,
+        with_perf: bool = False,
+    ) -> UdfClaimResponse | LayerResponse[UdfClaimResponse]:
+        """Lease ready items with their inputs (none while paused)"""
+        return self._call(
+            OPERATIONS["claim_udf_items"], (udf_id,),
+            body, {},
+            {}, with_perf)
+
+    def complete_udf_items(
+        self,
+        udf_id: str,
+        body: UdfCompleteRequest | dict[str, Any],
+        *,
+        with_perf: bool = False,
+    ) -> UdfItemsResponse | LayerResponse[UdfItemsResponse]:
+        """Write results onto the rows and finish the caller's items"""
+        return self._call(
+            OPERATIONS["complete_udf_items"], (udf_id,),
+            body, {},
+            {}, with_perf)
+
     def copy_namespace(
         self,
         namespace: str,
@@ -724,6 +1231,30 @@ class Hevlayer(SyncHelpers, SyncBase):
         """Copy another namespace into this one"""
         return self._call(
             OPERATIONS["copy_namespace"], (namespace,),
+            body, {},
+            {}, with_perf)
+
+    def create_pipeline(
+        self,
+        body: CreatePipelineRequest | dict[str, Any],
+        *,
+        with_perf: bool = False,
+    ) -> Pipeline | LayerResponse[Pipeline]:
+        """Create a pipeline (409 when the id exists)"""
+        return self._call(
+            OPERATIONS["create_pipeline"], (),
+            body, {},
+            {}, with_perf)
+
+    def create_udf(
+        self,
+        body: CreateUdfRequest | dict[str, Any],
+        *,
+        with_perf: bool = False,
+    ) -> Udf | LayerResponse[Udf]:
+        """Create a function (409 when the id or its marker stem exists)"""
+        return self._call(
+            OPERATIONS["create_udf"], (),
             body, {},
             {}, with_perf)
 
@@ -751,6 +1282,43 @@ class Hevlayer(SyncHelpers, SyncBase):
             None, {},
             {}, with_perf)
 
+    def delete_pipeline(
+        self,
+        pipeline_id: str,
+        *,
+        with_perf: bool = False,
+    ) -> StatusResponse | LayerResponse[StatusResponse]:
+        """Delete a pipeline and its staged documents (namespace rows stay)"""
+        return self._call(
+            OPERATIONS["delete_pipeline"], (pipeline_id,),
+            None, {},
+            {}, with_perf)
+
+    def delete_udf(
+        self,
+        udf_id: str,
+        *,
+        with_perf: bool = False,
+    ) -> StatusResponse | LayerResponse[StatusResponse]:
+        """Delete a function and its queue (row markers stay)"""
+        return self._call(
+            OPERATIONS["delete_udf"], (udf_id,),
+            None, {},
+            {}, with_perf)
+
+    def discover_udf(
+        self,
+        udf_id: str,
+        body: UdfDiscoverRequest | dict[str, Any],
+        *,
+        with_perf: bool = False,
+    ) -> UdfDiscoverResponse | LayerResponse[UdfDiscoverResponse]:
+        """Sweep the target namespaces now and enqueue the rows not done"""
+        return self._call(
+            OPERATIONS["discover_udf"], (udf_id,),
+            body, {},
+            {}, with_perf)
+
     def evaluate_turbopuffer_recall(
         self,
         namespace: str,
@@ -774,6 +1342,19 @@ class Hevlayer(SyncHelpers, SyncBase):
         """Turbopuffer's query plan (proxied verbatim)"""
         return self._call(
             OPERATIONS["explain_turbopuffer_query"], (namespace,),
+            body, {},
+            {}, with_perf)
+
+    def fail_udf_items(
+        self,
+        udf_id: str,
+        body: UdfFailRequest | dict[str, Any],
+        *,
+        with_perf: bool = False,
+    ) -> UdfItemsResponse | LayerResponse[UdfItemsResponse]:
+        """Report failures: retried with backoff (transient) or failed (permanent)"""
+        return self._call(
+            OPERATIONS["fail_udf_items"], (udf_id,),
             body, {},
             {}, with_perf)
 
@@ -850,6 +1431,31 @@ class Hevlayer(SyncHelpers, SyncBase):
             None, {},
             {}, with_perf)
 
+    def get_pipeline_document_chunks(
+        self,
+        pipeline_id: str,
+        doc_id: str,
+        *,
+        with_perf: bool = False,
+    ) -> list[Chunk] | LayerResponse[list[Chunk]]:
+        """A document's chunks as staged"""
+        return self._call(
+            OPERATIONS["get_pipeline_document_chunks"], (pipeline_id,doc_id,),
+            None, {},
+            {}, with_perf)
+
+    def get_pipeline_status(
+        self,
+        pipeline_id: str,
+        *,
+        with_perf: bool = False,
+    ) -> PipelineStatus | LayerResponse[PipelineStatus]:
+        """Counts per stage, failure reasons, indexing rate"""
+        return self._call(
+            OPERATIONS["get_pipeline_status"], (pipeline_id,),
+            None, {},
+            {}, with_perf)
+
     def get_ready(
         self,
         *,
@@ -898,6 +1504,30 @@ class Hevlayer(SyncHelpers, SyncBase):
             None, {},
             {}, with_perf)
 
+    def get_udf(
+        self,
+        udf_id: str,
+        *,
+        with_perf: bool = False,
+    ) -> GetUdfResponse | LayerResponse[GetUdfResponse]:
+        """A function and its status"""
+        return self._call(
+            OPERATIONS["get_udf"], (udf_id,),
+            None, {},
+            {}, with_perf)
+
+    def get_udf_status(
+        self,
+        udf_id: str,
+        *,
+        with_perf: bool = False,
+    ) -> UdfStatus | LayerResponse[UdfStatus]:
+        """Queue counts, discovery progress, completion rate"""
+        return self._call(
+            OPERATIONS["get_udf_status"], (udf_id,),
+            None, {},
+            {}, with_perf)
+
     def get_warm_job(
         self,
         namespace: str,
@@ -909,6 +1539,32 @@ class Hevlayer(SyncHelpers, SyncBase):
         return self._call(
             OPERATIONS["get_warm_job"], (namespace,job_id,),
             None, {},
+            {}, with_perf)
+
+    def heartbeat_documents(
+        self,
+        pipeline_id: str,
+        body: HeartbeatDocumentsRequest | dict[str, Any],
+        *,
+        with_perf: bool = False,
+    ) -> DocumentsStageResponse | LayerResponse[DocumentsStageResponse]:
+        """Extend the caller's leases"""
+        return self._call(
+            OPERATIONS["heartbeat_documents"], (pipeline_id,),
+            body, {},
+            {}, with_perf)
+
+    def heartbeat_udf_items(
+        self,
+        udf_id: str,
+        body: UdfHeartbeatRequest | dict[str, Any],
+        *,
+        with_perf: bool = False,
+    ) -> UdfItemsResponse | LayerResponse[UdfItemsResponse]:
+        """Extend the caller's leases"""
+        return self._call(
+            OPERATIONS["heartbeat_udf_items"], (udf_id,),
+            body, {},
             {}, with_perf)
 
     def hint_cache_warm(
@@ -955,6 +1611,17 @@ class Hevlayer(SyncHelpers, SyncBase):
             None, {"prefix": prefix, "cursor": cursor, "page_size": page_size},
             {}, with_perf)
 
+    def list_pipelines(
+        self,
+        *,
+        with_perf: bool = False,
+    ) -> PipelineList | LayerResponse[PipelineList]:
+        """Pipelines whose target namespace the key can read, by id"""
+        return self._call(
+            OPERATIONS["list_pipelines"], (),
+            None, {},
+            {}, with_perf)
+
     def list_turbopuffer_namespaces(
         self,
         *,
@@ -967,6 +1634,17 @@ class Hevlayer(SyncHelpers, SyncBase):
         return self._call(
             OPERATIONS["list_turbopuffer_namespaces"], (),
             None, {"cursor": cursor, "prefix": prefix, "page_size": page_size},
+            {}, with_perf)
+
+    def list_udfs(
+        self,
+        *,
+        with_perf: bool = False,
+    ) -> UdfList | LayerResponse[UdfList]:
+        """Functions whose target namespaces the key can read, by id"""
+        return self._call(
+            OPERATIONS["list_udfs"], (),
+            None, {},
             {}, with_perf)
 
     def list_warm_jobs(
@@ -990,6 +1668,46 @@ class Hevlayer(SyncHelpers, SyncBase):
         """Mint a scoped key (the only response that carries the token)"""
         return self._call(
             OPERATIONS["mint_key"], (),
+            body, {},
+            {}, with_perf)
+
+    def pause_udf(
+        self,
+        udf_id: str,
+        *,
+        with_perf: bool = False,
+    ) -> Udf | LayerResponse[Udf]:
+        """Stop handing out items (idempotent)"""
+        return self._call(
+            OPERATIONS["pause_udf"], (udf_id,),
+            None, {},
+            {}, with_perf)
+
+    def put_pipeline_document_chunks(
+        self,
+        pipeline_id: str,
+        doc_id: str,
+        body: PutChunksRequest | dict[str, Any],
+        *,
+        with_perf: bool = False,
+    ) -> StageDocumentResponse | LayerResponse[StageDocumentResponse]:
+        """Stage (or re-stage) a document's chunks: pending"""
+        return self._call(
+            OPERATIONS["put_pipeline_document_chunks"], (pipeline_id,doc_id,),
+            body, {},
+            {}, with_perf)
+
+    def put_pipeline_document_vectors(
+        self,
+        pipeline_id: str,
+        doc_id: str,
+        body: PutVectorsRequest | dict[str, Any],
+        *,
+        with_perf: bool = False,
+    ) -> StatusResponse | LayerResponse[StatusResponse]:
+        """Write a document's chunk vectors into the target namespace and mark it indexed"""
+        return self._call(
+            OPERATIONS["put_pipeline_document_vectors"], (pipeline_id,doc_id,),
             body, {},
             {}, with_perf)
 
@@ -1021,6 +1739,30 @@ class Hevlayer(SyncHelpers, SyncBase):
             body, {},
             {}, with_perf)
 
+    def reset_failed_udf(
+        self,
+        udf_id: str,
+        *,
+        with_perf: bool = False,
+    ) -> UdfItemsResponse | LayerResponse[UdfItemsResponse]:
+        """Failed items back to pending, attempts reset"""
+        return self._call(
+            OPERATIONS["reset_failed_udf"], (udf_id,),
+            None, {},
+            {}, with_perf)
+
+    def resume_udf(
+        self,
+        udf_id: str,
+        *,
+        with_perf: bool = False,
+    ) -> Udf | LayerResponse[Udf]:
+        """Hand out items again"""
+        return self._call(
+            OPERATIONS["resume_udf"], (udf_id,),
+            None, {},
+            {}, with_perf)
+
     def revoke_key(
         self,
         keyId: str,
@@ -1031,6 +1773,19 @@ class Hevlayer(SyncHelpers, SyncBase):
         return self._call(
             OPERATIONS["revoke_key"], (keyId,),
             None, {},
+            {}, with_perf)
+
+    def set_documents_stage(
+        self,
+        pipeline_id: str,
+        body: SetDocumentsStageRequest | dict[str, Any],
+        *,
+        with_perf: bool = False,
+    ) -> DocumentsStageResponse | LayerResponse[DocumentsStageResponse]:
+        """Move documents to a stage (release, complete, fail)"""
+        return self._call(
+            OPERATIONS["set_documents_stage"], (pipeline_id,),
+            body, {},
             {}, with_perf)
 
     def start_copy_from_namespace(
@@ -1069,6 +1824,19 @@ class Hevlayer(SyncHelpers, SyncBase):
         """Change the schema (a bare map of attribute to schema; `_hevlayer_*` names are rejected)"""
         return self._call(
             OPERATIONS["update_turbopuffer_namespace_schema"], (namespace,),
+            body, {},
+            {}, with_perf)
+
+    def upsert_udf(
+        self,
+        udf_id: str,
+        body: UpdateUdfRequest | dict[str, Any],
+        *,
+        with_perf: bool = False,
+    ) -> Udf | LayerResponse[Udf]:
+        """Replace a function's spec (creates it when absent; keeps paused)"""
+        return self._call(
+            OPERATIONS["upsert_udf"], (udf_id,),
             body, {},
             {}, with_perf)
 

@@ -15,11 +15,19 @@ __all__ = [
     "AuthenticateKeyResponse",
     "BatchQueryRequest",
     "BatchQueryResponse",
+    "Chunk",
+    "ClaimDocumentsRequest",
+    "ClaimDocumentsResponse",
+    "CreatePipelineRequest",
+    "CreateUdfRequest",
     "Document",
+    "DocumentsStageResponse",
     "Error",
     "FetchDocumentsRequest",
     "FetchDocumentsResponse",
+    "GetUdfResponse",
     "HealthResponse",
+    "HeartbeatDocumentsRequest",
     "HintCacheWarmResponse",
     "IndexState",
     "JobStatus",
@@ -32,8 +40,15 @@ __all__ = [
     "NamespaceMetadata",
     "NamespaceMetadataLayer",
     "NamespaceSchemaSummary",
+    "Pipeline",
+    "PipelineList",
+    "PipelineStatus",
+    "PutChunksRequest",
+    "PutVectorsRequest",
     "QueryRequest",
     "QueryResponse",
+    "SetDocumentsStageRequest",
+    "StageDocumentResponse",
     "StatusResponse",
     "TurbopufferAsyncOperation",
     "TurbopufferBranchFromRequest",
@@ -50,6 +65,30 @@ __all__ = [
     "TurbopufferSchema",
     "TurbopufferWriteRequest",
     "TurbopufferWriteResponse",
+    "Udf",
+    "UdfClaimedItem",
+    "UdfClaimRequest",
+    "UdfClaimResponse",
+    "UdfCompleteItem",
+    "UdfCompleteRequest",
+    "UdfDiscoverRequest",
+    "UdfDiscoverResponse",
+    "UdfDiscoveryStatus",
+    "UdfErrorKind",
+    "UdfFailItem",
+    "UdfFailRequest",
+    "UdfHeartbeatRequest",
+    "UdfItemRef",
+    "UdfItemsResponse",
+    "UdfList",
+    "UdfRetrySpec",
+    "UdfScheduleSpec",
+    "UdfSpec",
+    "UdfStatus",
+    "UdfTrigger",
+    "UdfWorkerSpec",
+    "UpdateUdfRequest",
+    "VectorEntry",
     "WarmBlobsResponse",
     "WarmDocumentsResponse",
     "WarmJob",
@@ -62,6 +101,8 @@ __all__ = [
 KeyPhase = Literal['Pending', 'Active', 'Revoked', 'Expired']
 JobStatus = Literal['running', 'completed', 'failed']
 WarmStepStatus = Literal['skipped', 'completed', 'started', 'no_snapshot']
+UdfTrigger = Literal['discovery', 'write']
+UdfErrorKind = Literal['transient', 'permanent']
 
 
 class Error(BaseModel):
@@ -471,5 +512,288 @@ class HintCacheWarmResponse(BaseModel):
     blobs: WarmBlobsResponse | None = None
 
 
-for _model in [Error, HealthResponse, StatusResponse, ApiKeyEntitlement, MintKeyRequest, MintKeyResponse, ApiKey, ApiKeyList, AuthenticateKeyRequest, AuthenticateKeyResponse, TurbopufferWriteRequest, TurbopufferBranchFromRequest, TurbopufferCopyFromRequest, TurbopufferWriteResponse, TurbopufferAsyncOperation, TurbopufferOperation, QueryRequest, QueryResponse, TurbopufferQueryRequest, TurbopufferQueryResponse, BatchQueryRequest, BatchQueryResponse, TurbopufferExplainQueryResponse, TurbopufferRecallRequest, TurbopufferRecallResponse, TurbopufferNamespaceSummary, TurbopufferNamespaceList, TurbopufferSchema, TurbopufferMetadataPatch, IndexState, NamespaceMetadataLayer, NamespaceMetadata, NamespaceSchemaSummary, NamespaceCacheState, NamespaceListEntry, NamespaceList, Document, FetchDocumentsRequest, FetchDocumentsResponse, WarmJob, WarmJobList, WarmStepResponse, WarmDocumentsResponse, WarmSnapshotsResponse, WarmBlobsResponse, HintCacheWarmResponse]:
+class CreatePipelineRequest(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    id: str
+    target_namespace: str
+    distance_metric: Literal['cosine_distance', 'euclidean_squared'] | None = 'cosine_distance'
+
+
+class Pipeline(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    id: str
+    target_namespace: str
+    distance_metric: str
+    created_at: str
+
+
+class PipelineList(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    pipelines: list[Pipeline]
+
+
+class PipelineStatus(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    pipeline_id: str
+    status: Literal['idle', 'pending', 'waiting_on_upstream']
+    counts: dict[str, int]
+    failed_reasons: dict[str, int]
+    pending_count: int
+    processing_count: int
+    failed_count: int
+    indexed_rate_per_min: float
+    rate_window_seconds: int
+
+
+class Chunk(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    id: str
+    text: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class PutChunksRequest(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    chunks: list[Chunk]
+
+
+class StageDocumentResponse(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    pipeline_id: str
+    document_id: str
+    stage: str
+    chunk_count: int
+    chunk_ids: list[str]
+
+
+class ClaimDocumentsRequest(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    stage: str | None = 'pending'
+    claim_stage: str | None = 'embedding'
+    limit: int | None = 100
+    worker_id: str
+    lease_seconds: int | None = 900
+    document_id_prefix: str | None = None
+
+
+class ClaimDocumentsResponse(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    pipeline_id: str
+    stage: str
+    claim_stage: str
+    worker_id: str
+    documents: list[str]
+
+
+class HeartbeatDocumentsRequest(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    document_ids: list[str]
+    stage: str | None = 'embedding'
+    worker_id: str
+
+
+class SetDocumentsStageRequest(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    document_ids: list[str]
+    stage: str
+    from_stage: str | None = None
+    worker_id: str | None = None
+    create_missing: bool | None = False
+    reason: str | None = None
+
+
+class DocumentsStageResponse(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    pipeline_id: str
+    stage: str
+    updated: int
+
+
+class VectorEntry(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    id: str
+    vector: list[float] | None = None
+    vectors: list[list[float]] | None = None
+    attributes: dict[str, Any] | None = None
+
+
+class PutVectorsRequest(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    vectors: list[VectorEntry]
+
+
+class UdfWorkerSpec(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    image: str | None = None
+    url: str | None = None
+    port: int | None = None
+    batch_size: int | None = 32
+    timeout_seconds: int | None = 30
+    pod_spec: Any = None
+
+
+class UdfScheduleSpec(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    discovery_interval_seconds: int | None = 60
+    lease_seconds: int | None = 120
+    max_in_flight_batches: int | None = 8
+    max_concurrent_scans: int | None = 4
+
+
+class UdfRetrySpec(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    max_attempts: int | None = 8
+    initial_backoff_seconds: int | None = 5
+    max_backoff_seconds: int | None = 300
+
+
+class UdfSpec(BaseModel):
+    """Echoed normalised (every default filled, unknown keys dropped; `filter`, `index_selector` only when set)."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    index_selector: Any = None
+    target_namespaces: list[str] | None = []
+    inputs: list[str] | None = []
+    version: str | None = 'v1'
+    filter: Any = None
+    worker: UdfWorkerSpec
+    schedule: UdfScheduleSpec | None = None
+    retry: UdfRetrySpec | None = None
+    triggers: list[UdfTrigger] | None = ['discovery']
+    invalidates: list[str] | None = []
+
+
+class CreateUdfRequest(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    id: str
+    spec: UdfSpec
+
+
+class UpdateUdfRequest(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    spec: UdfSpec
+
+
+class Udf(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    id: str
+    spec: UdfSpec
+    paused: bool
+    created_at: str
+    updated_at: str
+
+
+class UdfList(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    udfs: list[Udf]
+
+
+class UdfDiscoveryStatus(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    sweeps_completed: int
+    last_completed_at: str | None
+
+
+class UdfStatus(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    udf_id: str
+    paused: bool
+    active_namespaces: list[str]
+    discovery: UdfDiscoveryStatus
+    counts: dict[str, int]
+    pending_count: int
+    processing_count: int
+    failed_count: int
+    indexed_rate_per_min: float
+    rate_window_seconds: int
+
+
+class GetUdfResponse(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    udf: Udf
+    status: UdfStatus
+
+
+class UdfDiscoverRequest(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    namespaces: list[str] | None = []
+    page_size: int | None = 10000
+
+
+class UdfDiscoverResponse(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    udf_id: str
+    enqueued: int
+    namespaces: list[str]
+
+
+class UdfClaimRequest(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    worker_id: str
+    limit: int | None = None
+    lease_seconds: int | None = None
+
+
+class UdfClaimedItem(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    namespace: str
+    id: str
+    input: dict[str, Any]
+
+
+class UdfClaimResponse(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    udf_id: str
+    worker_id: str
+    items: list[UdfClaimedItem]
+
+
+class UdfItemRef(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    namespace: str
+    id: str
+
+
+class UdfHeartbeatRequest(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    worker_id: str
+    items: list[UdfItemRef]
+
+
+class UdfCompleteItem(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    namespace: str
+    id: str
+    vector: list[float] | None = None
+    vectors: list[list[float]] | None = None
+    attributes: dict[str, Any] | None = {}
+
+
+class UdfCompleteRequest(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    worker_id: str
+    items: list[UdfCompleteItem]
+
+
+class UdfFailItem(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    namespace: str
+    id: str
+    kind: UdfErrorKind
+    message: str | None = None
+
+
+class UdfFailRequest(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    worker_id: str
+    items: list[UdfFailItem]
+
+
+class UdfItemsResponse(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    udf_id: str
+    updated: int
+
+
+for _model in [Error, HealthResponse, StatusResponse, ApiKeyEntitlement, MintKeyRequest, MintKeyResponse, ApiKey, ApiKeyList, AuthenticateKeyRequest, AuthenticateKeyResponse, TurbopufferWriteRequest, TurbopufferBranchFromRequest, TurbopufferCopyFromRequest, TurbopufferWriteResponse, TurbopufferAsyncOperation, TurbopufferOperation, QueryRequest, QueryResponse, TurbopufferQueryRequest, TurbopufferQueryResponse, BatchQueryRequest, BatchQueryResponse, TurbopufferExplainQueryResponse, TurbopufferRecallRequest, TurbopufferRecallResponse, TurbopufferNamespaceSummary, TurbopufferNamespaceList, TurbopufferSchema, TurbopufferMetadataPatch, IndexState, NamespaceMetadataLayer, NamespaceMetadata, NamespaceSchemaSummary, NamespaceCacheState, NamespaceListEntry, NamespaceList, Document, FetchDocumentsRequest, FetchDocumentsResponse, WarmJob, WarmJobList, WarmStepResponse, WarmDocumentsResponse, WarmSnapshotsResponse, WarmBlobsResponse, HintCacheWarmResponse, CreatePipelineRequest, Pipeline, PipelineList, PipelineStatus, Chunk, PutChunksRequest, StageDocumentResponse, ClaimDocumentsRequest, ClaimDocumentsResponse, HeartbeatDocumentsRequest, SetDocumentsStageRequest, DocumentsStageResponse, VectorEntry, PutVectorsRequest, UdfWorkerSpec, UdfScheduleSpec, UdfRetrySpec, UdfSpec, CreateUdfRequest, UpdateUdfRequest, Udf, UdfList, UdfDiscoveryStatus, UdfStatus, GetUdfResponse, UdfDiscoverRequest, UdfDiscoverResponse, UdfClaimRequest, UdfClaimedItem, UdfClaimResponse, UdfItemRef, UdfHeartbeatRequest, UdfCompleteItem, UdfCompleteRequest, UdfFailItem, UdfFailRequest, UdfItemsResponse]:
     _model.model_rebuild()

@@ -53,21 +53,48 @@ export declare class Hevlayer extends Runtime {
   /** Create the namespace as a branch of another one */
   branchNamespace(namespace: string, body: M.TurbopufferBranchFromRequest, options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.TurbopufferWriteResponse>>;
   branchNamespace(namespace: string, body: M.TurbopufferBranchFromRequest, options?: CallOptions & { withPerf?: false }): Promise<M.TurbopufferWriteResponse>;
+  /** Lease the documents that waited longest in a stage */
+  claimDocuments(pipelineId: string, body: M.ClaimDocumentsRequest, options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.ClaimDocumentsResponse>>;
+  claimDocuments(pipelineId: string, body: M.ClaimDocumentsRequest, options?: CallOptions & { withPerf?: false }): Promise<M.ClaimDocumentsResponse>;
+  /** Lease ready items with their inputs (none while paused) */
+  claimUdfItems(udfId: string, body: M.UdfClaimRequest, options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.UdfClaimResponse>>;
+  claimUdfItems(udfId: string, body: M.UdfClaimRequest, options?: CallOptions & { withPerf?: false }): Promise<M.UdfClaimResponse>;
+  /** Write results onto the rows and finish the caller's items */
+  completeUdfItems(udfId: string, body: M.UdfCompleteRequest, options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.UdfItemsResponse>>;
+  completeUdfItems(udfId: string, body: M.UdfCompleteRequest, options?: CallOptions & { withPerf?: false }): Promise<M.UdfItemsResponse>;
   /** Copy another namespace into this one */
   copyNamespace(namespace: string, body: M.TurbopufferCopyFromRequest, options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.TurbopufferWriteResponse>>;
   copyNamespace(namespace: string, body: M.TurbopufferCopyFromRequest, options?: CallOptions & { withPerf?: false }): Promise<M.TurbopufferWriteResponse>;
+  /** Create a pipeline (409 when the id exists) */
+  createPipeline(body: M.CreatePipelineRequest, options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.Pipeline>>;
+  createPipeline(body: M.CreatePipelineRequest, options?: CallOptions & { withPerf?: false }): Promise<M.Pipeline>;
+  /** Create a function (409 when the id or its marker stem exists) */
+  createUdf(body: M.CreateUdfRequest, options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.Udf>>;
+  createUdf(body: M.CreateUdfRequest, options?: CallOptions & { withPerf?: false }): Promise<M.Udf>;
   /** Delete a key record (it stops working at once) */
   deleteKey(keyId: string, options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.StatusResponse>>;
   deleteKey(keyId: string, options?: CallOptions & { withPerf?: false }): Promise<M.StatusResponse>;
   /** Delete the namespace (and its cache entries and watch) */
   deleteNamespace(namespace: string, options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.StatusResponse>>;
   deleteNamespace(namespace: string, options?: CallOptions & { withPerf?: false }): Promise<M.StatusResponse>;
+  /** Delete a pipeline and its staged documents (namespace rows stay) */
+  deletePipeline(pipelineId: string, options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.StatusResponse>>;
+  deletePipeline(pipelineId: string, options?: CallOptions & { withPerf?: false }): Promise<M.StatusResponse>;
+  /** Delete a function and its queue (row markers stay) */
+  deleteUdf(udfId: string, options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.StatusResponse>>;
+  deleteUdf(udfId: string, options?: CallOptions & { withPerf?: false }): Promise<M.StatusResponse>;
+  /** Sweep the target namespaces now and enqueue the rows not done */
+  discoverUdf(udfId: string, body: M.UdfDiscoverRequest, options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.UdfDiscoverResponse>>;
+  discoverUdf(udfId: string, body: M.UdfDiscoverRequest, options?: CallOptions & { withPerf?: false }): Promise<M.UdfDiscoverResponse>;
   /** Measure ANN recall against exhaustive search (proxied verbatim) */
   evaluateTurbopufferRecall(namespace: string, body: M.TurbopufferRecallRequest, options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.TurbopufferRecallResponse>>;
   evaluateTurbopufferRecall(namespace: string, body: M.TurbopufferRecallRequest, options?: CallOptions & { withPerf?: false }): Promise<M.TurbopufferRecallResponse>;
   /** Turbopuffer's query plan (proxied verbatim) */
   explainTurbopufferQuery(namespace: string, body: M.TurbopufferQueryRequest, options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.TurbopufferExplainQueryResponse>>;
   explainTurbopufferQuery(namespace: string, body: M.TurbopufferQueryRequest, options?: CallOptions & { withPerf?: false }): Promise<M.TurbopufferExplainQueryResponse>;
+  /** Report failures: retried with backoff (transient) or failed (permanent) */
+  failUdfItems(udfId: string, body: M.UdfFailRequest, options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.UdfItemsResponse>>;
+  failUdfItems(udfId: string, body: M.UdfFailRequest, options?: CallOptions & { withPerf?: false }): Promise<M.UdfItemsResponse>;
   /** One document by id, from the document cache when it has it (`x-layer-cache`) */
   fetchDocument(namespace: string, docId: string, options: FetchDocumentOptions & { withPerf: true }): Promise<LayerResponse<M.Document>>;
   fetchDocument(namespace: string, docId: string, options?: FetchDocumentOptions & { withPerf?: false }): Promise<M.Document>;
@@ -86,6 +113,12 @@ export declare class Hevlayer extends Runtime {
   /** This document */
   getOpenApiSpec(options: CallOptions & { withPerf: true }): Promise<LayerResponse<string>>;
   getOpenApiSpec(options?: CallOptions & { withPerf?: false }): Promise<string>;
+  /** A document's chunks as staged */
+  getPipelineDocumentChunks(pipelineId: string, docId: string, options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.Chunk[]>>;
+  getPipelineDocumentChunks(pipelineId: string, docId: string, options?: CallOptions & { withPerf?: false }): Promise<M.Chunk[]>;
+  /** Counts per stage, failure reasons, indexing rate */
+  getPipelineStatus(pipelineId: string, options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.PipelineStatus>>;
+  getPipelineStatus(pipelineId: string, options?: CallOptions & { withPerf?: false }): Promise<M.PipelineStatus>;
   /** Readiness (503 while draining after SIGTERM) */
   getReady(options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.HealthResponse>>;
   getReady(options?: CallOptions & { withPerf?: false }): Promise<M.HealthResponse>;
@@ -98,9 +131,21 @@ export declare class Hevlayer extends Runtime {
   /** Turbopuffer's v1 metadata (the gateway's stamp attribute is hidden from the schema) */
   getTurbopufferV1NamespaceMetadata(namespace: string, options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.NamespaceMetadata>>;
   getTurbopufferV1NamespaceMetadata(namespace: string, options?: CallOptions & { withPerf?: false }): Promise<M.NamespaceMetadata>;
+  /** A function and its status */
+  getUdf(udfId: string, options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.GetUdfResponse>>;
+  getUdf(udfId: string, options?: CallOptions & { withPerf?: false }): Promise<M.GetUdfResponse>;
+  /** Queue counts, discovery progress, completion rate */
+  getUdfStatus(udfId: string, options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.UdfStatus>>;
+  getUdfStatus(udfId: string, options?: CallOptions & { withPerf?: false }): Promise<M.UdfStatus>;
   /** One warm job */
   getWarmJob(namespace: string, jobId: string, options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.WarmJob>>;
   getWarmJob(namespace: string, jobId: string, options?: CallOptions & { withPerf?: false }): Promise<M.WarmJob>;
+  /** Extend the caller's leases */
+  heartbeatDocuments(pipelineId: string, body: M.HeartbeatDocumentsRequest, options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.DocumentsStageResponse>>;
+  heartbeatDocuments(pipelineId: string, body: M.HeartbeatDocumentsRequest, options?: CallOptions & { withPerf?: false }): Promise<M.DocumentsStageResponse>;
+  /** Extend the caller's leases */
+  heartbeatUdfItems(udfId: string, body: M.UdfHeartbeatRequest, options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.UdfItemsResponse>>;
+  heartbeatUdfItems(udfId: string, body: M.UdfHeartbeatRequest, options?: CallOptions & { withPerf?: false }): Promise<M.UdfItemsResponse>;
   /** Warm caches; with no option a raw Turbopuffer passthrough, with any option the Layer warm steps */
   hintCacheWarm(namespace: string, options: HintCacheWarmOptions & { withPerf: true }): Promise<LayerResponse<M.HintCacheWarmResponse>>;
   hintCacheWarm(namespace: string, options?: HintCacheWarmOptions & { withPerf?: false }): Promise<M.HintCacheWarmResponse>;
@@ -110,24 +155,48 @@ export declare class Hevlayer extends Runtime {
   /** Namespaces with Layer state (row counts, stability, cache state); a scoped key sees only what it may read */
   listNamespaces(options: ListNamespacesOptions & { withPerf: true }): Promise<LayerResponse<M.NamespaceList>>;
   listNamespaces(options?: ListNamespacesOptions & { withPerf?: false }): Promise<M.NamespaceList>;
+  /** Pipelines whose target namespace the key can read, by id */
+  listPipelines(options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.PipelineList>>;
+  listPipelines(options?: CallOptions & { withPerf?: false }): Promise<M.PipelineList>;
   /** Turbopuffer's namespace list (a scoped key sees only what it may read) */
   listTurbopufferNamespaces(options: ListTurbopufferNamespacesOptions & { withPerf: true }): Promise<LayerResponse<M.TurbopufferNamespaceList>>;
   listTurbopufferNamespaces(options?: ListTurbopufferNamespacesOptions & { withPerf?: false }): Promise<M.TurbopufferNamespaceList>;
+  /** Functions whose target namespaces the key can read, by id */
+  listUdfs(options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.UdfList>>;
+  listUdfs(options?: CallOptions & { withPerf?: false }): Promise<M.UdfList>;
   /** The namespace's warm jobs, oldest first */
   listWarmJobs(namespace: string, options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.WarmJobList>>;
   listWarmJobs(namespace: string, options?: CallOptions & { withPerf?: false }): Promise<M.WarmJobList>;
   /** Mint a scoped key (the only response that carries the token) */
   mintKey(body: M.MintKeyRequest, options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.MintKeyResponse>>;
   mintKey(body: M.MintKeyRequest, options?: CallOptions & { withPerf?: false }): Promise<M.MintKeyResponse>;
+  /** Stop handing out items (idempotent) */
+  pauseUdf(udfId: string, options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.Udf>>;
+  pauseUdf(udfId: string, options?: CallOptions & { withPerf?: false }): Promise<M.Udf>;
+  /** Stage (or re-stage) a document's chunks: pending */
+  putPipelineDocumentChunks(pipelineId: string, docId: string, body: M.PutChunksRequest, options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.StageDocumentResponse>>;
+  putPipelineDocumentChunks(pipelineId: string, docId: string, body: M.PutChunksRequest, options?: CallOptions & { withPerf?: false }): Promise<M.StageDocumentResponse>;
+  /** Write a document's chunk vectors into the target namespace and mark it indexed */
+  putPipelineDocumentVectors(pipelineId: string, docId: string, body: M.PutVectorsRequest, options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.StatusResponse>>;
+  putPipelineDocumentVectors(pipelineId: string, docId: string, body: M.PutVectorsRequest, options?: CallOptions & { withPerf?: false }): Promise<M.StatusResponse>;
   /** Query with stable reads, Layer keys (vector, nearest_to_id, as_of, between, cursor) and one 429 retry */
   queryNamespace(namespace: string, body: M.QueryRequest, options: QueryNamespaceOptions & { withPerf: true }): Promise<LayerResponse<M.QueryResponse>>;
   queryNamespace(namespace: string, body: M.QueryRequest, options?: QueryNamespaceOptions & { withPerf?: false }): Promise<M.QueryResponse>;
   /** The v1 query route, served as the v2 query (stable reads apply) */
   queryTurbopufferNamespace(namespace: string, body: M.TurbopufferQueryRequest, options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.TurbopufferQueryResponse>>;
   queryTurbopufferNamespace(namespace: string, body: M.TurbopufferQueryRequest, options?: CallOptions & { withPerf?: false }): Promise<M.TurbopufferQueryResponse>;
+  /** Failed items back to pending, attempts reset */
+  resetFailedUdf(udfId: string, options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.UdfItemsResponse>>;
+  resetFailedUdf(udfId: string, options?: CallOptions & { withPerf?: false }): Promise<M.UdfItemsResponse>;
+  /** Hand out items again */
+  resumeUdf(udfId: string, options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.Udf>>;
+  resumeUdf(udfId: string, options?: CallOptions & { withPerf?: false }): Promise<M.Udf>;
   /** Revoke a key (idempotent; the record is kept) */
   revokeKey(keyId: string, options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.ApiKey>>;
   revokeKey(keyId: string, options?: CallOptions & { withPerf?: false }): Promise<M.ApiKey>;
+  /** Move documents to a stage (release, complete, fail) */
+  setDocumentsStage(pipelineId: string, body: M.SetDocumentsStageRequest, options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.DocumentsStageResponse>>;
+  setDocumentsStage(pipelineId: string, body: M.SetDocumentsStageRequest, options?: CallOptions & { withPerf?: false }): Promise<M.DocumentsStageResponse>;
   /** Start an asynchronous copy from another namespace (proxied verbatim; the official client adds `?stainless_overload=startCopyFrom`) */
   startCopyFromNamespace(namespace: string, body: M.TurbopufferCopyFromRequest, options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.TurbopufferAsyncOperation>>;
   startCopyFromNamespace(namespace: string, body: M.TurbopufferCopyFromRequest, options?: CallOptions & { withPerf?: false }): Promise<M.TurbopufferAsyncOperation>;
@@ -137,6 +206,9 @@ export declare class Hevlayer extends Runtime {
   /** Change the schema (a bare map of attribute to schema; `_hevlayer_*` names are rejected) */
   updateTurbopufferNamespaceSchema(namespace: string, body: M.TurbopufferSchema, options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.TurbopufferSchema>>;
   updateTurbopufferNamespaceSchema(namespace: string, body: M.TurbopufferSchema, options?: CallOptions & { withPerf?: false }): Promise<M.TurbopufferSchema>;
+  /** Replace a function's spec (creates it when absent; keeps paused) */
+  upsertUdf(udfId: string, body: M.UpdateUdfRequest, options: CallOptions & { withPerf: true }): Promise<LayerResponse<M.Udf>>;
+  upsertUdf(udfId: string, body: M.UpdateUdfRequest, options?: CallOptions & { withPerf?: false }): Promise<M.Udf>;
   /** Start a job that loads the namespace into the document cache */
   warmCache(namespace: string, options: WarmCacheOptions & { withPerf: true }): Promise<LayerResponse<M.WarmJob>>;
   warmCache(namespace: string, options?: WarmCacheOptions & { withPerf?: false }): Promise<M.WarmJob>;

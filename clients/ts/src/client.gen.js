@@ -24,10 +24,45 @@ export const OPERATIONS = {
     read: false,
     headerFields: [],
   },
+  claimDocuments: {
+    name: "claimDocuments", method: "POST", path: "/v2/pipelines/{pipeline_id}/claim", fallback: "none",
+    upstreamMethod: null, upstreamPath: null,
+    fixedQuery: [], response: "json",
+    read: false,
+    headerFields: [],
+  },
+  claimUdfItems: {
+    name: "claimUdfItems", method: "POST", path: "/v2/udfs/{udf_id}/claim", fallback: "none",
+    upstreamMethod: null, upstreamPath: null,
+    fixedQuery: [], response: "json",
+    read: false,
+    headerFields: [],
+  },
+  completeUdfItems: {
+    name: "completeUdfItems", method: "POST", path: "/v2/udfs/{udf_id}/items/complete", fallback: "none",
+    upstreamMethod: null, upstreamPath: null,
+    fixedQuery: [], response: "json",
+    read: false,
+    headerFields: [],
+  },
   copyNamespace: {
     name: "copyNamespace", method: "POST", path: "/v2/namespaces/{namespace}", fallback: "direct",
     upstreamMethod: "POST", upstreamPath: "/v2/namespaces/{namespace}",
     fixedQuery: [["stainless_overload", "copyFrom"]], response: "json",
+    read: false,
+    headerFields: [],
+  },
+  createPipeline: {
+    name: "createPipeline", method: "POST", path: "/v2/pipelines", fallback: "none",
+    upstreamMethod: null, upstreamPath: null,
+    fixedQuery: [], response: "json",
+    read: false,
+    headerFields: [],
+  },
+  createUdf: {
+    name: "createUdf", method: "POST", path: "/v2/udfs", fallback: "none",
+    upstreamMethod: null, upstreamPath: null,
+    fixedQuery: [], response: "json",
     read: false,
     headerFields: [],
   },
@@ -45,6 +80,27 @@ export const OPERATIONS = {
     read: false,
     headerFields: [],
   },
+  deletePipeline: {
+    name: "deletePipeline", method: "DELETE", path: "/v2/pipelines/{pipeline_id}", fallback: "none",
+    upstreamMethod: null, upstreamPath: null,
+    fixedQuery: [], response: "json",
+    read: false,
+    headerFields: [],
+  },
+  deleteUdf: {
+    name: "deleteUdf", method: "DELETE", path: "/v2/udfs/{udf_id}", fallback: "none",
+    upstreamMethod: null, upstreamPath: null,
+    fixedQuery: [], response: "json",
+    read: false,
+    headerFields: [],
+  },
+  discoverUdf: {
+    name: "discoverUdf", method: "POST", path: "/v2/udfs/{udf_id}/discover", fallback: "none",
+    upstreamMethod: null, upstreamPath: null,
+    fixedQuery: [], response: "json",
+    read: false,
+    headerFields: [],
+  },
   evaluateTurbopufferRecall: {
     name: "evaluateTurbopufferRecall", method: "POST", path: "/v1/namespaces/{namespace}/_debug/recall", fallback: "direct",
     upstreamMethod: "POST", upstreamPath: "/v1/namespaces/{namespace}/_debug/recall",
@@ -57,6 +113,13 @@ export const OPERATIONS = {
     upstreamMethod: "POST", upstreamPath: "/v2/namespaces/{namespace}/explain_query",
     fixedQuery: [], response: "json",
     read: true,
+    headerFields: [],
+  },
+  failUdfItems: {
+    name: "failUdfItems", method: "POST", path: "/v2/udfs/{udf_id}/items/fail", fallback: "none",
+    upstreamMethod: null, upstreamPath: null,
+    fixedQuery: [], response: "json",
+    read: false,
     headerFields: [],
   },
   fetchDocument: {
@@ -101,6 +164,20 @@ export const OPERATIONS = {
     read: true,
     headerFields: [],
   },
+  getPipelineDocumentChunks: {
+    name: "getPipelineDocumentChunks", method: "GET", path: "/v2/pipelines/{pipeline_id}/documents/{doc_id}/chunks", fallback: "none",
+    upstreamMethod: null, upstreamPath: null,
+    fixedQuery: [], response: "json",
+    read: true,
+    headerFields: [],
+  },
+  getPipelineStatus: {
+    name: "getPipelineStatus", method: "GET", path: "/v2/pipelines/{pipeline_id}/status", fallback: "none",
+    upstreamMethod: null, upstreamPath: null,
+    fixedQuery: [], response: "json",
+    read: true,
+    headerFields: [],
+  },
   getReady: {
     name: "getReady", method: "GET", path: "/ready", fallback: "none",
     upstreamMethod: null, upstreamPath: null,
@@ -129,11 +206,39 @@ export const OPERATIONS = {
     read: true,
     headerFields: [],
   },
+  getUdf: {
+    name: "getUdf", method: "GET", path: "/v2/udfs/{udf_id}", fallback: "none",
+    upstreamMethod: null, upstreamPath: null,
+    fixedQuery: [], response: "json",
+    read: true,
+    headerFields: [],
+  },
+  getUdfStatus: {
+    name: "getUdfStatus", method: "GET", path: "/v2/udfs/{udf_id}/status", fallback: "none",
+    upstreamMethod: null, upstreamPath: null,
+    fixedQuery: [], response: "json",
+    read: true,
+    headerFields: [],
+  },
   getWarmJob: {
     name: "getWarmJob", method: "GET", path: "/v2/namespaces/{namespace}/warm-jobs/{job_id}", fallback: "none",
     upstreamMethod: null, upstreamPath: null,
     fixedQuery: [], response: "json",
     read: true,
+    headerFields: [],
+  },
+  heartbeatDocuments: {
+    name: "heartbeatDocuments", method: "POST", path: "/v2/pipelines/{pipeline_id}/documents/heartbeat", fallback: "none",
+    upstreamMethod: null, upstreamPath: null,
+    fixedQuery: [], response: "json",
+    read: false,
+    headerFields: [],
+  },
+  heartbeatUdfItems: {
+    name: "heartbeatUdfItems", method: "POST", path: "/v2/udfs/{udf_id}/items/heartbeat", fallback: "none",
+    upstreamMethod: null, upstreamPath: null,
+    fixedQuery: [], response: "json",
+    read: false,
     headerFields: [],
   },
   hintCacheWarm: {
@@ -157,9 +262,23 @@ export const OPERATIONS = {
     read: true,
     headerFields: [],
   },
+  listPipelines: {
+    name: "listPipelines", method: "GET", path: "/v2/pipelines", fallback: "none",
+    upstreamMethod: null, upstreamPath: null,
+    fixedQuery: [], response: "json",
+    read: true,
+    headerFields: [],
+  },
   listTurbopufferNamespaces: {
     name: "listTurbopufferNamespaces", method: "GET", path: "/v1/namespaces", fallback: "direct",
     upstreamMethod: "GET", upstreamPath: "/v1/namespaces",
+    fixedQuery: [], response: "json",
+    read: true,
+    headerFields: [],
+  },
+  listUdfs: {
+    name: "listUdfs", method: "GET", path: "/v2/udfs", fallback: "none",
+    upstreamMethod: null, upstreamPath: null,
     fixedQuery: [], response: "json",
     read: true,
     headerFields: [],
@@ -173,6 +292,27 @@ export const OPERATIONS = {
   },
   mintKey: {
     name: "mintKey", method: "POST", path: "/v2/keys", fallback: "none",
+    upstreamMethod: null, upstreamPath: null,
+    fixedQuery: [], response: "json",
+    read: false,
+    headerFields: [],
+  },
+  pauseUdf: {
+    name: "pauseUdf", method: "POST", path: "/v2/udfs/{udf_id}/pause", fallback: "none",
+    upstreamMethod: null, upstreamPath: null,
+    fixedQuery: [], response: "json",
+    read: false,
+    headerFields: [],
+  },
+  putPipelineDocumentChunks: {
+    name: "putPipelineDocumentChunks", method: "PUT", path: "/v2/pipelines/{pipeline_id}/documents/{doc_id}", fallback: "none",
+    upstreamMethod: null, upstreamPath: null,
+    fixedQuery: [], response: "json",
+    read: false,
+    headerFields: [],
+  },
+  putPipelineDocumentVectors: {
+    name: "putPipelineDocumentVectors", method: "PUT", path: "/v2/pipelines/{pipeline_id}/documents/{doc_id}/vectors", fallback: "none",
     upstreamMethod: null, upstreamPath: null,
     fixedQuery: [], response: "json",
     read: false,
@@ -192,8 +332,29 @@ export const OPERATIONS = {
     read: true,
     headerFields: [],
   },
+  resetFailedUdf: {
+    name: "resetFailedUdf", method: "POST", path: "/v2/udfs/{udf_id}/reset-failed", fallback: "none",
+    upstreamMethod: null, upstreamPath: null,
+    fixedQuery: [], response: "json",
+    read: false,
+    headerFields: [],
+  },
+  resumeUdf: {
+    name: "resumeUdf", method: "POST", path: "/v2/udfs/{udf_id}/resume", fallback: "none",
+    upstreamMethod: null, upstreamPath: null,
+    fixedQuery: [], response: "json",
+    read: false,
+    headerFields: [],
+  },
   revokeKey: {
     name: "revokeKey", method: "POST", path: "/v2/keys/{keyId}/revoke", fallback: "none",
+    upstreamMethod: null, upstreamPath: null,
+    fixedQuery: [], response: "json",
+    read: false,
+    headerFields: [],
+  },
+  setDocumentsStage: {
+    name: "setDocumentsStage", method: "POST", path: "/v2/pipelines/{pipeline_id}/documents/stage", fallback: "none",
     upstreamMethod: null, upstreamPath: null,
     fixedQuery: [], response: "json",
     read: false,
@@ -216,6 +377,13 @@ export const OPERATIONS = {
   updateTurbopufferNamespaceSchema: {
     name: "updateTurbopufferNamespaceSchema", method: "POST", path: "/v1/namespaces/{namespace}/schema", fallback: "direct",
     upstreamMethod: "POST", upstreamPath: "/v1/namespaces/{namespace}/schema",
+    fixedQuery: [], response: "json",
+    read: false,
+    headerFields: [],
+  },
+  upsertUdf: {
+    name: "upsertUdf", method: "PUT", path: "/v2/udfs/{udf_id}", fallback: "none",
+    upstreamMethod: null, upstreamPath: null,
     fixedQuery: [], response: "json",
     read: false,
     headerFields: [],
@@ -268,10 +436,60 @@ export class Hevlayer extends Runtime {
     );
   }
 
+  /** Lease the documents that waited longest in a stage */
+  claimDocuments(pipelineId, body, options = {}) {
+    return this._call(
+      OPERATIONS.claimDocuments, [pipelineId], body,
+      {},
+      {},
+      options,
+    );
+  }
+
+  /** Lease ready items with their inputs (none while paused) */
+  claimUdfItems(udfId, body, options = {}) {
+    return this._call(
+      OPERATIONS.claimUdfItems, [udfId], body,
+      {},
+      {},
+      options,
+    );
+  }
+
+  /** Write results onto the rows and finish the caller's items */
+  completeUdfItems(udfId, body, options = {}) {
+    return this._call(
+      OPERATIONS.completeUdfItems, [udfId], body,
+      {},
+      {},
+      options,
+    );
+  }
+
   /** Copy another namespace into this one */
   copyNamespace(namespace, body, options = {}) {
     return this._call(
       OPERATIONS.copyNamespace, [namespace], body,
+      {},
+      {},
+      options,
+    );
+  }
+
+  /** Create a pipeline (409 when the id exists) */
+  createPipeline(body, options = {}) {
+    return this._call(
+      OPERATIONS.createPipeline, [], body,
+      {},
+      {},
+      options,
+    );
+  }
+
+  /** Create a function (409 when the id or its marker stem exists) */
+  createUdf(body, options = {}) {
+    return this._call(
+      OPERATIONS.createUdf, [], body,
       {},
       {},
       options,
@@ -298,6 +516,36 @@ export class Hevlayer extends Runtime {
     );
   }
 
+  /** Delete a pipeline and its staged documents (namespace rows stay) */
+  deletePipeline(pipelineId, options = {}) {
+    return this._call(
+      OPERATIONS.deletePipeline, [pipelineId], undefined,
+      {},
+      {},
+      options,
+    );
+  }
+
+  /** Delete a function and its queue (row markers stay) */
+  deleteUdf(udfId, options = {}) {
+    return this._call(
+      OPERATIONS.deleteUdf, [udfId], undefined,
+      {},
+      {},
+      options,
+    );
+  }
+
+  /** Sweep the target namespaces now and enqueue the rows not done */
+  discoverUdf(udfId, body, options = {}) {
+    return this._call(
+      OPERATIONS.discoverUdf, [udfId], body,
+      {},
+      {},
+      options,
+    );
+  }
+
   /** Measure ANN recall against exhaustive search (proxied verbatim) */
   evaluateTurbopufferRecall(namespace, body, options = {}) {
     return this._call(
@@ -312,6 +560,16 @@ export class Hevlayer extends Runtime {
   explainTurbopufferQuery(namespace, body, options = {}) {
     return this._call(
       OPERATIONS.explainTurbopufferQuery, [namespace], body,
+      {},
+      {},
+      options,
+    );
+  }
+
+  /** Report failures: retried with backoff (transient) or failed (permanent) */
+  failUdfItems(udfId, body, options = {}) {
+    return this._call(
+      OPERATIONS.failUdfItems, [udfId], body,
       {},
       {},
       options,
@@ -378,6 +636,26 @@ export class Hevlayer extends Runtime {
     );
   }
 
+  /** A document's chunks as staged */
+  getPipelineDocumentChunks(pipelineId, docId, options = {}) {
+    return this._call(
+      OPERATIONS.getPipelineDocumentChunks, [pipelineId, docId], undefined,
+      {},
+      {},
+      options,
+    );
+  }
+
+  /** Counts per stage, failure reasons, indexing rate */
+  getPipelineStatus(pipelineId, options = {}) {
+    return this._call(
+      OPERATIONS.getPipelineStatus, [pipelineId], undefined,
+      {},
+      {},
+      options,
+    );
+  }
+
   /** Readiness (503 while draining after SIGTERM) */
   getReady(options = {}) {
     return this._call(
@@ -418,10 +696,50 @@ export class Hevlayer extends Runtime {
     );
   }
 
+  /** A function and its status */
+  getUdf(udfId, options = {}) {
+    return this._call(
+      OPERATIONS.getUdf, [udfId], undefined,
+      {},
+      {},
+      options,
+    );
+  }
+
+  /** Queue counts, discovery progress, completion rate */
+  getUdfStatus(udfId, options = {}) {
+    return this._call(
+      OPERATIONS.getUdfStatus, [udfId], undefined,
+      {},
+      {},
+      options,
+    );
+  }
+
   /** One warm job */
   getWarmJob(namespace, jobId, options = {}) {
     return this._call(
       OPERATIONS.getWarmJob, [namespace, jobId], undefined,
+      {},
+      {},
+      options,
+    );
+  }
+
+  /** Extend the caller's leases */
+  heartbeatDocuments(pipelineId, body, options = {}) {
+    return this._call(
+      OPERATIONS.heartbeatDocuments, [pipelineId], body,
+      {},
+      {},
+      options,
+    );
+  }
+
+  /** Extend the caller's leases */
+  heartbeatUdfItems(udfId, body, options = {}) {
+    return this._call(
+      OPERATIONS.heartbeatUdfItems, [udfId], body,
       {},
       {},
       options,
@@ -458,11 +776,31 @@ export class Hevlayer extends Runtime {
     );
   }
 
+  /** Pipelines whose target namespace the key can read, by id */
+  listPipelines(options = {}) {
+    return this._call(
+      OPERATIONS.listPipelines, [], undefined,
+      {},
+      {},
+      options,
+    );
+  }
+
   /** Turbopuffer's namespace list (a scoped key sees only what it may read) */
   listTurbopufferNamespaces(options = {}) {
     return this._call(
       OPERATIONS.listTurbopufferNamespaces, [], undefined,
       {"cursor": options.cursor, "prefix": options.prefix, "page_size": options.pageSize},
+      {},
+      options,
+    );
+  }
+
+  /** Functions whose target namespaces the key can read, by id */
+  listUdfs(options = {}) {
+    return this._call(
+      OPERATIONS.listUdfs, [], undefined,
+      {},
       {},
       options,
     );
@@ -482,6 +820,36 @@ export class Hevlayer extends Runtime {
   mintKey(body, options = {}) {
     return this._call(
       OPERATIONS.mintKey, [], body,
+      {},
+      {},
+      options,
+    );
+  }
+
+  /** Stop handing out items (idempotent) */
+  pauseUdf(udfId, options = {}) {
+    return this._call(
+      OPERATIONS.pauseUdf, [udfId], undefined,
+      {},
+      {},
+      options,
+    );
+  }
+
+  /** Stage (or re-stage) a document's chunks: pending */
+  putPipelineDocumentChunks(pipelineId, docId, body, options = {}) {
+    return this._call(
+      OPERATIONS.putPipelineDocumentChunks, [pipelineId, docId], body,
+      {},
+      {},
+      options,
+    );
+  }
+
+  /** Write a document's chunk vectors into the target namespace and mark it indexed */
+  putPipelineDocumentVectors(pipelineId, docId, body, options = {}) {
+    return this._call(
+      OPERATIONS.putPipelineDocumentVectors, [pipelineId, docId], body,
       {},
       {},
       options,
@@ -508,10 +876,40 @@ export class Hevlayer extends Runtime {
     );
   }
 
+  /** Failed items back to pending, attempts reset */
+  resetFailedUdf(udfId, options = {}) {
+    return this._call(
+      OPERATIONS.resetFailedUdf, [udfId], undefined,
+      {},
+      {},
+      options,
+    );
+  }
+
+  /** Hand out items again */
+  resumeUdf(udfId, options = {}) {
+    return this._call(
+      OPERATIONS.resumeUdf, [udfId], undefined,
+      {},
+      {},
+      options,
+    );
+  }
+
   /** Revoke a key (idempotent; the record is kept) */
   revokeKey(keyId, options = {}) {
     return this._call(
       OPERATIONS.revokeKey, [keyId], undefined,
+      {},
+      {},
+      options,
+    );
+  }
+
+  /** Move documents to a stage (release, complete, fail) */
+  setDocumentsStage(pipelineId, body, options = {}) {
+    return this._call(
+      OPERATIONS.setDocumentsStage, [pipelineId], body,
       {},
       {},
       options,
@@ -542,6 +940,16 @@ export class Hevlayer extends Runtime {
   updateTurbopufferNamespaceSchema(namespace, body, options = {}) {
     return this._call(
       OPERATIONS.updateTurbopufferNamespaceSchema, [namespace], body,
+      {},
+      {},
+      options,
+    );
+  }
+
+  /** Replace a function's spec (creates it when absent; keeps paused) */
+  upsertUdf(udfId, body, options = {}) {
+    return this._call(
+      OPERATIONS.upsertUdf, [udfId], body,
       {},
       {},
       options,

@@ -404,3 +404,289 @@ export interface HintCacheWarmResponse {
   blobs?: WarmBlobsResponse;
   [key: string]: unknown;
 }
+
+export interface CreatePipelineRequest {
+  id: string;
+  target_namespace: string;
+  distance_metric?: "cosine_distance" | "euclidean_squared";
+  [key: string]: unknown;
+}
+
+export interface Pipeline {
+  id: string;
+  target_namespace: string;
+  distance_metric: string;
+  created_at: string;
+  [key: string]: unknown;
+}
+
+export interface PipelineList {
+  pipelines: Pipeline[];
+  [key: string]: unknown;
+}
+
+export interface PipelineStatus {
+  pipeline_id: string;
+  status: "idle" | "pending" | "waiting_on_upstream";
+  counts: { [key: string]: number };
+  failed_reasons: { [key: string]: number };
+  pending_count: number;
+  processing_count: number;
+  failed_count: number;
+  indexed_rate_per_min: number;
+  rate_window_seconds: number;
+  [key: string]: unknown;
+}
+
+export interface Chunk {
+  id: string;
+  text?: string | null;
+  metadata?: { [key: string]: unknown } | null;
+  [key: string]: unknown;
+}
+
+export interface PutChunksRequest {
+  chunks: Chunk[];
+  [key: string]: unknown;
+}
+
+export interface StageDocumentResponse {
+  pipeline_id: string;
+  document_id: string;
+  stage: string;
+  chunk_count: number;
+  chunk_ids: string[];
+  [key: string]: unknown;
+}
+
+export interface ClaimDocumentsRequest {
+  stage?: string;
+  claim_stage?: string;
+  limit?: number;
+  worker_id: string;
+  lease_seconds?: number;
+  document_id_prefix?: string;
+  [key: string]: unknown;
+}
+
+export interface ClaimDocumentsResponse {
+  pipeline_id: string;
+  stage: string;
+  claim_stage: string;
+  worker_id: string;
+  documents: string[];
+  [key: string]: unknown;
+}
+
+export interface HeartbeatDocumentsRequest {
+  document_ids: string[];
+  stage?: string;
+  worker_id: string;
+  [key: string]: unknown;
+}
+
+export interface SetDocumentsStageRequest {
+  document_ids: string[];
+  stage: string;
+  from_stage?: string;
+  worker_id?: string;
+  create_missing?: boolean;
+  reason?: string;
+  [key: string]: unknown;
+}
+
+export interface DocumentsStageResponse {
+  pipeline_id: string;
+  stage: string;
+  updated: number;
+  [key: string]: unknown;
+}
+
+export interface VectorEntry {
+  id: string;
+  vector?: number[] | null;
+  vectors?: number[][] | null;
+  attributes?: { [key: string]: unknown } | null;
+  [key: string]: unknown;
+}
+
+export interface PutVectorsRequest {
+  vectors: VectorEntry[];
+  [key: string]: unknown;
+}
+
+export interface UdfWorkerSpec {
+  image?: string | null;
+  url?: string | null;
+  port?: number | null;
+  batch_size?: number;
+  timeout_seconds?: number;
+  pod_spec?: unknown;
+  [key: string]: unknown;
+}
+
+export interface UdfScheduleSpec {
+  discovery_interval_seconds?: number;
+  lease_seconds?: number;
+  max_in_flight_batches?: number;
+  max_concurrent_scans?: number;
+  [key: string]: unknown;
+}
+
+export interface UdfRetrySpec {
+  max_attempts?: number;
+  initial_backoff_seconds?: number;
+  max_backoff_seconds?: number;
+  [key: string]: unknown;
+}
+
+export type UdfTrigger = "discovery" | "write";
+
+/** Echoed normalised (every default filled, unknown keys dropped; `filter`, `index_selector` only when set). */
+export interface UdfSpec {
+  index_selector?: unknown;
+  target_namespaces?: string[];
+  inputs?: string[];
+  version?: string;
+  filter?: unknown;
+  worker: UdfWorkerSpec;
+  schedule?: UdfScheduleSpec;
+  retry?: UdfRetrySpec;
+  triggers?: UdfTrigger[];
+  invalidates?: string[];
+  [key: string]: unknown;
+}
+
+export interface CreateUdfRequest {
+  id: string;
+  spec: UdfSpec;
+  [key: string]: unknown;
+}
+
+export interface UpdateUdfRequest {
+  spec: UdfSpec;
+  [key: string]: unknown;
+}
+
+export interface Udf {
+  id: string;
+  spec: UdfSpec;
+  paused: boolean;
+  created_at: string;
+  updated_at: string;
+  [key: string]: unknown;
+}
+
+export interface UdfList {
+  udfs: Udf[];
+  [key: string]: unknown;
+}
+
+export interface UdfDiscoveryStatus {
+  sweeps_completed: number;
+  last_completed_at: string | null;
+  [key: string]: unknown;
+}
+
+export interface UdfStatus {
+  udf_id: string;
+  paused: boolean;
+  active_namespaces: string[];
+  discovery: UdfDiscoveryStatus;
+  counts: { [key: string]: number };
+  pending_count: number;
+  processing_count: number;
+  failed_count: number;
+  indexed_rate_per_min: number;
+  rate_window_seconds: number;
+  [key: string]: unknown;
+}
+
+export interface GetUdfResponse {
+  udf: Udf;
+  status: UdfStatus;
+  [key: string]: unknown;
+}
+
+export interface UdfDiscoverRequest {
+  namespaces?: string[];
+  page_size?: number;
+  [key: string]: unknown;
+}
+
+export interface UdfDiscoverResponse {
+  udf_id: string;
+  enqueued: number;
+  namespaces: string[];
+  [key: string]: unknown;
+}
+
+export interface UdfClaimRequest {
+  worker_id: string;
+  limit?: number;
+  lease_seconds?: number;
+  [key: string]: unknown;
+}
+
+export interface UdfClaimedItem {
+  namespace: string;
+  id: string;
+  input: { [key: string]: unknown };
+  [key: string]: unknown;
+}
+
+export interface UdfClaimResponse {
+  udf_id: string;
+  worker_id: string;
+  items: UdfClaimedItem[];
+  [key: string]: unknown;
+}
+
+export interface UdfItemRef {
+  namespace: string;
+  id: string;
+  [key: string]: unknown;
+}
+
+export interface UdfHeartbeatRequest {
+  worker_id: string;
+  items: UdfItemRef[];
+  [key: string]: unknown;
+}
+
+export interface UdfCompleteItem {
+  namespace: string;
+  id: string;
+  vector?: number[] | null;
+  vectors?: number[][] | null;
+  attributes?: { [key: string]: unknown } | null;
+  [key: string]: unknown;
+}
+
+export interface UdfCompleteRequest {
+  worker_id: string;
+  items: UdfCompleteItem[];
+  [key: string]: unknown;
+}
+
+export type UdfErrorKind = "transient" | "permanent";
+
+export interface UdfFailItem {
+  namespace: string;
+  id: string;
+  kind: UdfErrorKind;
+  message?: string | null;
+  [key: string]: unknown;
+}
+
+export interface UdfFailRequest {
+  worker_id: string;
+  items: UdfFailItem[];
+  [key: string]: unknown;
+}
+
+export interface UdfItemsResponse {
+  udf_id: string;
+  updated: number;
+  [key: string]: unknown;
+}

@@ -15,8 +15,28 @@ export function dispatch(client, op, args, options = {}) {
       return client.branchNamespace(args["namespace"], args.body, {
         ...options,
       });
+    case "claimDocuments":
+      return client.claimDocuments(args["pipeline_id"], args.body, {
+        ...options,
+      });
+    case "claimUdfItems":
+      return client.claimUdfItems(args["udf_id"], args.body, {
+        ...options,
+      });
+    case "completeUdfItems":
+      return client.completeUdfItems(args["udf_id"], args.body, {
+        ...options,
+      });
     case "copyNamespace":
       return client.copyNamespace(args["namespace"], args.body, {
+        ...options,
+      });
+    case "createPipeline":
+      return client.createPipeline(args.body, {
+        ...options,
+      });
+    case "createUdf":
+      return client.createUdf(args.body, {
         ...options,
       });
     case "deleteKey":
@@ -27,12 +47,28 @@ export function dispatch(client, op, args, options = {}) {
       return client.deleteNamespace(args["namespace"], {
         ...options,
       });
+    case "deletePipeline":
+      return client.deletePipeline(args["pipeline_id"], {
+        ...options,
+      });
+    case "deleteUdf":
+      return client.deleteUdf(args["udf_id"], {
+        ...options,
+      });
+    case "discoverUdf":
+      return client.discoverUdf(args["udf_id"], args.body, {
+        ...options,
+      });
     case "evaluateTurbopufferRecall":
       return client.evaluateTurbopufferRecall(args["namespace"], args.body, {
         ...options,
       });
     case "explainTurbopufferQuery":
       return client.explainTurbopufferQuery(args["namespace"], args.body, {
+        ...options,
+      });
+    case "failUdfItems":
+      return client.failUdfItems(args["udf_id"], args.body, {
         ...options,
       });
     case "fetchDocument":
@@ -60,6 +96,14 @@ export function dispatch(client, op, args, options = {}) {
       return client.getOpenApiSpec({
         ...options,
       });
+    case "getPipelineDocumentChunks":
+      return client.getPipelineDocumentChunks(args["pipeline_id"], args["doc_id"], {
+        ...options,
+      });
+    case "getPipelineStatus":
+      return client.getPipelineStatus(args["pipeline_id"], {
+        ...options,
+      });
     case "getReady":
       return client.getReady({
         ...options,
@@ -76,8 +120,24 @@ export function dispatch(client, op, args, options = {}) {
       return client.getTurbopufferV1NamespaceMetadata(args["namespace"], {
         ...options,
       });
+    case "getUdf":
+      return client.getUdf(args["udf_id"], {
+        ...options,
+      });
+    case "getUdfStatus":
+      return client.getUdfStatus(args["udf_id"], {
+        ...options,
+      });
     case "getWarmJob":
       return client.getWarmJob(args["namespace"], args["job_id"], {
+        ...options,
+      });
+    case "heartbeatDocuments":
+      return client.heartbeatDocuments(args["pipeline_id"], args.body, {
+        ...options,
+      });
+    case "heartbeatUdfItems":
+      return client.heartbeatUdfItems(args["udf_id"], args.body, {
         ...options,
       });
     case "hintCacheWarm":
@@ -102,6 +162,10 @@ export function dispatch(client, op, args, options = {}) {
         cursor: args["cursor"],
         pageSize: args["page_size"],
       });
+    case "listPipelines":
+      return client.listPipelines({
+        ...options,
+      });
     case "listTurbopufferNamespaces":
       return client.listTurbopufferNamespaces({
         ...options,
@@ -109,12 +173,28 @@ export function dispatch(client, op, args, options = {}) {
         prefix: args["prefix"],
         pageSize: args["page_size"],
       });
+    case "listUdfs":
+      return client.listUdfs({
+        ...options,
+      });
     case "listWarmJobs":
       return client.listWarmJobs(args["namespace"], {
         ...options,
       });
     case "mintKey":
       return client.mintKey(args.body, {
+        ...options,
+      });
+    case "pauseUdf":
+      return client.pauseUdf(args["udf_id"], {
+        ...options,
+      });
+    case "putPipelineDocumentChunks":
+      return client.putPipelineDocumentChunks(args["pipeline_id"], args["doc_id"], args.body, {
+        ...options,
+      });
+    case "putPipelineDocumentVectors":
+      return client.putPipelineDocumentVectors(args["pipeline_id"], args["doc_id"], args.body, {
         ...options,
       });
     case "queryNamespace":
@@ -127,8 +207,20 @@ export function dispatch(client, op, args, options = {}) {
       return client.queryTurbopufferNamespace(args["namespace"], args.body, {
         ...options,
       });
+    case "resetFailedUdf":
+      return client.resetFailedUdf(args["udf_id"], {
+        ...options,
+      });
+    case "resumeUdf":
+      return client.resumeUdf(args["udf_id"], {
+        ...options,
+      });
     case "revokeKey":
       return client.revokeKey(args["keyId"], {
+        ...options,
+      });
+    case "setDocumentsStage":
+      return client.setDocumentsStage(args["pipeline_id"], args.body, {
         ...options,
       });
     case "startCopyFromNamespace":
@@ -141,6 +233,10 @@ export function dispatch(client, op, args, options = {}) {
       });
     case "updateTurbopufferNamespaceSchema":
       return client.updateTurbopufferNamespaceSchema(args["namespace"], args.body, {
+        ...options,
+      });
+    case "upsertUdf":
+      return client.upsertUdf(args["udf_id"], args.body, {
         ...options,
       });
     case "warmCache":
