@@ -28,14 +28,23 @@ CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,re
 KEY = "fuzz-admin-key"
 
 
-def seed(url: str) -> None:
-    """The spec's example namespace (`products`) exists, so the fuzzer also reaches past "namespace not found"."""
-    rows = [{"id": f"p{i}", "vector": [1.0, i / 10], "title": f"product {i}"} for i in range(5)]
-    body = json.dumps({"upsert_rows": rows, "distance_metric": "cosine_distance"}).encode()
-    req = urllib.request.Request(url + "/v2/namespaces/products", data=body, method="POST",
+def _post(url: str, method: str, path: str, doc: dict[str, object]) -> None:
+    req = urllib.request.Request(url + path, data=json.dumps(doc).encode(), method=method,
                                  headers={"authorization": f"Bearer {KEY}", "content-type": "application/json"})
     with urllib.request.urlopen(req, timeout=30) as resp:
         assert resp.status == 200
+
+
+def seed(url: str) -> None:
+    """The spec's examples exist (namespace `products`, pipeline `docs`, function `product-tags` with queued items),
+    so the fuzzer also reaches past "not found"."""
+    rows = [{"id": f"p{i}", "vector": [1.0, i / 10], "title": f"product {i}"} for i in range(5)]
+    _post(url, "POST", "/v2/namespaces/products", {"upsert_rows": rows, "distance_metric": "cosine_distance"})
+    _post(url, "POST", "/v2/pipelines", {"id": "docs", "target_namespace": "products"})
+    _post(url, "PUT", "/v2/pipelines/docs/documents/d1", {"chunks": [{"id": "d1-0", "text": "a chunk"}]})
+    _post(url, "POST", "/v2/udfs", {"id": "product-tags", "spec": {"target_namespaces": ["products"],
+                                                                    "inputs": ["title"], "worker": {}}})
+    _post(url, "POST", "/v2/udfs/product-tags/discover", {})
 
 
 def main(argv: list[str] | None = None) -> int:
