@@ -9,13 +9,11 @@ other I/O, so that is safe). Migrations run at start-up under an advisory lock.
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 from gateway.queue.db import QueueUnavailable, T, TxFn
 from gateway.queue.schema import META, MIGRATION_LOCK, POSTGRES, READ_VERSION, WRITE_VERSION, pending_versions
 
-log = logging.getLogger("gateway.queue")
 POOL_MIN, POOL_MAX = 1, 4
 RETRIES = 5
 CONNECT_TIMEOUT_S = 10.0
