@@ -9,8 +9,11 @@ LAYER_TESTS_REQUIRE_POSTGRES=1 (as .ci/run sets), which turns that into a failur
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -107,10 +110,6 @@ def queue_stack(tmp: Path, backend: str, gateways: int = 1, workers: int = 2, **
 
 def call(base: str, method: str, path: str, body: Any = None, key: str | None = KEY, raw: bytes | None = None,
          timeout: float = 30.0) -> tuple[int, Any]:
-    import json
-    import urllib.error
-    import urllib.request
-
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     req = urllib.request.Request(base + path, data=data, method=method)
     if key is not None:
