@@ -228,7 +228,7 @@ def test_metrics_count_claims_completions_failures_and_sweeps(stack: QueueStack)
               'layer_udf_stage_count{stage="failed",udf="met"} 2.0']
     deadline = time.monotonic() + 30
     while True:
-        text = http(stack.url, "GET", "/metrics", key=None)[1]
+        text = http(str(stack.gw.ops_url), "GET", "/metrics", key=None)[1]
         missing = [w for w in wanted if w not in text]
         if not missing or time.monotonic() > deadline:
             break
