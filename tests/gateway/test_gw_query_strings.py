@@ -21,7 +21,8 @@ PARAMS = ("page_size", "prefix", "cursor", "include_attributes", "includeRevoked
 VALUES = ("%C2%B2", "\u00b2", "%D9%A3", "-1", "0", "1", "+5", "%201", "1e3", "0x10",
           "99999999999999999999999", "", "%", "%zz", "%ff", "%00", "a%3Db", "true", "yes", "%E2%80%AE")
 NASTY = ("%C2%B2", "%D9%A3", "99999999999999999999999", "%ff", "-1")
-PARAM_VALUES = {"ns": "fuzz-ns", "doc_id": "doc-1", "job_id": "job-1", "op_id": "op-1", "key_id": "key-1"}
+PARAM_VALUES = {"ns": "fuzz-ns", "doc_id": "doc-1", "job_id": "job-1", "op_id": "op-1", "key_id": "key-1",
+                "pipeline_id": "pl-1", "udf_id": "udf-1"}
 
 
 def concrete(template: str) -> str:
