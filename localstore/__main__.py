@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--port", type=int, default=9090)
     serve.add_argument("--data-dir", default="./localstore-data")
     serve.add_argument("--enable-faults", action="store_true",
-                       help="serve /_localstore/faults (fault injection for tests; needs the store's key)")
+                       help="serve the test hooks /_localstore/faults and /_localstore/journal (need the store's key)")
     args = parser.parse_args(argv)
     os.makedirs(args.data_dir, exist_ok=True)
     os.environ["LOCALSTORE_ENABLE_FAULTS"] = "1" if args.enable_faults else "0"

@@ -62,7 +62,8 @@ class App:
         self.faults = Faults()
         self.operations = Operations()
         self.key = os.environ.get("LOCALSTORE_API_KEY") or None
-        # `serve --enable-faults`: without it /_localstore/faults does not exist (it can fail or stall any request).
+        # `serve --enable-faults`: without it the test hooks /_localstore/faults (it can fail or stall any request)
+        # and /_localstore/journal do not exist.
         self.faults_enabled = os.environ.get("LOCALSTORE_ENABLE_FAULTS") == "1"
         self.max_body = int(os.environ.get("LOCALSTORE_MAX_BODY_BYTES") or DEFAULT_MAX_BODY_BYTES)
 
@@ -127,14 +128,20 @@ class App:
         if denied is not None:
             return denied
         fault = self.faults.match(_fault_route(route, method), ns)
+        failing = fault is not None and fault["status"] is not None
         if fault is not None:
             if fault["delay_ms"]:
                 await asyncio.sleep(fault["delay_ms"] / 1000)
-            if fault["status"] is not None:
+            if failing and not fault["apply"]:
                 return _err(fault["status"], "injected fault")
         body = await self._body(scope, protocol) if method in ("POST", "PATCH") else None
         handler: Callable[[str, str, Any, Any], tuple[int, Any]] = getattr(self, "h_" + route)
-        return handler(method, ns, body, scope)
+        result = handler(method, ns, body, scope)
+        if fault is not None and fault["after_ms"]:
+            await asyncio.sleep(fault["after_ms"] / 1000)
+        if failing:
+            return _err(fault["status"], "injected fault (the request was applied)")
+        return result
 
     def _denied(self, scope: Any) -> tuple[int, Any] | None:
         auth = scope.headers.get("authorization", "")
@@ -148,10 +155,12 @@ class App:
     async def _admin(self, method: str, parts: list[str], scope: Any, protocol: Any) -> tuple[int, Any]:
         if parts == ["_localstore", "health"]:
             return (200, {"status": "ok"}) if method == "GET" else _err(405, "method not allowed")
-        if parts == ["_localstore", "faults"] and self.faults_enabled:
-            denied = self._denied(scope)
-            if denied is not None:
-                return denied
+        if parts[1:] not in (["faults"], ["journal"]) or not self.faults_enabled:
+            return _err(404, f"no route for {scope.path}")
+        denied = self._denied(scope)  # test hooks: only with --enable-faults and the store's key
+        if denied is not None:
+            return denied
+        if parts[1] == "faults":
             if method == "GET":
                 return 200, self.faults.listing()
             if method == "DELETE":
@@ -160,7 +169,17 @@ class App:
             if method == "POST":
                 return 200, {"status": "ok", "fault": self.faults.add(await self._body(scope, protocol))}
             return _err(405, "method not allowed")
-        return _err(404, f"no route for {scope.path}")
+        assert self.reg is not None
+        if method == "GET":
+            ns = parse_qs(scope.query_string).get("namespace", [""])[0]
+            return 200, {"entries": self.reg.journal.entries(ns)}
+        if method == "POST":
+            body = await self._body(scope, protocol)
+            if not isinstance(body, dict) or not isinstance(body.get("namespace"), str):
+                raise shape("journal: expected {\"namespace\": str}")
+            self.reg.journal.start(body["namespace"])
+            return 200, {"status": "ok"}
+        return _err(405, "method not allowed")
 
     # ---- handlers -------------------------------------------------------------------------------
     def h_write(self, method: str, ns: str, body: Any, scope: Any) -> tuple[int, Any]:

@@ -1,4 +1,9 @@
-"""Fault injection rules (`/_localstore/faults`): injected statuses and delays per route and namespace."""
+"""Fault injection rules (`/_localstore/faults`): injected statuses and delays per route and namespace.
+
+A rule delays the matching request by `delay_ms`, then either answers `status` without applying it (fail before
+apply), or with `"apply": true` applies it and answers `status` anyway (an outcome the caller cannot know). A rule
+without a status delays and applies. `after_ms` holds the answer of an applied request back (applied, answered late).
+"""
 
 from __future__ import annotations
 
@@ -19,14 +24,15 @@ class Faults:
         if not isinstance(body, dict) or body.get("route") not in ROUTES:
             raise shape(f"fault: route must be one of {sorted(ROUTES)}")
         rule: dict[str, Any] = {"route": body["route"], "status": None, "count": None, "delay_ms": 0,
-                                "namespace": None}
-        for key, typ in (("status", int), ("count", int), ("delay_ms", int), ("namespace", str)):
+                                "namespace": None, "apply": False, "after_ms": 0}
+        for key, typ in (("status", int), ("count", int), ("delay_ms", int), ("namespace", str), ("apply", bool),
+                         ("after_ms", int)):
             v = body.get(key)
             if v is not None:
-                if not isinstance(v, typ) or isinstance(v, bool):
+                if not isinstance(v, typ) or (typ is not bool and isinstance(v, bool)):
                     raise shape(f"fault: {key} has the wrong type")
                 rule[key] = v
-        unknown = set(body) - {"route", "status", "count", "delay_ms", "namespace"}
+        unknown = set(body) - set(rule)
         if unknown:
             raise shape(f"fault: unknown field(s) {sorted(unknown)}")
         self.rules.append(rule)

@@ -11,6 +11,7 @@ import msgspec
 
 from .accounting import elapsed_whole_ms
 from .errors import bad, not_found, shape
+from .journal import Journal
 from .state import Namespace
 from .storage import Store
 from .writes import Plan, check_exists, plan_write, source_name, write_response
@@ -28,6 +29,7 @@ class Registry:
         self.store = Store(data_dir)
         self.lag_s = lag_ms / 1000.0
         self.spaces: dict[str, Namespace] = self.store.load()
+        self.journal = Journal()
 
     def get(self, name: str) -> Namespace:
         ns = self.spaces.get(name)
@@ -76,6 +78,7 @@ class Registry:
         ns.updated_at = time.time()
         self.store.append(ns, plan.fx)
         ns.apply(plan.fx, self.lag_s)
+        self.journal.applied(ns.name, plan.fx)
         self.spaces[ns.name] = ns
         self.store.maybe_compact(ns)
 
@@ -88,6 +91,7 @@ class Registry:
         self.get(name)
         del self.spaces[name]
         self.store.drop(name)
+        self.journal.dropped(name)
 
     def listing(self, prefix: str, page_size: int, cursor: str | None) -> dict[str, Any]:
         after = ""

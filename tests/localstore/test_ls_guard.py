@@ -1,5 +1,5 @@
-"""The local store's own surface: fault injection only when asked for and behind the store's key; request bodies
-(raw and inflated) bounded."""
+"""The local store's own surface: its test hooks (fault injection, the write journal) only when asked for and behind
+the store's key; request bodies (raw and inflated) bounded."""
 
 from __future__ import annotations
 
@@ -11,14 +11,19 @@ from ls_support import Client
 from support.procs import start_localstore
 
 RULE = {"route": "query", "status": 500, "count": 1}
+APPLIED_FAILURE = {"route": "write", "status": 500, "apply": True, "after_ms": 100}
+JOURNAL = {"namespace": "ok"}
 
 
-def test_faults_exist_only_with_enable_faults(tmp_path: Path) -> None:
+def test_hooks_exist_only_with_enable_faults(tmp_path: Path) -> None:
     proc = start_localstore(tmp_path / "d", faults=False, LOCALSTORE_API_KEY="sekret")
     try:
         client = Client(proc.url, key="sekret")
         for method in ("GET", "POST", "DELETE"):
-            assert client.call(method, "/_localstore/faults", RULE if method == "POST" else None)[0] == 404
+            for rule in (RULE, APPLIED_FAILURE):
+                assert client.call(method, "/_localstore/faults", rule if method == "POST" else None)[0] == 404
+        assert client.call("POST", "/_localstore/journal", JOURNAL)[0] == 404
+        assert client.call("GET", "/_localstore/journal?namespace=ok")[0] == 404
         client.write("ok", {"upsert_rows": [{"id": 1}]})
         assert client.ids("ok", {"rank_by": ["id", "asc"]}) == [1], "nothing was injected"
     finally:
@@ -35,6 +40,23 @@ def test_faults_need_the_stores_key(tmp_path: Path) -> None:
         assert client.ok("GET", "/_localstore/faults") == {"faults": []}, "no rule was added"
         client.ok("POST", "/_localstore/faults", RULE)
         assert client.ok("GET", "/_localstore/faults")["faults"][0]["remaining"] == 1
+    finally:
+        proc.stop()
+
+
+def test_journal_needs_the_stores_key(tmp_path: Path) -> None:
+    proc = start_localstore(tmp_path / "d", LOCALSTORE_API_KEY="sekret")
+    try:
+        client = Client(proc.url, key="sekret")
+        assert client.call("POST", "/_localstore/journal", JOURNAL, key=None)[0] == 401
+        assert client.call("POST", "/_localstore/journal", JOURNAL, key="sekreT")[0] == 403
+        assert client.call("GET", "/_localstore/journal?namespace=ok", key="wrong")[0] == 403
+        client.write("ok", {"upsert_rows": [{"id": 1}]})
+        assert client.ok("GET", "/_localstore/journal?namespace=ok") == {"entries": []}, "recording never started"
+        client.ok("POST", "/_localstore/journal", JOURNAL)
+        client.write("ok", {"upsert_rows": [{"id": 2, "a": "x"}]})
+        entries = client.ok("GET", "/_localstore/journal?namespace=ok")["entries"]
+        assert [e["docs"] for e in entries] == [{"2": {"a": "x"}}]
     finally:
         proc.stop()
 
