@@ -96,6 +96,7 @@ def serve(host: str, port: int, workers: int, server: str | None = None, ops_hos
         config = load_config()
         if not _migrate_queue(config):
             return 1
+        _prepare_cache(config)
         print(f"layer-gateway: listening on http://{host}:{port} with {workers} {config.server.server} worker(s), "
               f"upstream {config.upstream_url}", flush=True)
         if ops is not None:
@@ -123,6 +124,21 @@ def _migrate_queue(config: Config) -> bool:
         return False
     print(f"layer-gateway: queue store {backend}, schema version {version}", flush=True)
     return True
+
+
+def _prepare_cache(config: Config) -> None:
+    """Create the embedded cache file once, here, before the workers start (they only check it)."""
+    if config.cache.backend != "local":
+        return
+    import sqlite3
+
+    from gateway.cache.local import prepare
+
+    try:
+        prepare(config.cache.data_dir)
+    except sqlite3.Error as exc:
+        print(f"layer-gateway: the document cache file could not be prepared ({exc}); workers will retry",
+              file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ SERVERS = ("granian", "uvicorn")  # the first is the default: it wins `just benc
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # Set by `layer-gateway serve` in the environment its workers inherit when it started the local store itself.
 EMBEDDED_MARKER = "LAYER_EMBEDDED_STORE"
+FILL_SLACK_MS = 10_000  # a fill's token may be this much older than the upstream timeout (cache calls, scheduling)
 
 
 class ConfigError(ValueError):
@@ -43,7 +44,9 @@ class CacheSettings(Struct, frozen=True):
     breaker_open_ms: int
     max_record_bytes: int
     reactive_warm: bool = False  # warm a whole namespace on its first clean fetch miss per (re)connect
-    tombstone_ms: int = 30_000  # a deleted/invalidated id refuses create-only backfills for this long
+    # how long after the gateway gave up on a write (timeout, transport failure, 5xx) upstream may still apply it
+    unknown_ms: int = 300_000
+    upstream_timeout_ms: int = 30_000  # LAYER_UPSTREAM_TIMEOUT_MS
     # aerospike
     hosts: tuple[tuple[str, int], ...] = ()
     as_namespace: str = "hevlayer"
@@ -54,6 +57,16 @@ class CacheSettings(Struct, frozen=True):
     # local
     data_dir: str = "./.layer"
     max_bytes: int = 256 * 1024 * 1024
+
+    @property
+    def pending_ms(self) -> int:
+        """How long a write in flight fences its documents at most (its worker may die without finishing it)."""
+        return self.upstream_timeout_ms + self.unknown_ms
+
+    @property
+    def fill_window_ms(self) -> int:
+        """How old a fill's token may be; records younger than this are never evicted."""
+        return self.upstream_timeout_ms + FILL_SLACK_MS
 
 
 class KeySettings(Struct, frozen=True):
@@ -179,7 +192,8 @@ def load_cache_settings(env: Mapping[str, str]) -> CacheSettings:
         timeout_ms=_int(env, "AEROSPIKE_TIMEOUT_MS", 200, 1),
         breaker_open_ms=_int(env, "LAYER_CACHE_BREAKER_MS", 2000, 0),
         max_record_bytes=_int(env, "LAYER_CACHE_MAX_RECORD_BYTES", 1024 * 1024, 1024),
-        tombstone_ms=_int(env, "LAYER_CACHE_TOMBSTONE_MS", 30_000, 0),
+        unknown_ms=_int(env, "LAYER_CACHE_UNKNOWN_MS", 300_000, 0),
+        upstream_timeout_ms=_int(env, "LAYER_UPSTREAM_TIMEOUT_MS", 30_000, 1),
         reactive_warm=env.get("LAYER_CACHE_REACTIVE_WARM", "").strip().lower() in ("1", "true", "yes", "on"),
         hosts=hosts,
         as_namespace=env.get("AEROSPIKE_NAMESPACE", "").strip() or "hevlayer",

@@ -52,6 +52,7 @@ class GatewayError(Exception):
         retryable: bool = False,
         extra: dict[str, Any] | None = None,
         headers: list[tuple[str, str]] | None = None,
+        raw: bytes | None = None,
     ) -> None:
         super().__init__(message)
         self.kind = kind
@@ -61,6 +62,7 @@ class GatewayError(Exception):
         self.retryable = retryable
         self.extra = extra
         self.headers = headers
+        self.raw = raw  # an upstream answer relayed verbatim (status, body and `headers` as upstream sent them)
 
     def __repr__(self) -> str:
         return f"GatewayError(kind={self.kind!r}, status={self.status}, message={self.message!r})"
@@ -89,6 +91,8 @@ def upstream_error(message: str, status: int = 502) -> GatewayError:
 
 
 def error_response(err: GatewayError) -> Response:
+    if err.raw is not None:
+        return Response(err.status, err.raw, err.headers or JSON_HEADERS)
     body: dict[str, Any] = {"error": err.kind, "message": err.message}
     if err.extra:
         body.update(err.extra)

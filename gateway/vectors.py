@@ -10,7 +10,9 @@ from urllib.parse import quote
 import msgspec
 
 from gateway.cache import service as cache_service
+from gateway.cache.coherence import Token
 from gateway.http import Ctx, GatewayError, json_encode, upstream_error, validation_error
+from gateway.routes.passthrough import relayed_error
 from gateway.state import WorkerState
 
 
@@ -33,18 +35,21 @@ def as_floats(vec: list[float] | str) -> list[float]:
     return vec
 
 
-async def cached_vectors(state: WorkerState, ns: str, ids: list[Any]) -> dict[Any, list[float]]:
-    """Cache phase in front of the upstream fetch: vectors already cached (none while state.cache is None)."""
+async def cached_vectors(state: WorkerState, ns: str, ids: list[Any]) -> tuple[dict[Any, list[float]],
+                                                                                 dict[str, Token]]:
+    """Cache phase in front of the upstream fetch: vectors already cached and the tokens a vector backfill
+    presents (nothing while state.cache is None)."""
     if state.cache is None:
-        return {}
+        return {}, {}
     return await cache_service.cached_vectors(state.cache, ns, ids)
 
 
-async def backfill_vectors(state: WorkerState, ns: str, found: dict[Any, list[float]]) -> None:
+async def backfill_vectors(state: WorkerState, ns: str, tokens: dict[str, Token],
+                           found: dict[Any, list[float]]) -> None:
     """Cache phase after an upstream fetch (best effort; nothing while state.cache is None)."""
     if state.cache is None:
         return
-    await cache_service.backfill_vectors(state.cache, ns, found)
+    await cache_service.backfill_vectors(state.cache, ns, tokens, found)
 
 
 async def fetch_vectors(ctx: Ctx, state: WorkerState, ns: str, ids: list[Any]) -> dict[Any, list[float]]:
@@ -56,7 +61,7 @@ async def fetch_vectors(ctx: Ctx, state: WorkerState, ns: str, ids: list[Any]) -
     if resp.status == 404:
         raise GatewayError("not_found", f"namespace '{ns}' not found", status=404)
     if not resp.ok:
-        raise upstream_error(f"Turbopuffer vector fetch failed: upstream returned {resp.status}")
+        raise relayed_error(resp, "vector fetch")
     try:
         rows = vector_rows_decoder.decode(resp.body).rows
     except msgspec.DecodeError as exc:
@@ -67,11 +72,11 @@ async def fetch_vectors(ctx: Ctx, state: WorkerState, ns: str, ids: list[Any]) -
 async def resolve_vectors(ctx: Ctx, state: WorkerState, ns: str, ids: list[Any]) -> list[float]:
     """Mean of the stored vectors of `ids` (cache first, then upstream); 404 naming every id without one."""
     unique = list(dict.fromkeys(ids))
-    found = await cached_vectors(state, ns, unique)
+    found, tokens = await cached_vectors(state, ns, unique)
     missing = [i for i in unique if i not in found]
     if missing:
         fetched = await fetch_vectors(ctx, state, ns, missing)
-        await backfill_vectors(state, ns, fetched)
+        await backfill_vectors(state, ns, tokens, fetched)
         found.update(fetched)
     absent = [i for i in unique if i not in found]
     if absent:

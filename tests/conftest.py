@@ -11,6 +11,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from support.procs import LOG_DIR, STORE_KEY, Proc, start_gateway, start_localstore
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--long", action="store_true", default=False,
+                     help="soak mode: run the randomized cache coherence test for minutes instead of seconds")
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Keep only this run's process logs (a failing test's log stays for reading after the run)."""
     if LOG_DIR.is_dir():

@@ -1,7 +1,11 @@
 """Runs a backend's blocking calls in a bounded per-worker thread pool, behind the breaker, with a deadline.
 
-Also remembers invalidations that could not be applied while the cache was unreachable and replays them when it
-answers again, so an outage cannot leave a stale copy of a document that was written or deleted meanwhile.
+Fence calls (a write's begin/finish, invalidations, namespace resets) skip the breaker: a breaker opened by an
+unrelated failure must not let a write go upstream unfenced while the cache actually answers. Each still waits at
+most the cache timeout. A fence that could not land is remembered here: this worker treats those ids (or the whole
+namespace) as misses, and a background task replays the fence until it lands. This memory is the only part of the
+coherence that lives in one worker: while a worker cannot reach the cache, other workers may serve the version the
+failed fence should have hidden (docs/cache.md, "When the cache is unreachable").
 """
 
 from __future__ import annotations
@@ -18,9 +22,12 @@ from gateway.cache.breaker import CircuitBreaker
 
 T = TypeVar("T")
 log = logging.getLogger("gateway.cache")
-PENDING_MAX = 100_000
+REMEMBERED_MAX = 100_000
+REPLAY_MAX_S = 0.5  # how often remembered fences are retried (at most; the breaker pause when shorter)
 # Hook for metrics: (operation, set, status, seconds); status is ok | error | timeout | breaker_open.
 OpObserver = Callable[[str, str, str, float], None]
+# Replays remembered fences: (namespace, its reset's unknown_until or None, {id: unknown_until}); raises CacheError.
+Replay = Callable[[str, int | None, dict[str, int]], Awaitable[None]]
 
 
 class Runner:
@@ -34,19 +41,20 @@ class Runner:
         self.last_error: str | None = None
         self.inflight = 0
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"cache-{backend}")
-        self._pending: dict[str, set[str]] = {}
-        self._pending_count = 0
-        self.pending_overflow = False
-        self.on_recover: Callable[[dict[str, set[str]]], Awaitable[None]] | None = None
-        self._heal_task: asyncio.Task[None] | None = None
-        self._replaying: dict[str, set[str]] = {}
+        self.replay: Replay | None = None
+        self._ids: dict[str, dict[str, int]] = {}  # ns -> {id: unknown_until} of settles to replay
+        self._resets: dict[str, int] = {}  # ns -> unknown_until of a namespace reset to replay
+        self._count = 0
+        self.overflow = False
+        self._healer: asyncio.Task[None] | None = None
 
     def status(self) -> CacheStatus:
         return CacheStatus(self.backend, self.connected, self.generation, self.last_error)
 
-    async def call(self, op: str, set_: str, fn: Callable[..., T], *args: Any, guard_s: float | None = None) -> T:
+    async def call(self, op: str, set_: str, fn: Callable[..., T], *args: Any, guard_s: float | None = None,
+                   fence: bool = False) -> T:
         """Run fn(*args) in the pool. Any exception (or the deadline) becomes CacheError and opens the breaker."""
-        if not self.breaker.allow():
+        if not fence and not self.breaker.allow():
             self._observe(op, set_, "breaker_open", 0.0)
             raise CacheError(f"cache cold: {self.backend} circuit breaker open", "breaker_open")
         loop = asyncio.get_running_loop()
@@ -70,49 +78,58 @@ class Runner:
         self._observe(op, set_, "ok", time.perf_counter() - t0)
         return result
 
-    def remember_invalidation(self, ns: str, ids: list[str]) -> None:
-        """Ids whose cached copy may be stale but could not be deleted: treated as misses here and replayed as
-        soon as the breaker lets a call through again (bounded; overflow is flagged and logged)."""
-        bucket = self._pending.setdefault(ns, set())
-        for doc_id in ids:
-            if self._pending_count >= PENDING_MAX:
-                if not self.pending_overflow:
-                    log.error("%s cache: more than %d invalidations pending; some stale copies may survive",
-                              self.backend, PENDING_MAX)
-                self.pending_overflow = True
-                break
-            if doc_id not in bucket:
-                bucket.add(doc_id)
-                self._pending_count += 1
-        if self._heal_task is None and self.on_recover is not None:
-            self._heal_task = asyncio.get_running_loop().create_task(self._heal())
+    # -- fences that could not land ------------------------------------------------------------------------------
 
-    async def _heal(self) -> None:
-        """Replay pending invalidations once per breaker pause until they all went through."""
-        try:
-            while self._pending:
-                await asyncio.sleep(max(self.breaker.open_s, 0.05))
-                pending, self._pending, self._pending_count = self._pending, {}, 0
-                self._replaying = pending
-                try:
-                    assert self.on_recover is not None
-                    await self.on_recover(pending)  # a failure re-remembers the ids (delete_many does)
-                except CacheError:
-                    pass
-                except Exception as exc:  # noqa: BLE001 - the healer must not die with ids pending
-                    log.warning("%s cache: replaying invalidations failed: %s", self.backend, _describe(exc))
-                    for ns, ids in pending.items():
-                        self.remember_invalidation(ns, list(ids))
-                finally:
-                    self._replaying = {}
-        finally:
-            self._heal_task = None
+    def remember(self, ns: str, ids: dict[str, int], reset: int | None = None) -> None:
+        """Fences to replay: settle `ids` ({id: unknown_until}), after a namespace reset when `reset` is set."""
+        if reset is not None:
+            self._resets[ns] = max(self._resets.get(ns, 0), reset)
+        bucket = self._ids.setdefault(ns, {})
+        for doc_id, until in ids.items():
+            if doc_id not in bucket:
+                if self._count >= REMEMBERED_MAX:
+                    if not self.overflow:
+                        log.error("%s cache: more than %d fences waiting to be replayed; some stale copies may be "
+                                  "served by other workers", self.backend, REMEMBERED_MAX)
+                    self.overflow = True
+                    break
+                self._count += 1
+            bucket[doc_id] = max(bucket.get(doc_id, 0), until)
+        if self._healer is None and self.replay is not None:
+            self._healer = asyncio.get_running_loop().create_task(self._heal())
 
     def suspect(self, ns: str, doc_id: str) -> bool:
-        """True while an invalidation for this id is pending or being replayed: treat a cached copy as a miss."""
-        if not self._pending_count and not self._replaying:
+        """True while a fence for this id (or its namespace) waits to be replayed: a cached copy is a miss here."""
+        if not self._count and not self._resets:
             return False
-        return doc_id in self._pending.get(ns, ()) or doc_id in self._replaying.get(ns, ())
+        return ns in self._resets or doc_id in self._ids.get(ns, ())
+
+    @property
+    def remembered(self) -> int:
+        return self._count + len(self._resets)
+
+    async def replay_now(self) -> None:
+        """Try every remembered fence once; those that fail stay remembered."""
+        assert self.replay is not None
+        for ns in {*self._ids, *self._resets}:
+            ids, reset = self._ids.pop(ns, {}), self._resets.pop(ns, None)
+            self._count -= len(ids)
+            try:
+                await self.replay(ns, reset, ids)
+            except Exception as exc:  # noqa: BLE001 - whatever failed, the fences stay remembered
+                if not isinstance(exc, CacheError):
+                    log.warning("%s cache: replaying fences failed: %s", self.backend, _describe(exc))
+                self.remember(ns, ids, reset)
+
+    async def _heal(self) -> None:
+        try:
+            while self.remembered:
+                await asyncio.sleep(min(max(self.breaker.open_s, 0.05), REPLAY_MAX_S))
+                await self.replay_now()
+        finally:
+            self._healer = None
+
+    # -- state -----------------------------------------------------------------------------------------------------
 
     def _failed(self, op: str, set_: str, exc: BaseException, seconds: float) -> None:
         self.breaker.failure()
@@ -138,7 +155,12 @@ class Runner:
             except Exception:
                 log.exception("cache metrics hook failed")
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Stop the healer and the pool without blocking the loop (queued calls are dropped, running ones finish
+        in their thread within the cache timeout)."""
+        if self._healer is not None:
+            self._healer.cancel()
+            await asyncio.gather(self._healer, return_exceptions=True)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 

@@ -1,48 +1,52 @@
 """The Aerospike document cache: the official client, one per worker process, every call in a bounded thread pool.
 
 Layout: namespace AEROSPIKE_NAMESPACE, set AEROSPIKE_SET_PREFIX + Turbopuffer namespace (hashed past 63 bytes),
-record key = document id, bin `attrs` = msgpack attribute map, bin `vec` = float32 LE vector bytes. No CDT ops,
-no expressions, no truncate. Batch calls never raise on timeouts, so every record's result code is checked.
+record key = document id, bins `attrs` (msgpack attribute map), `vec` (float32 LE vector bytes), `ok`, `e` (epoch),
+`pw` (pending writes, msgpack), `uu` (unknown until, ms). Each Turbopuffer namespace's state (epoch, unknown
+until) is one record in set `_hevlayer_spaces`, read in the same batch as the documents. No CDT ops, no
+expressions, no truncate. Batch calls never raise on timeouts, so every record's result code is checked.
+
+Coherence: every change is a gateway/cache/coherence.py function applied with check-and-set on the record's
+generation (`POLICY_GEN_EQ`, or create-only when absent); a record that changed meanwhile is read again and the
+function asked again. A record of the current epoch is never removed, so its generation never starts over; the
+16-bit generation wraps after 65,536 writes, which a fill's token would have to span (it lives seconds).
 """
 
 from __future__ import annotations
 
 import builtins
 import threading
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import aerospike
 import msgspec
 from aerospike import exception as aex
-from aerospike_helpers.batch.records import BatchRecords, Write  # type: ignore[import-untyped]
+from aerospike_helpers.batch.records import BatchRecords, Remove, Write  # type: ignore[import-untyped]
 from aerospike_helpers.operations import operations as op  # type: ignore[import-untyped]
 
+from gateway.cache import coherence as co
 from gateway.cache._runner import Runner, log
 from gateway.cache.base import (
     JOBS_SET,
-    CacheDoc,
     CacheError,
     CacheStatus,
-    PutMode,
-    PutReport,
     WarmJob,
     decode_attrs,
-    encode_attrs,
-    record_size,
     set_name,
     unpack_vector,
 )
+from gateway.cache.coherence import Change, Lookup, Record, Space, Token
 from gateway.config import CacheSettings
 
 OK, NOT_FOUND, GENERATION_ERROR, RECORD_EXISTS, RECORD_TOO_BIG, BATCH_FAILED = 0, 2, 3, 5, 13, -16
-EXISTS = {"replace": aerospike.POLICY_EXISTS_CREATE_OR_REPLACE, "fill": aerospike.POLICY_EXISTS_CREATE,
-          "update": aerospike.POLICY_EXISTS_UPDATE}
-TOMBSTONE = {"exists": aerospike.POLICY_EXISTS_CREATE_OR_REPLACE}
-REVIVE = {"exists": aerospike.POLICY_EXISTS_REPLACE, "gen": aerospike.POLICY_GEN_EQ}
-# A per-mode result code that is an expected outcome, not a failure.
-EXPECTED_SKIP = {"fill": RECORD_EXISTS, "update": NOT_FOUND}
+SPACES_SET = "_hevlayer_spaces"
+CREATE = {"exists": aerospike.POLICY_EXISTS_CREATE}
+REPLACE = {"exists": aerospike.POLICY_EXISTS_REPLACE, "gen": aerospike.POLICY_GEN_EQ}
+READ_BINS = ["attrs", "ok", "e", "pw", "uu"]
+VECTOR_BINS = ["vec", "ok", "e", "pw", "uu"]
+CONFLICT_TRIES = 8  # check-and-set rounds before a change under contention counts as a cache failure
 SCAN_TIMEOUT_S = 30.0
 
 _job_decode = msgspec.json.Decoder(WarmJob).decode
@@ -60,11 +64,10 @@ class AerospikeCache:
         self._write = {"total_timeout": t, "socket_timeout": t, "max_retries": 0}
         self._batch = {"total_timeout": t, "socket_timeout": t, "max_retries": 1}
         self.runner = Runner("aerospike", settings.pool_size, t / 1000, settings.breaker_open_ms / 1000)
-        self.runner.on_recover = self._replay
+        self.runner.replay = self._replay
         self._client: Any = None
         self._lock = threading.Lock()
         self._sets: dict[str, str] = {}
-        self.oversized_total = 0
         self.jobs = AerospikeJobStore(self)
 
     # -- plumbing ------------------------------------------------------------------------------------------------
@@ -115,149 +118,160 @@ class AerospikeCache:
     def _key(self, ns: str, doc_id: str) -> tuple[str, str, str]:
         return (self._ns, self.set_name(ns), doc_id)
 
+    def _space_key(self, ns: str) -> tuple[str, str, str]:
+        return (self._ns, SPACES_SET, ns)
+
     # -- reads ---------------------------------------------------------------------------------------------------
 
-    async def get(self, ns: str, doc_id: str, include: Sequence[str] | None = None) -> dict[str, Any] | None:
-        if self.runner.suspect(ns, doc_id):
-            return None
-        return await self.runner.call("get", self.set_name(ns), self._get, self._key(ns, doc_id), include)
+    async def lookup(self, ns: str, ids: Sequence[str], include: Sequence[str] | None = None) -> Lookup:
+        return await self._lookup("get", ns, ids, READ_BINS, partial(_attrs_of, include))
 
-    def _get(self, key: tuple[str, str, str], include: Sequence[str] | None) -> dict[str, Any] | None:
-        try:
-            _, _, bins = self._conn().select(key, ["attrs"], policy=self._read)
-        except (aex.RecordNotFound, aex.BinNotFound):  # type: ignore[attr-defined]
-            return None
-        blob = bins.get("attrs") if bins else None
-        return None if blob is None else decode_attrs(blob, include)
+    async def lookup_vectors(self, ns: str, ids: Sequence[str]) -> Lookup:
+        return await self._lookup("get_vector", ns, ids, VECTOR_BINS, _vector_of)
 
-    async def get_many(
-        self, ns: str, ids: Sequence[str], include: Sequence[str] | None = None
-    ) -> dict[str, dict[str, Any]]:
+    async def _lookup(self, op_name: str, ns: str, ids: Sequence[str], bins: list[str],
+                      serve: Callable[[Record], Any]) -> Lookup:
         unique = [i for i in dict.fromkeys(ids) if not self.runner.suspect(ns, i)]
         if not unique:
-            return {}
-        return await self.runner.call("batch_get", self.set_name(ns), self._get_many, ns, unique, include)
+            return Lookup({}, {})
+        return await self.runner.call(op_name, self.set_name(ns), self._read_records, ns, unique, bins, serve)
 
-    def _get_many(self, ns: str, ids: list[str], include: Sequence[str] | None) -> dict[str, dict[str, Any]]:
-        keys = [self._key(ns, i) for i in ids]
-        res = self._conn().batch_read(keys, ["attrs"], policy=self._batch)
+    def _read_records(self, ns: str, ids: list[str], bins: list[str], serve: Callable[[Record], Any]) -> Lookup:
+        """One batch round trip: the records and the namespace's state."""
+        space, records = self._fetch(ns, ids, bins)
+        hits: dict[str, Any] = {}
+        tokens: dict[str, Token] = {}
+        now = co.now_ms()
+        for doc_id, (rec, gen) in zip(ids, records):
+            value = serve(rec) if co.servable(rec, space) else None  # type: ignore[arg-type]
+            if value is not None:
+                hits[doc_id] = value
+            else:
+                tokens[doc_id] = co.token(rec, gen, space, now)
+        return Lookup(hits, tokens)
+
+    def _fetch(self, ns: str, ids: list[str], bins: list[str] | None) -> tuple[Space, list[tuple[Record | None, int]]]:
+        keys = [self._key(ns, i) for i in ids] + [self._space_key(ns)]
+        res = (self._conn().batch_read(keys, bins, policy=self._batch) if bins is not None
+               else self._conn().batch_read(keys, policy=self._batch))
         _check_batch(res, "batch_read", len(keys))
-        out: dict[str, dict[str, Any]] = {}
-        for doc_id, rec in zip(ids, res.batch_records):
+        out = []
+        for rec in res.batch_records:
             if rec.result == NOT_FOUND:
-                continue
-            if rec.result != OK:
-                raise CacheError(f"cache batch_read failed: record result {rec.result}")
-            bins = rec.record[2] if rec.record else None
-            blob = bins.get("attrs") if bins else None
-            if blob is not None:
-                out[doc_id] = decode_attrs(blob, include)
-        return out
+                out.append((None, 0))
+            elif rec.result == OK:
+                _, meta, found = rec.record
+                out.append((_record(found or {}), meta["gen"]))
+            else:
+                raise CacheError(f"cache batch_read failed: record result {rec.result}",
+                                 "timeout" if rec.result == 9 else "error")
+        space_rec = res.batch_records[-1]
+        space = _space(space_rec.record[2] if space_rec.result == OK and space_rec.record else None)
+        return space, out[:-1]
 
-    async def get_vector(self, ns: str, doc_id: str) -> list[float] | None:
-        if self.runner.suspect(ns, doc_id):
-            return None
-        return await self.runner.call("get_vector", self.set_name(ns), self._get_vector, self._key(ns, doc_id))
+    async def space(self, ns: str) -> Token:
+        space, _ = await self.runner.call("get_space", SPACES_SET, self._fetch, ns, [], ["e", "uu"])
+        return co.token(None, 0, space, co.now_ms())
 
-    def _get_vector(self, key: tuple[str, str, str]) -> list[float] | None:
-        try:
-            _, _, bins = self._conn().select(key, ["vec", "del"], policy=self._read)
-        except (aex.RecordNotFound, aex.BinNotFound):  # type: ignore[attr-defined]
-            return None
-        blob = bins.get("vec") if bins and "del" not in bins else None
-        return unpack_vector(blob) if blob else None
+    # -- changes -------------------------------------------------------------------------------------------------
 
-    # -- writes --------------------------------------------------------------------------------------------------
+    async def update(self, ns: str, changes: Mapping[str, Change], fence: bool = False) -> dict[str, Token]:
+        if not changes:
+            return {}
+        written: dict[str, Token] = await self.runner.call("batch_put", self.set_name(ns), self._update, ns,
+                                                           dict(changes), fence=fence)
+        return written
 
-    async def put_many(self, ns: str, docs: Sequence[CacheDoc], mode: PutMode = "replace") -> PutReport:
-        if not docs:
-            return PutReport()
-        report = await self.runner.call("batch_put", self.set_name(ns), self._put_many, ns, docs, mode)
-        self.oversized_total += len(report.oversized)
-        return report
-
-    def _put_many(self, ns: str, docs: Sequence[CacheDoc], mode: PutMode) -> PutReport:
-        report = PutReport()
-        rows: list[Write] = []
-        ids: list[str] = []
-        policy = {"exists": EXISTS[mode]}
-        for doc in docs:
-            blob = None if doc.attrs is None else encode_attrs(doc.attrs)
-            if record_size(doc.id, blob, doc.vector) > self._s.max_record_bytes:
-                report.oversized.append(doc.id)
-                continue
-            ops = [] if blob is None else [op.write("attrs", blob)]
-            if doc.vector is not None:
-                ops.append(op.write("vec", bytearray(doc.vector)))
-            if not ops:
-                continue
-            rows.append(Write(self._key(ns, doc.id), ops, policy=policy))
-            ids.append(doc.id)
+    def _update(self, ns: str, changes: dict[str, Change]) -> dict[str, Token]:
+        """Read, compute, write with generation checks; ids whose record changed meanwhile go round again."""
         client = self._conn()
-        if rows:
-            skip = EXPECTED_SKIP.get(mode)
-            existing = []
-            for row, doc_id, result in zip(rows, ids, self._write_rows(client, rows)):
+        versions: dict[str, Token] = {}
+        todo = list(changes)
+        for _ in range(CONFLICT_TRIES):
+            space, records = self._fetch(ns, todo, None)
+            now = co.now_ms()
+            rows: list[tuple[str, Record, int]] = []
+            for doc_id, (rec, gen) in zip(todo, records):
+                new = changes[doc_id](rec, gen, space, now)
+                if new is not None:
+                    rows.append((doc_id, new, gen))
+            if not rows:
+                return versions
+            results = self._write_rows(client, [self._row(ns, doc_id, new, gen) for doc_id, new, gen in rows])
+            todo = []
+            for (doc_id, new, gen), (result, new_gen) in zip(rows, results):
                 if result == OK:
-                    report.stored += 1
-                elif result == skip:
-                    report.skipped += 1
-                    if mode == "fill":
-                        existing.append(row)
-                elif result == RECORD_TOO_BIG:
-                    report.oversized.append(doc_id)
+                    versions[doc_id] = Token(new_gen, new.epoch, now, False)
+                elif result == RECORD_TOO_BIG:  # keep the fences, drop the data
+                    too_big = partial(_without_data, changes[doc_id])
+                    changes[doc_id] = too_big
+                    todo.append(doc_id)
+                elif result in (GENERATION_ERROR, RECORD_EXISTS, NOT_FOUND):
+                    todo.append(doc_id)
                 else:
                     raise CacheError(f"cache batch_write failed: record result {result}")
-            if existing:
-                revived = self._revive(client, existing)
-                report.stored += revived
-                report.skipped -= revived
-        if report.oversized and mode != "fill":
-            # The new version is not cacheable, so the old one must not be served either.
-            self._remove(client, [self._key(ns, i) for i in report.oversized])
-        return report
+            if not todo:
+                return versions
+        raise CacheError(f"cache write of {len(todo)} record(s) kept conflicting with other writers")
 
-    def _write_rows(self, client: Any, rows: list[Write]) -> list[int]:
+    def _row(self, ns: str, doc_id: str, rec: Record, gen: int) -> Write:
+        ops = [op.write("attrs", rec.attrs), op.write("vec", None if rec.vec is None else bytearray(rec.vec)),
+               op.write("ok", int(rec.ok)), op.write("e", rec.epoch),
+               op.write("pw", co.encode_pending(rec.pending)), op.write("uu", rec.unknown_until)]
+        if gen == 0:
+            return Write(self._key(ns, doc_id), ops, policy=CREATE)
+        return Write(self._key(ns, doc_id), ops, meta={"gen": gen}, policy=REPLACE)
+
+    def _write_rows(self, client: Any, rows: list[Write]) -> list[tuple[int, int]]:
         records = BatchRecords(rows)
         res = client.batch_write(records, policy_batch=self._batch) or records
         _check_batch(res, "batch_write", len(rows))
-        return [rec.result for rec in res.batch_records]
+        return [(rec.result, rec.record[1]["gen"] if rec.result == OK and rec.record else 0)
+                for rec in res.batch_records]
 
-    def _revive(self, client: Any, rows: list[Write]) -> int:
-        """Fill over tombstones older than tombstone_ms (read generation, then replace only if it is unchanged)."""
-        res = client.batch_read([row.key for row in rows], ["del"], policy=self._batch)
-        _check_batch(res, "batch_read", len(rows))
-        cutoff = int(time.time() * 1000) - self._s.tombstone_ms
-        again = []
-        for row, rec in zip(rows, res.batch_records):
-            bins = rec.record[2] if rec.result == OK and rec.record else None
-            if bins and isinstance(bins.get("del"), int) and bins["del"] < cutoff:
-                again.append(Write(row.key, row.ops, meta={"gen": rec.record[1]["gen"]}, policy=REVIVE))
-        if not again:
-            return 0
-        results = self._write_rows(client, again)
-        bad = [r for r in results if r not in (OK, NOT_FOUND, GENERATION_ERROR)]
-        if bad:
-            raise CacheError(f"cache batch_write failed: record result {bad[0]}")
-        return results.count(OK)
+    async def reset(self, ns: str, unknown_until: int) -> None:
+        await self.runner.call("reset", SPACES_SET, self._reset, ns, unknown_until, fence=True)
 
-    async def delete_many(self, ns: str, ids: Sequence[str]) -> None:
-        unique = list(dict.fromkeys(ids))
-        if not unique:
-            return
-        try:
-            await self.runner.call("batch_delete", self.set_name(ns), self._delete_many, ns, unique)
-        except CacheError:
-            self.runner.remember_invalidation(ns, unique)
-            raise
+    def _reset(self, ns: str, unknown_until: int) -> None:
+        client = self._conn()
+        key = self._space_key(ns)
+        for _ in range(CONFLICT_TRIES):
+            try:
+                _, meta, bins = client.get(key, policy=self._read)
+            except aex.RecordNotFound:
+                meta, bins = None, None
+            new = co.reset(_space(bins), unknown_until)
+            ops = [op.write("e", new.epoch), op.write("uu", new.unknown_until)]
+            row = (Write(key, ops, policy=CREATE) if meta is None
+                   else Write(key, ops, meta={"gen": meta["gen"]}, policy=REPLACE))
+            result, _ = self._write_rows(client, [row])[0]
+            if result == OK:
+                return
+            if result not in (GENERATION_ERROR, RECORD_EXISTS, NOT_FOUND):
+                raise CacheError(f"cache namespace reset failed: record result {result}")
+        raise CacheError("cache namespace reset kept conflicting with other writers")
 
-    def _delete_many(self, ns: str, ids: list[str]) -> None:
-        """Replace each record by a tombstone (`del` = now): reads see nothing, young tombstones refuse fills."""
-        now = int(time.time() * 1000)
-        rows = [Write(self._key(ns, i), [op.write("del", now)], policy=TOMBSTONE) for i in ids]
-        bad = [r for r in self._write_rows(self._conn(), rows) if r != OK]
-        if bad:
-            raise CacheError(f"cache batch_write (tombstones) failed: record result {bad[0]}")
+    async def collect(self, ns: str) -> int:
+        """Scan the set; remove old-epoch records without a fence, each only if unchanged since the scan."""
+        removed: int = await self.runner.call("collect", self.set_name(ns), self._collect, ns, guard_s=SCAN_TIMEOUT_S)
+        return removed
+
+    def _collect(self, ns: str) -> int:
+        client = self._conn()
+        space, _ = self._fetch(ns, [], ["e", "uu"])
+        query = client.query(self._ns, self.set_name(ns))
+        query.select("e", "pw", "uu")
+        now = co.now_ms()
+        garbage = []
+        for key, meta, bins in query.results({"total_timeout": int(SCAN_TIMEOUT_S * 1000)}):
+            rec = _record(bins or {})
+            if rec.epoch < space.epoch and rec.busy_until < now:
+                garbage.append(Remove(key, policy={"gen": aerospike.POLICY_GEN_EQ, "generation": meta["gen"]}))
+        removed = 0
+        for i in range(0, len(garbage), 1000):
+            res = client.batch_write(BatchRecords(garbage[i: i + 1000]), policy_batch=self._batch)
+            removed += sum(1 for rec in res.batch_records if rec.result == OK)
+        return removed
 
     def _remove(self, client: Any, keys: list[Any]) -> None:
         res = client.batch_remove(keys, policy_batch=self._batch)
@@ -266,27 +280,14 @@ class AerospikeCache:
             if rec.result not in (OK, NOT_FOUND):
                 raise CacheError(f"cache batch_remove failed: record result {rec.result}")
 
-    async def _replay(self, pending: dict[str, set[str]]) -> None:
-        for ns, ids in pending.items():
-            await self.delete_many(ns, list(ids))
-
-    async def drop_namespace(self, ns: str) -> None:
-        """Remove every cached document of ns by scanning its set (no truncate: it stalls the whole process)."""
-        await self.runner.call("drop_set", self.set_name(ns), self._drop_set, self.set_name(ns),
-                               guard_s=SCAN_TIMEOUT_S)
-        await self.jobs.delete_namespace(ns)
-
-    def _drop_set(self, set_: str) -> None:
-        client = self._conn()
-        query = client.query(self._ns, set_)
-        query.select()  # digests only
-        keys = [rec[0] for rec in query.results({"total_timeout": int(SCAN_TIMEOUT_S * 1000)})]
-        for i in range(0, len(keys), 1000):
-            self._remove(client, keys[i: i + 1000])
+    async def _replay(self, ns: str, reset: int | None, ids: dict[str, int]) -> None:
+        if reset is not None:
+            await self.reset(ns, reset)
+        await self.update(ns, {i: co.settle(until) for i, until in ids.items()}, fence=True)
 
     async def close(self) -> None:
         client, self._client = self._client, None
-        self.runner.close()
+        await self.runner.close()
         if client is not None:
             try:
                 client.close()
@@ -336,6 +337,30 @@ class AerospikeJobStore:
         keys = [key for key, _, bins in self._scan() if bins and bins.get("ns") == ns]
         if keys:
             self._c._remove(self._c._conn(), keys)
+
+
+def _record(bins: dict[str, Any]) -> Record:
+    pending = bins.get("pw")
+    vec = bins.get("vec")
+    return Record(bins.get("attrs"), None if vec is None else bytes(vec), bins.get("ok") == 1, bins.get("e") or 0,
+                  co.decode_pending(bytes(pending)) if pending else {}, bins.get("uu") or 0)
+
+
+def _space(bins: dict[str, Any] | None) -> Space:
+    return Space(bins.get("e") or 0, bins.get("uu") or 0) if bins else Space()
+
+
+def _without_data(change: Change, rec: Record | None, ver: int, space: Space, now: int) -> Record | None:
+    new = change(rec, ver, space, now)
+    return None if new is None else msgspec.structs.replace(new, attrs=None, vec=None, ok=False)
+
+
+def _attrs_of(include: Sequence[str] | None, rec: Record) -> dict[str, Any] | None:
+    return None if rec.attrs is None else decode_attrs(rec.attrs, include)
+
+
+def _vector_of(rec: Record) -> list[float] | None:
+    return unpack_vector(rec.vec) if rec.vec else None
 
 
 def _check_batch(res: Any, what: str, expected: int) -> None:

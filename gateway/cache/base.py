@@ -1,10 +1,9 @@
 """The document cache: one protocol, its value types, its settings and the codecs both backends share.
 
 A cached document is one record keyed (namespace, id) holding the attribute map (msgpack, never the vector, never
-`id`) and, optionally, the dense vector as little-endian float32 bytes. Every backend call either answers or raises
+`id`), optionally the dense vector as little-endian float32 bytes, and its fences (gateway/cache/coherence.py: the
+rules that keep it from serving what upstream does not hold). Every backend call either answers or raises
 `CacheError` quickly (bounded by the cache timeout); callers treat a `CacheError` as "cache unavailable" and go on.
-Deletes leave a short-lived tombstone (a record without attributes) so that a backfill which read the upstream just
-before the delete cannot bring the document back; reads treat tombstones as absent.
 """
 
 from __future__ import annotations
@@ -13,16 +12,15 @@ import base64
 import hashlib
 from array import array
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
-# How a put treats an existing record.
-#   replace: create or fully replace (attributes and vector; a doc without a vector clears the cached one)
-#   fill:    create only when absent, or over a tombstone older than tombstone_ms (backfills: never overwrite
-#            what a write mirror put there meanwhile, never resurrect a document deleted meanwhile)
-#   update:  only when present; writes the given parts and keeps the rest (patch merges, vector backfills)
-PutMode = Literal["replace", "fill", "update"]
+if TYPE_CHECKING:
+    from gateway.cache._runner import Runner
+    from gateway.cache.coherence import Change, Lookup, Token
+    from gateway.config import CacheSettings
+
 SET_NAME_MAX = 63  # Aerospike set-name limit in bytes
 JOBS_SET = "_hevlayer_jobs"
 ROW_NOT_ATTRIBUTES = frozenset({"id", "vector", "vectors"})
@@ -40,17 +38,13 @@ class CacheError(Exception):
 
 
 class CacheDoc(msgspec.Struct, gc=False):
-    """One document to write. `attrs` None (update mode only) keeps the cached attributes; `vector` is f32 bytes."""
+    """One document as upstream returned it: attributes and, optionally, the dense vector as f32 bytes."""
 
     id: str
-    attrs: dict[str, Any] | None
+    attrs: dict[str, Any]
     vector: bytes | None = None
 
 
-class PutReport(msgspec.Struct, gc=False):
-    stored: int = 0
-    oversized: list[str] = msgspec.field(default_factory=list)  # skipped (and any stale copy removed)
-    skipped: int = 0  # fill: already present; update: absent
 
 
 class CacheStatus(msgspec.Struct, frozen=True, gc=False):
@@ -145,17 +139,31 @@ class DocumentCache(Protocol):
     """Raises CacheError on any failure; never blocks the event loop longer than the cache timeout."""
 
     backend: str
+    settings: CacheSettings
+    runner: Runner
 
     @property
     def jobs(self) -> JobStore: ...
     def set_name(self, ns: str) -> str: ...
     def status(self) -> CacheStatus: ...
-    async def get(self, ns: str, doc_id: str, include: Sequence[str] | None = None) -> dict[str, Any] | None: ...
-    async def get_many(
-        self, ns: str, ids: Sequence[str], include: Sequence[str] | None = None
-    ) -> dict[str, dict[str, Any]]: ...
-    async def get_vector(self, ns: str, doc_id: str) -> list[float] | None: ...
-    async def put_many(self, ns: str, docs: Sequence[CacheDoc], mode: PutMode = "replace") -> PutReport: ...
-    async def delete_many(self, ns: str, ids: Sequence[str]) -> None: ...  # leaves short-lived tombstones
-    async def drop_namespace(self, ns: str) -> None: ...
+    async def start(self) -> None: ...
+    async def lookup(self, ns: str, ids: Sequence[str], include: Sequence[str] | None = None) -> Lookup:
+        """Served attributes of `ids` (projected to `include`), tokens for the rest (none for suspect ids)."""
+        ...
+    async def lookup_vectors(self, ns: str, ids: Sequence[str]) -> Lookup:
+        """Served vectors (float lists); tokens for served records without a vector (a vector fill may land)."""
+        ...
+    async def space(self, ns: str) -> Token:
+        """A namespace token (ver 0): what a warm page read after it may fill."""
+        ...
+    async def update(self, ns: str, changes: Mapping[str, Change], fence: bool = False) -> dict[str, Token]:
+        """Apply each id's change to its current record atomically (check-and-set); for each id written, what it
+        left (version and epoch). `fence`: a write fence or a reset, tried even while the breaker is open."""
+        ...
+    async def reset(self, ns: str, unknown_until: int) -> None:
+        """A new namespace epoch (and a namespace-wide unknown outcome until `unknown_until`, if later)."""
+        ...
+    async def collect(self, ns: str) -> int:
+        """Remove records of old epochs that hold no fence (space only); how many went."""
+        ...
     async def close(self) -> None: ...

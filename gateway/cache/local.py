@@ -9,11 +9,19 @@ Threads: point reads run inline on the event loop (a WAL read never waits for wr
 executor hop; its busy timeout is tiny so a lock can never stall the loop). Writes, and reads of many ids, run in
 the worker's small thread pool with per-thread connections, where waiting on another process's write lock is
 harmless and bounded by the cache timeout. Writes that arrive while a write transaction runs are committed together
-in the next one (group commit): a busy worker pays one executor hop and one commit for many concurrent writes, not
-one each (a lone write mirror costs ~100 µs of SQLite plus ~150 µs of hop here; under load most of that is shared).
+in the next one (group commit): a busy worker pays one executor hop and one commit for many concurrent writes.
 
-Bounded size: a trigger-maintained byte total; past LAYER_CACHE_MAX_BYTES the oldest-written rows are evicted
-down to 90 % (FIFO by write time: an LRU would turn every read into a write and serialize all workers).
+Coherence: every change is a gateway/cache/coherence.py function applied inside one write transaction (read the
+record and the namespace's epoch, compute, write). Versions come from one counter in the file, so a record removed
+and created again never repeats a version a token saw.
+
+Bounded size: a trigger-maintained byte total; past LAYER_CACHE_MAX_BYTES the oldest-written records are removed
+down to 90 % (FIFO by write time: an LRU would turn every read into a write and serialize all workers), except
+records written within the fill window or holding a fence: those only lose their data (coherence.py explains why).
+
+The schema is created once, by `prepare()` in the serve process before the workers start (two workers switching a
+new file to WAL at the same moment would fail with "database is locked"). A file of an older schema is recreated:
+the cache is soft, its contents can always be dropped.
 """
 
 from __future__ import annotations
@@ -24,68 +32,80 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from gateway.cache import coherence as co
 from gateway.cache._runner import Runner
-from gateway.cache.base import (
-    CacheDoc,
-    CacheError,
-    CacheStatus,
-    PutMode,
-    PutReport,
-    WarmJob,
-    decode_attrs,
-    encode_attrs,
-    record_size,
-    unpack_vector,
-)
+from gateway.cache.base import CacheError, CacheStatus, WarmJob, decode_attrs, record_size, unpack_vector
+from gateway.cache.coherence import Change, Lookup, Record, Space, Token
 from gateway.config import CacheSettings
 
 log = logging.getLogger("gateway.cache")
 FILE_NAME = "cache.sqlite3"
+SCHEMA_VERSION = 2
 SCHEMA_WAIT_S = 10.0
 JOBS_KEPT = 100
 INLINE_MAX_IDS = 32
 INLINE_BUSY_MS = 5
 BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 EVICT_TO = 0.9
-SCHEMA = """
-create table if not exists docs(
-  ns text not null, id text not null, attrs blob, vec blob, size integer not null, seq integer not null,
-  primary key (ns, id)) without rowid;
-create index if not exists docs_seq on docs(seq);
-create table if not exists meta(k text primary key, v integer not null);
-insert or ignore into meta values ('bytes', 0);
-create trigger if not exists docs_ins after insert on docs
-  begin update meta set v = v + new.size where k = 'bytes'; end;
-create trigger if not exists docs_del after delete on docs
-  begin update meta set v = v - old.size where k = 'bytes'; end;
-create trigger if not exists docs_upd after update of size on docs
+CHUNK = 500
+SCHEMA = f"""
+drop table if exists docs;
+drop table if exists spaces;
+drop table if exists meta;
+drop table if exists jobs;
+create table docs(
+  ns text not null, id text not null, attrs blob, vec blob, ok integer not null, epoch integer not null,
+  pending blob, unknown_until integer not null, busy_until integer not null, ver integer not null,
+  size integer not null, seq integer not null, primary key (ns, id)) without rowid;
+create index docs_seq on docs(seq);
+create table spaces(ns text primary key, epoch integer not null, unknown_until integer not null) without rowid;
+create table meta(k text primary key, v integer not null);
+insert into meta values ('bytes', 0), ('ver', 0);
+create trigger docs_ins after insert on docs begin update meta set v = v + new.size where k = 'bytes'; end;
+create trigger docs_del after delete on docs begin update meta set v = v - old.size where k = 'bytes'; end;
+create trigger docs_upd after update of size on docs
   begin update meta set v = v - old.size + new.size where k = 'bytes'; end;
-create table if not exists jobs(id text primary key, ns text not null, created_at text not null, body blob not null);
-create index if not exists jobs_ns on jobs(ns, created_at);
+create table jobs(id text primary key, ns text not null, created_at text not null, body blob not null);
+create index jobs_ns on jobs(ns, created_at);
+pragma user_version = {SCHEMA_VERSION};
 """
-UPSERT = {
-    "replace": "insert into docs values (?1, ?2, ?3, ?4, ?5, ?6) on conflict (ns, id) do update set "
-               "attrs = excluded.attrs, vec = excluded.vec, size = excluded.size, seq = excluded.seq",
-    # ?7 = the write time before which a tombstone no longer blocks a backfill
-    "fill": "insert into docs values (?1, ?2, ?3, ?4, ?5, ?6) on conflict (ns, id) do update set "
-            "attrs = excluded.attrs, vec = excluded.vec, size = excluded.size, seq = excluded.seq "
-            "where docs.attrs is null and docs.seq < ?7",
-    "update": "update docs set attrs = coalesce(?3, attrs), vec = coalesce(?4, vec), seq = ?6, "
-              "size = 64 + length(cast(id as blob)) + length(coalesce(?3, attrs)) "
-              "+ ifnull(length(coalesce(?4, vec)), 0) where ns = ?1 and id = ?2 and attrs is not null",
-}
-# A tombstone is a row without attributes: reads treat it as absent, fill respects it while it is young.
-TOMBSTONE = ("insert into docs values (?1, ?2, null, null, 64 + length(cast(?2 as blob)), ?3) on conflict (ns, id) "
-             "do update set attrs = null, vec = null, size = excluded.size, seq = excluded.seq")
+COLUMNS = "attrs, vec, ok, epoch, pending, unknown_until, ver"
+# One statement for the hot path: the record and its namespace's state, a row even when the record is absent.
+LOOKUP_ONE = ("select d.attrs, d.vec, d.ok, d.epoch, d.pending, d.unknown_until, d.ver, s.epoch, s.unknown_until "
+              "from (select ?1 as ns, ?2 as id) q left join docs d on d.ns = q.ns and d.id = q.id "
+              "left join spaces s on s.ns = q.ns")
+WRITE_ROW = ("insert into docs values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) on conflict (ns, id) do update set "
+             "attrs = excluded.attrs, vec = excluded.vec, ok = excluded.ok, epoch = excluded.epoch, "
+             "pending = excluded.pending, unknown_until = excluded.unknown_until, busy_until = excluded.busy_until, "
+             "ver = excluded.ver, size = excluded.size, seq = excluded.seq")
 
 _job_decode = msgspec.json.Decoder(WarmJob).decode
 _job_encode = msgspec.json.encode
+
+
+def cache_path(data_dir: str) -> str:
+    return str(Path(data_dir) / FILE_NAME)
+
+
+def prepare(data_dir: str) -> None:
+    """Create (or recreate, when its schema is older) the cache file. Called by the serve process before the
+    workers start; workers only check it. Raises sqlite3.Error."""
+    path = cache_path(data_dir)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    conn = sqlite3.connect(path, timeout=SCHEMA_WAIT_S, isolation_level=None)
+    try:
+        if conn.execute("pragma user_version").fetchone()[0] != SCHEMA_VERSION:
+            conn.execute("pragma journal_mode=wal")
+            conn.executescript(f"begin immediate; {SCHEMA} commit;")
+    finally:
+        conn.close()
 
 
 class LocalCache:
@@ -93,17 +113,16 @@ class LocalCache:
 
     def __init__(self, settings: CacheSettings, threads: int = 2) -> None:
         self._s = self.settings = settings
-        self.path = str(Path(settings.data_dir) / FILE_NAME)
+        self.path = cache_path(settings.data_dir)
         self.runner = Runner("local", threads, settings.timeout_ms / 1000, settings.breaker_open_ms / 1000)
-        self.runner.on_recover = self._replay
+        self.runner.replay = self._replay
         self._tls = threading.local()
         self._loop_conn: sqlite3.Connection | None = None
         self._pid = 0
         self._ready = False
-        self.oversized_total = 0
         self.evicted_total = 0
         self.jobs = LocalJobStore(self)
-        self._queued: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._queued: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], bool]] = []
         self._committing = False
         self._committer: asyncio.Task[None] | None = None  # the background commit of writes queued meanwhile
 
@@ -115,43 +134,27 @@ class LocalCache:
 
     # -- connections ---------------------------------------------------------------------------------------------
 
-    def _open(self, busy_ms: int, setup: bool) -> sqlite3.Connection:
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+    def _open(self, busy_ms: int) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=busy_ms / 1000, isolation_level=None, check_same_thread=False)
         conn.execute(f"pragma busy_timeout={busy_ms}")
-        if setup:  # WAL is a property of the file: set once by pool connections, inherited by the loop's reader
-            conn.execute("pragma journal_mode=wal")
-            conn.execute("pragma synchronous=normal")
+        conn.execute("pragma synchronous=normal")
         return conn
 
     def _thread_conn(self) -> sqlite3.Connection:
         """The pool thread's connection (opened on first use, after fork); it also makes sure the schema exists."""
         conn: sqlite3.Connection | None = getattr(self._tls, "conn", None)
         if conn is None:
-            conn = self._open(max(self._s.timeout_ms, 50), setup=not self._ready)
-            try:
-                if not self._ready:
-                    conn.executescript(SCHEMA)
-                    self._ready = True
-            except BaseException:
-                conn.close()
-                raise
-            self._tls.conn = conn
+            if not self._ready:
+                prepare(self._s.data_dir)
+                self._ready = True
+            conn = self._tls.conn = self._open(max(self._s.timeout_ms, 50))
         return conn
 
     async def start(self) -> None:
-        """Create the file and schema before serving. Every worker of the host races here at once, so this one
-        waits for the others' locks (up to SCHEMA_WAIT_S) instead of failing into the breaker."""
-        def init() -> None:
-            conn = self._open(int(SCHEMA_WAIT_S * 1000), setup=True)
-            try:
-                conn.executescript(SCHEMA)
-            finally:
-                conn.close()
-            self._ready = True
-
+        """Check (or create, when no serve process did) the file and schema before serving."""
         try:
-            await asyncio.get_running_loop().run_in_executor(None, init)
+            await asyncio.get_running_loop().run_in_executor(None, prepare, self._s.data_dir)
+            self._ready = True
         except sqlite3.Error as exc:
             log.warning("local cache: schema setup failed (will retry on use): %s", exc)
 
@@ -163,7 +166,7 @@ class LocalCache:
             return None
         if self._loop_conn is None:
             try:
-                self._loop_conn = self._open(INLINE_BUSY_MS, setup=False)
+                self._loop_conn = self._open(INLINE_BUSY_MS)
             except sqlite3.Error:
                 return None  # the pool path will report it
         return self._loop_conn
@@ -187,77 +190,80 @@ class LocalCache:
 
     # -- reads ---------------------------------------------------------------------------------------------------
 
-    async def get(self, ns: str, doc_id: str, include: Sequence[str] | None = None) -> dict[str, Any] | None:
-        if self.runner.suspect(ns, doc_id):
-            return None
-        blob = await self._read("get", ns, _select_one, "attrs", ns, doc_id)
-        return None if blob is None else _decode(blob, include)
+    async def lookup(self, ns: str, ids: Sequence[str], include: Sequence[str] | None = None) -> Lookup:
+        return await self._lookup("get", ns, ids, partial(_attrs_of, include))
 
-    async def get_many(
-        self, ns: str, ids: Sequence[str], include: Sequence[str] | None = None
-    ) -> dict[str, dict[str, Any]]:
+    async def lookup_vectors(self, ns: str, ids: Sequence[str]) -> Lookup:
+        return await self._lookup("get_vector", ns, ids, _vector_of)
+
+    async def _lookup(self, op: str, ns: str, ids: Sequence[str], serve: Callable[[Record], Any]) -> Lookup:
         unique = [i for i in dict.fromkeys(ids) if not self.runner.suspect(ns, i)]
         if not unique:
-            return {}
+            return Lookup({}, {})
         if len(unique) <= INLINE_MAX_IDS:
-            rows = await self._read("batch_get", ns, _select_many, ns, unique)
+            space, rows = await self._read(op, ns, _select, ns, unique)
         else:
-            rows = await self.runner.call("batch_get", ns, lambda: _select_many(self._thread_conn(), ns, unique))
-        return {doc_id: _decode(blob, include) for doc_id, blob in (rows or ())}
+            space, rows = await self.runner.call(op, ns, lambda: _select(self._thread_conn(), ns, unique))
+        return _found(space, rows, unique, serve)
 
-    async def get_vector(self, ns: str, doc_id: str) -> list[float] | None:
-        if self.runner.suspect(ns, doc_id):
-            return None
-        blob = await self._read("get_vector", ns, _select_vector, ns, doc_id)
-        return unpack_vector(blob) if blob else None
+    async def space(self, ns: str) -> Token:
+        space = await self._read("get_space", ns, _select_space, ns)
+        return co.token(None, 0, space, co.now_ms())
 
-    # -- writes --------------------------------------------------------------------------------------------------
+    # -- changes -------------------------------------------------------------------------------------------------
 
-    async def put_many(self, ns: str, docs: Sequence[CacheDoc], mode: PutMode = "replace") -> PutReport:
-        if not docs:
-            return PutReport()
-        report: PutReport = await self._write(lambda conn: self._put_many(conn, ns, docs, mode))
-        self.oversized_total += len(report.oversized)
-        return report
+    async def update(self, ns: str, changes: Mapping[str, Change], fence: bool = False) -> dict[str, Token]:
+        if not changes:
+            return {}
+        written: dict[str, Token] = await self._write(partial(self._update_tx, ns, changes), fence)
+        return written
 
-    def _put_many(self, conn: sqlite3.Connection, ns: str, docs: Sequence[CacheDoc], mode: PutMode) -> PutReport:
-        report = PutReport()
-        rows: list[tuple[Any, ...]] = []
-        seq = time.time_ns()
-        extra = (seq - self._s.tombstone_ms * 1_000_000,) if mode == "fill" else ()
-        for doc in docs:
-            blob = None if doc.attrs is None else encode_attrs(doc.attrs)
-            size = record_size(doc.id, blob, doc.vector)
-            if size > self._s.max_record_bytes:
-                report.oversized.append(doc.id)
-            elif blob is not None or mode == "update":
-                rows.append((ns, doc.id, blob, doc.vector, size, seq, *extra))
-        changed = 0
-        for row in rows:  # rowcount excludes the size triggers' changes
-            changed += conn.execute(UPSERT[mode], row).rowcount
-        if report.oversized and mode != "fill":
-            _delete(conn, ns, report.oversized)
-        report.stored = changed
-        report.skipped = len(rows) - report.stored
-        return report
+    def _update_tx(self, ns: str, changes: Mapping[str, Change], conn: sqlite3.Connection) -> dict[str, Token]:
+        now, seq = co.now_ms(), time.time_ns()
+        space, rows = _select(conn, ns, list(changes), full=True)
+        ver = conn.execute("select v from meta where k = 'ver'").fetchone()[0]
+        written: dict[str, Token] = {}
+        out = []
+        for doc_id, change in changes.items():
+            rec, old = rows.get(doc_id, (None, 0))
+            new = change(rec, old, space, now)
+            if new is None:
+                continue
+            ver += 1
+            written[doc_id] = Token(ver, new.epoch, now, False)
+            pending = co.encode_pending(new.pending)
+            size = record_size(doc_id, new.attrs, new.vec) + (len(pending) if pending else 0)
+            out.append((ns, doc_id, new.attrs, new.vec, int(new.ok), new.epoch, pending, new.unknown_until,
+                        new.busy_until, ver, size, seq))
+        if out:
+            conn.executemany(WRITE_ROW, out)
+            conn.execute("update meta set v = ? where k = 'ver'", (ver,))
+        return written
 
-    async def delete_many(self, ns: str, ids: Sequence[str]) -> None:
-        unique = list(dict.fromkeys(ids))
-        if not unique:
-            return
-        try:
-            await self._write(lambda conn: _tombstone(conn, ns, unique))
-        except CacheError:
-            self.runner.remember_invalidation(ns, unique)
-            raise
+    async def reset(self, ns: str, unknown_until: int) -> None:
+        def tx(conn: sqlite3.Connection) -> None:
+            new = co.reset(_select_space(conn, ns), unknown_until)
+            conn.execute("insert into spaces values (?, ?, ?) on conflict (ns) do update set epoch = excluded.epoch, "
+                         "unknown_until = excluded.unknown_until", (ns, new.epoch, new.unknown_until))
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        await self._write(tx, fence=True)
+
+    async def collect(self, ns: str) -> int:
+        """Old-epoch records without a fence, a chunk per transaction so other writes keep going."""
+        removed = 0
+        while True:
+            n = await self._write(partial(_collect_chunk, ns))
+            removed += n
+            if n < CHUNK:
+                return removed
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], Any], fence: bool = False) -> Any:
         """Run fn(conn) in a write transaction, together with the other writes queued meanwhile (group commit).
         With no commit running, this write commits at once itself; writes that arrive during a commit are
         committed together by a background task. A failed transaction fails every write in it, each with the
-        CacheError its own call would have raised."""
+        CacheError its own call would have raised. A batch holding a fence is tried even while the breaker is open."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queued.append((fn, future))
+        self._queued.append((fn, future, fence))
         if self._committing:
             return await future
         self._committing = True
@@ -280,17 +286,19 @@ class LocalCache:
 
     async def _commit_batch(self) -> None:
         batch, self._queued = self._queued, []
+        fence = any(f for _, _, f in batch)
         try:
-            results = await self.runner.call("write_batch", "*", self._write_tx, [fn for fn, _ in batch])
+            results = await self.runner.call("write_batch", "*", self._write_tx, [fn for fn, _, _ in batch],
+                                             fence=fence)
         except BaseException as exc:  # handed to every write of the batch; a cancellation is re-raised
             error = exc if isinstance(exc, Exception) else CacheError("cache write cancelled")
-            for _, future in batch:
+            for _, future, _ in batch:
                 if not future.done():
                     future.set_exception(error)
             if error is not exc:
                 raise
             return
-        for (_, future), result in zip(batch, results):
+        for (_, future, _), result in zip(batch, results):
             if not future.done():
                 future.set_result(result)
 
@@ -299,22 +307,20 @@ class LocalCache:
         conn.execute("begin immediate")
         try:
             results = [fn(conn) for fn in fns]
-            self.evicted_total += _evict(conn, self._s.max_bytes)
+            self.evicted_total += _evict(conn, self._s.max_bytes, self._s.fill_window_ms)
             conn.execute("commit")
         except BaseException:
             conn.execute("rollback")
             raise
         return results
 
-    async def _replay(self, pending: dict[str, set[str]]) -> None:
-        for ns, ids in pending.items():
-            await self.delete_many(ns, list(ids))
-
-    async def drop_namespace(self, ns: str) -> None:
-        await self.runner.call("drop_set", ns, self._write_tx, [lambda conn: _drop(conn, ns)], guard_s=30.0)
+    async def _replay(self, ns: str, reset: int | None, ids: dict[str, int]) -> None:
+        if reset is not None:
+            await self.reset(ns, reset)
+        await self.update(ns, {i: co.settle(until) for i, until in ids.items()}, fence=True)
 
     async def close(self) -> None:
-        self.runner.close()
+        await self.runner.close()
         if self._loop_conn is not None:
             self._loop_conn.close()
             self._loop_conn = None
@@ -328,77 +334,116 @@ class LocalJobStore:
         self._c = cache
 
     async def put(self, job: WarmJob) -> None:
-        await self._c._write(lambda conn: _put_job(conn, job))
+        await self._c._write(partial(_put_job, job))
 
     async def get(self, job_id: str) -> WarmJob | None:
         body = await self._c._read("job_get", "jobs", _select_job, job_id)
         return None if body is None else _job_decode(body)
 
     async def list(self, ns: str | None) -> list[WarmJob]:
-        rows = await self._c._read("job_list", "jobs", _select_jobs, ns)
-        return [_job_decode(body) for (body,) in rows or ()]
+        # decoding many job bodies is work: done in the pool, not on the loop
+        return await self._c.runner.call("job_list", "jobs", self._list, ns)
+
+    def _list(self, ns: str | None) -> list[WarmJob]:
+        return [_job_decode(body) for (body,) in _select_jobs(self._c._thread_conn(), ns)]
 
     async def delete_namespace(self, ns: str) -> None:
-        await self._c._write(lambda conn: _delete_jobs(conn, ns))
+        await self._c._write(partial(_delete_jobs, ns))
 
 
-def _decode(blob: bytes, include: Sequence[str] | None) -> dict[str, Any]:
+def _record(row: Sequence[Any]) -> Record:
+    attrs, vec, ok, epoch, pending, unknown_until = row[:6]
+    return Record(attrs, vec, bool(ok), epoch, co.decode_pending(pending), unknown_until)
+
+
+def _select_space(conn: sqlite3.Connection, ns: str) -> Space:
+    row = conn.execute("select epoch, unknown_until from spaces where ns = ?", (ns,)).fetchone()
+    return Space() if row is None else Space(row[0], row[1])
+
+
+def _select(conn: sqlite3.Connection, ns: str, ids: list[str],
+            full: bool = False) -> tuple[Space, dict[str, tuple[Record, int]]]:
+    """The namespace's state and the records of `ids` (with their versions). One statement for a single id."""
+    if len(ids) == 1 and not full:
+        row = conn.execute(LOOKUP_ONE, (ns, ids[0])).fetchone()
+        space = Space(row[7] or 0, row[8] or 0)
+        return space, ({} if row[6] is None else {ids[0]: (_record(row), row[6])})
+    rows: dict[str, tuple[Record, int]] = {}
+    for i in range(0, len(ids), CHUNK):
+        chunk = ids[i: i + CHUNK]
+        marks = ",".join("?" * len(chunk))
+        for row in conn.execute(f"select id, {COLUMNS} from docs where ns = ? and id in ({marks})", (ns, *chunk)):
+            rows[row[0]] = (_record(row[1:]), row[7])
+    return _select_space(conn, ns), rows
+
+
+def _found(space: Space, rows: dict[str, tuple[Record, int]], ids: list[str],
+           serve: Callable[[Record], Any]) -> Lookup:
+    hits: dict[str, Any] = {}
+    tokens: dict[str, Token] = {}
+    now = co.now_ms()
+    for doc_id in ids:
+        rec, ver = rows.get(doc_id, (None, 0))
+        value = serve(rec) if co.servable(rec, space) else None  # type: ignore[arg-type]
+        if value is not None:
+            hits[doc_id] = value
+        else:
+            tokens[doc_id] = co.token(rec, ver, space, now)
+    return Lookup(hits, tokens)
+
+
+def _attrs_of(include: Sequence[str] | None, rec: Record) -> dict[str, Any] | None:
+    if rec.attrs is None:
+        return None
     try:
-        return decode_attrs(blob, include)
+        return decode_attrs(rec.attrs, include)
     except msgspec.DecodeError as exc:
         raise CacheError(f"cache record is not readable: {exc}") from exc
 
 
-def _select_one(conn: sqlite3.Connection, column: str, ns: str, doc_id: str) -> bytes | None:
-    row = conn.execute(f"select {column} from docs where ns = ? and id = ?", (ns, doc_id)).fetchone()
-    return None if row is None else row[0]
+def _vector_of(rec: Record) -> list[float] | None:
+    return unpack_vector(rec.vec) if rec.vec else None
 
 
-def _select_vector(conn: sqlite3.Connection, ns: str, doc_id: str) -> bytes | None:
-    row = conn.execute("select vec from docs where ns = ? and id = ? and attrs is not null", (ns, doc_id)).fetchone()
-    return None if row is None else row[0]
+def _collect_chunk(ns: str, conn: sqlite3.Connection) -> int:
+    epoch = _select_space(conn, ns).epoch
+    cur = conn.execute("delete from docs where ns = ?1 and id in (select id from docs where ns = ?1 and epoch < ?2 "
+                       "and busy_until < ?3 limit ?4)", (ns, epoch, co.now_ms(), CHUNK))
+    return cur.rowcount
 
 
-def _select_many(conn: sqlite3.Connection, ns: str, ids: list[str]) -> list[tuple[str, bytes]]:
-    out: list[tuple[str, bytes]] = []
-    for i in range(0, len(ids), 500):
-        chunk = ids[i: i + 500]
-        marks = ",".join("?" * len(chunk))
-        out += conn.execute(f"select id, attrs from docs where ns = ? and id in ({marks}) and attrs is not null",
-                            (ns, *chunk)).fetchall()
-    return out
-
-
-def _delete(conn: sqlite3.Connection, ns: str, ids: list[str]) -> None:
-    conn.executemany("delete from docs where ns = ? and id = ?", [(ns, i) for i in ids])
-
-
-def _tombstone(conn: sqlite3.Connection, ns: str, ids: list[str]) -> None:
-    seq = time.time_ns()
-    conn.executemany(TOMBSTONE, [(ns, i, seq) for i in ids])
-
-
-def _drop(conn: sqlite3.Connection, ns: str) -> None:
-    conn.execute("delete from docs where ns = ?", (ns,))
-    _delete_jobs(conn, ns)
-
-
-def _evict(conn: sqlite3.Connection, max_bytes: int) -> int:
+def _evict(conn: sqlite3.Connection, max_bytes: int, window_ms: int) -> int:
+    """Past the size bound: remove the oldest records that are older than the fill window and hold no fence; if
+    that is not enough, drop the data (never the fence) of the oldest records that still have some."""
     total = conn.execute("select v from meta where k = 'bytes'").fetchone()[0]
     if total <= max_bytes:
         return 0
     evicted = 0
     target = int(max_bytes * EVICT_TO)
+    now = co.now_ms()
+    old = time.time_ns() - window_ms * 1_000_000
     while total > target:
-        cur = conn.execute("delete from docs where (ns, id) in (select ns, id from docs order by seq limit 256)")
+        cur = conn.execute("delete from docs where (ns, id) in (select ns, id from docs where seq < ? and "
+                           "busy_until < ? order by seq limit 256)", (old, now))
         if cur.rowcount <= 0:
             break
         evicted += cur.rowcount
         total = conn.execute("select v from meta where k = 'bytes'").fetchone()[0]
+    if total > target:
+        ver = conn.execute("update meta set v = v + 1 where k = 'ver' returning v").fetchone()[0]
+        while total > target:
+            cur = conn.execute("update docs set attrs = null, vec = null, ok = 0, ver = ?, "
+                               "size = 64 + length(cast(id as blob)) + ifnull(length(pending), 0) "
+                               "where (ns, id) in (select ns, id from docs where attrs is not null or vec is not null "
+                               "order by seq limit 32)", (ver,))
+            if cur.rowcount <= 0:
+                break
+            evicted += cur.rowcount
+            total = conn.execute("select v from meta where k = 'bytes'").fetchone()[0]
     return evicted
 
 
-def _put_job(conn: sqlite3.Connection, job: WarmJob) -> None:
+def _put_job(job: WarmJob, conn: sqlite3.Connection) -> None:
     conn.execute("insert into jobs values (?, ?, ?, ?) on conflict (id) do update set body = excluded.body",
                  (job.id, job.namespace, job.created_at, _job_encode(job)))
     if job.status != "running":  # keep the newest JOBS_KEPT per namespace
@@ -418,5 +463,5 @@ def _select_jobs(conn: sqlite3.Connection, ns: str | None) -> list[tuple[bytes]]
     return conn.execute("select body from jobs where ns = ? order by created_at, id", (ns,)).fetchall()
 
 
-def _delete_jobs(conn: sqlite3.Connection, ns: str) -> None:
+def _delete_jobs(ns: str, conn: sqlite3.Connection) -> None:
     conn.execute("delete from jobs where ns = ?", (ns,))

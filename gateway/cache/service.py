@@ -17,7 +17,10 @@ from typing import Any
 from msgspec.structs import replace
 
 from gateway import metrics
-from gateway.cache.base import CacheError, DocumentCache, WarmJob
+from gateway.cache import coherence as co
+from gateway.cache import mirror
+from gateway.cache.base import CacheDoc, CacheError, DocumentCache, WarmJob, encode_attrs, pack_vector, record_size
+from gateway.cache.coherence import Token
 
 log = logging.getLogger("gateway.cache")
 STATE_REFRESH_S = 2.0
@@ -64,9 +67,7 @@ class CacheService:
         self._local_running: dict[str, int] = {}  # ns -> warm jobs this worker runs
         self._refresher: asyncio.Task[None] | None = None
         self.reactive_generation: dict[str, int] = {}  # ns -> cache generation it was reactively warmed for
-        runner = getattr(store, "runner", None)
-        if runner is not None:
-            runner.observe = self._observe_op
+        store.runner.observe = self._observe_op
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -82,6 +83,12 @@ class CacheService:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        runner = self.store.runner
+        if runner.remembered:  # one last try for fences this worker still holds in memory
+            await runner.replay_now()
+            if runner.remembered:
+                log.error("cache: %d fence(s) could not be written before shutdown; other workers may serve stale "
+                          "copies of those documents", runner.remembered)
         await self.store.close()
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
@@ -124,13 +131,21 @@ class CacheService:
     def forget(self, ns: str) -> None:
         self._states.pop(ns, None)
 
-    async def purge_namespace(self, ns: str) -> None:
-        """After a namespace delete: drop its documents and jobs (soft; a failure is logged, not raised)."""
-        self.forget(ns)
+    async def namespace_deleted(self, ns: str, status: int | None) -> None:
+        """After a namespace delete answered `status` (None: no answer): a new epoch hides every cached document
+        at once; its jobs and the old records are removed in the background (soft: failures are logged)."""
+        await mirror.reset_namespace(self.store, ns, status)
+        if mirror.outcome_of(status) != "rejected" or status == 404:
+            self.forget(ns)
+            self.spawn(self._clean(ns))
+
+    async def _clean(self, ns: str) -> None:
         try:
-            await self.store.drop_namespace(ns)
+            await self.jobs.delete_namespace(ns)
+            removed = await self.store.collect(ns)
+            log.info("cache: %d record(s) of deleted namespace %s removed", removed, ns)
         except CacheError as exc:
-            log.warning("cache purge of namespace %s failed: %s", ns, exc)
+            log.warning("cache clean-up of deleted namespace %s failed: %s", ns, exc)
 
     def namespace_state(self, ns: str) -> dict[str, Any]:
         st = self._states.get(ns)
@@ -214,40 +229,72 @@ class CacheService:
         metrics.CACHE_OP_DURATION.labels(op, metrics.ns_label(set_), status).observe(seconds)
 
 
-async def cached_vectors(svc: CacheService, ns: str, ids: list[Any]) -> dict[Any, list[float]]:
-    """nearest_to_id, cache phase: vectors the cache holds (cache errors count as misses)."""
+async def backfill(svc: CacheService, ns: str, tokens: dict[str, Token], docs: list[CacheDoc]) -> None:
+    """After a fetch miss: fill what upstream returned, each only against the token its miss read (best effort)."""
+    changes = {}
+    oversized = 0
+    window = svc.store.settings.fill_window_ms
+    for doc in docs:
+        tok = tokens.get(doc.id)
+        if tok is None or not (tok.fill or tok.adopt):
+            continue
+        if not tok.fill:  # a record of a deleted epoch: blank it into the current one, so the next miss can fill
+            changes[doc.id] = co.settle(0)
+            continue
+        attrs = encode_attrs(doc.attrs)
+        if record_size(doc.id, attrs, doc.vector) > svc.store.settings.max_record_bytes:
+            oversized += 1
+            continue
+        changes[doc.id] = co.fill(tok, doc, attrs, window)
     set_label = metrics.ns_label(svc.store.set_name(ns))
-    found: dict[Any, list[float]] = {}
+    if oversized:
+        metrics.CACHE_OVERSIZED.labels(set_label).inc(oversized)
+    if not changes:
+        return
+    t0 = time.perf_counter()
     try:
-        vectors = await asyncio.gather(*(svc.store.get_vector(ns, str(i)) for i in ids))
+        await svc.store.update(ns, changes)
+        status = "ok"
+    except CacheError as exc:
+        status = "aerospike_error"
+        log.info("cache backfill of %d doc(s) in %s failed: %s", len(changes), ns, exc)
+    metrics.CACHE_BACKFILLS.labels(set_label, status).inc(len(changes))
+    metrics.CACHE_BACKFILL_DURATION.labels(set_label, status).observe(time.perf_counter() - t0)
+
+
+async def cached_vectors(svc: CacheService, ns: str, ids: list[Any]) -> tuple[dict[Any, list[float]], dict[str, Token]]:
+    """nearest_to_id, cache phase: vectors the cache holds (cache errors count as misses), and the tokens of
+    served records without a vector."""
+    set_label = metrics.ns_label(svc.store.set_name(ns))
+    try:
+        found = await svc.store.lookup_vectors(ns, [str(i) for i in ids])
     except CacheError:
         metrics.CACHE_LOOKUPS.labels(set_label, metrics.ns_label(ns), "error").inc(len(ids))
-        return found
-    for doc_id, vec in zip(ids, vectors):
-        if vec is not None:
-            found[doc_id] = vec
-    hits = len(found)
-    if hits:
-        metrics.CACHE_LOOKUPS.labels(set_label, metrics.ns_label(ns), "hit").inc(hits)
-    if len(ids) - hits:
-        metrics.CACHE_LOOKUPS.labels(set_label, metrics.ns_label(ns), "miss").inc(len(ids) - hits)
-    return found
+        return {}, {}
+    vectors = {i: found.hits[str(i)] for i in ids if str(i) in found.hits}
+    if vectors:
+        metrics.CACHE_LOOKUPS.labels(set_label, metrics.ns_label(ns), "hit").inc(len(vectors))
+    if len(ids) - len(vectors):
+        metrics.CACHE_LOOKUPS.labels(set_label, metrics.ns_label(ns), "miss").inc(len(ids) - len(vectors))
+    return vectors, found.tokens
 
 
-async def backfill_vectors(svc: CacheService, ns: str, found: dict[Any, list[float]]) -> None:
-    """nearest_to_id, after the upstream fetch: add the vectors to records the cache already holds (update-only,
-    so a vector never creates an attribute-less record that fetches would have to treat as a miss)."""
-    from gateway.cache.base import CacheDoc, pack_vector
-
-    docs = [CacheDoc(str(i), None, pack_vector(v)) for i, v in found.items()]
-    docs = [d for d in docs if d.vector is not None]
-    if not docs:
+async def backfill_vectors(svc: CacheService, ns: str, tokens: dict[str, Token],
+                           found: dict[Any, list[float]]) -> None:
+    """nearest_to_id, after the upstream fetch: add the vectors to served records that did not change since their
+    token (a vector never creates a record: its attributes are not known here)."""
+    changes = {}
+    for doc_id, vec in found.items():
+        tok, packed = tokens.get(str(doc_id)), pack_vector(vec)
+        if tok is not None and packed is not None:
+            changes[str(doc_id)] = co.fill_vector(tok, packed)
+    if not changes:
         return
     set_label = metrics.ns_label(svc.store.set_name(ns))
     try:
-        await svc.store.put_many(ns, docs, "update")
+        await svc.store.update(ns, changes)
         status = "ok"
     except CacheError as exc:
         status = "aerospike_error"
         log.info("vector backfill in %s failed: %s", ns, exc)
-    metrics.CACHE_BACKFILLS.labels(set_label, status).inc(len(docs))
+    metrics.CACHE_BACKFILLS.labels(set_label, status).inc(len(changes))

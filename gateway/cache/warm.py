@@ -2,7 +2,8 @@
 
 A job record lives in the cache backend's job store, so any worker (any host with Aerospike) answers for it. The
 worker running the job refreshes it after every page (`updated_ms` heartbeat); a running job whose heartbeat stops
-is reported as failed. Pages are written create-only, so a warm never overwrites a newer write-mirror record.
+is reported as failed. A page fills only ids that have no cache record at all, checked against a namespace token
+read before the page: an id without a record was not written through any gateway since (docs/cache.md).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from urllib.parse import quote
 import msgspec
 
 from gateway import metrics
-from gateway.cache.base import CacheError, WarmJob, doc_from_row
+from gateway.cache import coherence as co
+from gateway.cache.base import CacheError, WarmJob, doc_from_row, encode_attrs, record_size
+from gateway.cache.coherence import Token
 from gateway.cache.service import CacheService, now_ms, rfc3339_ms
 from gateway.http import GatewayError, json_decode, json_encode
 from gateway.upstream import Upstream
@@ -105,6 +108,25 @@ async def _save(svc: CacheService, job: WarmJob) -> None:
         log.warning("warm job %s: progress not recorded: %s", job.id, exc)
 
 
+async def _fill(svc: CacheService, job: WarmJob, ns: str, page: Token, rows: list[dict[str, Any]]) -> None:
+    settings = svc.store.settings
+    changes = {}
+    oversized = 0
+    for doc in (doc_from_row(r) for r in rows):
+        attrs = encode_attrs(doc.attrs)
+        if record_size(doc.id, attrs, doc.vector) > settings.max_record_bytes:
+            oversized += 1
+        else:
+            changes[doc.id] = co.fill_absent(page, doc, attrs, settings.fill_window_ms)
+    if oversized:
+        metrics.CACHE_OVERSIZED.labels(metrics.ns_label(svc.store.set_name(ns))).inc(oversized)
+    try:
+        written = await svc.store.update(ns, changes)
+        metrics.WARM_DOCUMENTS.labels(metrics.ns_label(ns)).inc(len(written))
+    except CacheError as exc:
+        log.warning("warm job %s: a page of %d docs was not cached: %s", job.id, len(rows), exc)
+
+
 async def run_warm_job(svc: CacheService, upstream: Upstream, key: str | None, job: WarmJob, page_size: int,
                        watermark: int | None) -> None:
     ns = job.namespace
@@ -112,16 +134,14 @@ async def run_warm_job(svc: CacheService, upstream: Upstream, key: str | None, j
         total = await _row_count(upstream, key, ns)
         cursor: Any = None
         while True:
+            try:
+                page = await svc.store.space(ns)
+            except CacheError as exc:
+                log.warning("warm job %s: cache unavailable, this page is not cached: %s", job.id, exc)
+                page = None
             rows = [r for r in await scan_page(upstream, key, ns, cursor, page_size) if "id" in r]
-            if rows:
-                try:
-                    report = await svc.store.put_many(ns, [doc_from_row(r) for r in rows], "fill")
-                    metrics.WARM_DOCUMENTS.labels(metrics.ns_label(ns)).inc(report.stored)
-                    if report.oversized:
-                        metrics.CACHE_OVERSIZED.labels(metrics.ns_label(svc.store.set_name(ns))).inc(
-                            len(report.oversized))
-                except CacheError as exc:
-                    log.warning("warm job %s: a page of %d docs was not cached: %s", job.id, len(rows), exc)
+            if rows and page is not None:
+                await _fill(svc, job, ns, page, rows)
             job.documents_scanned += len(rows)
             if total:
                 job.progress = min(job.documents_scanned / total, 0.99)

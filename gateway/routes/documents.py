@@ -1,7 +1,8 @@
 """Document fetch through the cache (layer.md §3.6): GET one document, POST a batch of ids.
 
-Phases: parse (ids, include_attributes, tags) -> cache lookup -> upstream fetch of what the cache did not have ->
-backfill (create-only, and only after a clean miss) -> response with `x-layer-cache: hit|miss|partial|miss-on-error`.
+Phases: parse (ids, include_attributes, tags) -> cache lookup (hits, and a token per miss) -> upstream fetch of
+what the cache did not have -> backfill (each document only against its miss's token: docs/cache.md) -> response
+with `x-layer-cache: hit|miss|partial|miss-on-error`. An upstream error answer is relayed as upstream sent it.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ import msgspec
 
 from gateway import metrics
 from gateway.cache.base import CacheDoc, CacheError, doc_from_row, project
-from gateway.cache.service import CacheService
+from gateway.cache.coherence import Token
+from gateway.cache.service import CacheService, backfill
 from gateway.cache.warm import maybe_reactive_warm
 from gateway.http import Ctx, GatewayError, Response, json_encode, json_response, upstream_error, validation_error
 from gateway.router import RouteSpec
+from gateway.routes.passthrough import relayed_error
 from gateway.routes.query import parse_tags
 from gateway.state import WorkerState
 
@@ -70,8 +73,7 @@ async def fetch_rows(ctx: Ctx, state: WorkerState, ns: str, ids: list[Any]) -> l
         # The namespace may use integer ids, which a string filter cannot match: ask again with numbers.
         return await fetch_rows(ctx, state, ns, [int(i) for i in ids])
     if not resp.ok:
-        snippet = resp.body[:200].decode(errors="replace")
-        raise upstream_error(f"Turbopuffer fetch failed: upstream returned {resp.status}: {snippet}")
+        raise relayed_error(resp, "fetch")
     try:
         return _rows(resp.body).rows
     except msgspec.DecodeError as exc:
@@ -87,24 +89,6 @@ async def fetch_upstream(ctx: Ctx, state: WorkerState, ns: str, ids: list[Any]) 
                 doc = doc_from_row(row)
                 found[doc.id] = doc
     return found
-
-
-async def backfill(svc: CacheService, ns: str, docs: list[CacheDoc]) -> None:
-    """Best effort, create-only: a backfill never overwrites what a concurrent write mirror stored."""
-    if not docs:
-        return
-    set_label = metrics.ns_label(svc.store.set_name(ns))
-    t0 = time.perf_counter()
-    try:
-        report = await svc.store.put_many(ns, docs, "fill")
-        status = "ok"
-        if report.oversized:
-            metrics.CACHE_OVERSIZED.labels(set_label).inc(len(report.oversized))
-    except CacheError as exc:
-        status = "aerospike_error"
-        log.info("cache backfill of %d doc(s) in %s failed: %s", len(docs), ns, exc)
-    metrics.CACHE_BACKFILLS.labels(set_label, status).inc(len(docs))
-    metrics.CACHE_BACKFILL_DURATION.labels(set_label, status).observe(time.perf_counter() - t0)
 
 
 def _count_lookups(svc: CacheService, ns: str, hits: int, misses: int, errors: int) -> None:
@@ -127,9 +111,11 @@ async def get_document(ctx: Ctx, state: WorkerState) -> Response:
     extra = [VECTOR_WARNING] if warn else []
     svc = _service(state)
     result = "miss-on-error"
+    tokens: dict[str, Token] = {}
     if svc is not None:
         try:
-            attrs = await svc.store.get(ns, doc_id, include)
+            found = await svc.store.lookup(ns, (doc_id,), include)
+            attrs, tokens = found.hits.get(doc_id), found.tokens
             result = "miss" if attrs is None else "hit"
         except CacheError:
             attrs = None
@@ -143,7 +129,7 @@ async def get_document(ctx: Ctx, state: WorkerState) -> Response:
     if doc is None:
         raise GatewayError("not_found", f"Document '{doc_id}' not found in namespace '{ns}'", status=404)
     if svc is not None and result == "miss":
-        await backfill(svc, ns, [doc])
+        await backfill(svc, ns, tokens, [doc])
         _reactive_warm(ctx, state, svc, ns)
     attrs = project(doc.attrs or {}, include)
     return json_response(200, _document(doc_id, attrs), [("x-layer-cache", result), *extra])
@@ -168,10 +154,12 @@ async def get_documents(ctx: Ctx, state: WorkerState) -> Response:
     metrics.FETCH_BATCH_SIZE.labels("get_batch").observe(len(req.ids))
     svc = _service(state)
     cached: dict[str, dict[str, Any]] = {}
+    tokens: dict[str, Token] = {}
     errored = svc is None
     if svc is not None:
         try:
-            cached = await svc.store.get_many(ns, unique, include)
+            found = await svc.store.lookup(ns, unique, include)
+            cached, tokens = found.hits, found.tokens
         except CacheError:
             errored = True
         hits = len(cached)
@@ -180,7 +168,7 @@ async def get_documents(ctx: Ctx, state: WorkerState) -> Response:
     wanted = [originals[k] for k in unique if k not in cached]
     fetched = await fetch_upstream(ctx, state, ns, wanted) if wanted else {}
     if svc is not None and not errored:
-        await backfill(svc, ns, list(fetched.values()))
+        await backfill(svc, ns, tokens, list(fetched.values()))
         if wanted:
             _reactive_warm(ctx, state, svc, ns)
     documents, missing = [], []

@@ -14,7 +14,8 @@ import msgspec
 from gateway import metrics
 from gateway.auth import can_read
 from gateway.cache import mirror
-from gateway.cache.mirror import MirrorPlan
+from gateway.cache.mirror import COPIES as COPY_KEYS
+from gateway.cache.mirror import WritePlan
 from gateway.compression import forwarded_encoding, identity_body
 from gateway.consistency import STABLE, UNKNOWN, UPDATING, NamespaceWatch, now_ms, status_from_metadata
 from gateway.http import (
@@ -84,28 +85,28 @@ def decode_object(body: bytes) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-# ---- cache seams (the cache engineer fills these; each is a no-op while state.cache is None) ----
-async def cache_mirror_before_write(state: WorkerState, ns: str, doc: dict[str, Any]) -> MirrorPlan | None:
-    """Phase: mirror explicit-id upserts/patches/deletes into the cache before the upstream write (may add
+# ---- cache seams (each is a no-op while state.cache is None) ----
+async def cache_before_write(state: WorkerState, ns: str, doc: dict[str, Any]) -> WritePlan | None:
+    """Phase: fence the documents this write names in the cache before the upstream call (may add
     `return_affected_ids` to doc for conditional/filter writes, so it runs before the body is encoded)."""
     if state.cache is None:
         return None
     return await mirror.before_write(state.cache.store, ns, doc)
 
 
-async def cache_mirror_after_write(state: WorkerState, ns: str, doc: dict[str, Any], resp: UpstreamResponse,
-                                   plan: MirrorPlan | None) -> None:
-    """Phase: after the upstream answered (invalidate on rejection; mirror response-driven writes on success)."""
+async def cache_after_write(state: WorkerState, ns: str, plan: WritePlan | None, status: int | None,
+                            body: bytes) -> None:
+    """Phase: after the upstream answered `status` (None: no answer, the outcome is unknown)."""
     if state.cache is None or plan is None:
         return
-    await mirror.after_write(state.cache.store, ns, doc, resp.ok, identity_body(resp) or b"", plan)
+    await mirror.after_write(state.cache.store, ns, plan, status, body)
 
 
-async def cache_purge_namespace(state: WorkerState, ns: str) -> None:
-    """Phase: after a namespace delete upstream succeeded; soft (failures must not fail the delete)."""
+async def cache_after_namespace_delete(state: WorkerState, ns: str, status: int | None) -> None:
+    """Phase: after a namespace delete answered `status` (None: no answer); soft."""
     if state.cache is None:
         return
-    await state.cache.purge_namespace(ns)
+    await state.cache.namespace_deleted(ns, status)
 
 
 def cache_state(state: WorkerState, ns: str) -> dict[str, Any]:
@@ -122,9 +123,10 @@ async def write(ctx: Ctx, state: WorkerState) -> Response:
     if "upserts" in doc or "patches" in doc:
         raise validation_error("custom write bodies were removed; use native Turbopuffer write keys "
                                "(upsert_rows, upsert_columns, patch_rows, patch_columns, deletes, ...)")
-    if not any(k in doc for k in MANAGED_KEYS):
-        resp = await state.upstream.request("POST", upstream_path(ctx), ctx.upstream_key, ctx.body, "write", ctx,
-                                            accept_encoding=forwarded_encoding(ctx))
+    if not any(k in doc for k in MANAGED_KEYS):  # nothing to stamp; a copy into `ns` still resets its cache
+        plan = await cache_before_write(state, ns, doc) if any(k in doc for k in COPY_KEYS) else None
+        resp = await fenced_write(state, ns, plan, upstream_path(ctx), ctx.upstream_key, ctx.body, ctx,
+                                  forwarded_encoding(ctx))
         _observe_write(ctx, ns, resp.status, 0)
         return relay(resp)
     resp, rows = await write_rows(state, ns, doc, ctx.upstream_key, ctx, path=upstream_path(ctx),
@@ -136,21 +138,34 @@ async def write(ctx: Ctx, state: WorkerState) -> Response:
 async def write_rows(state: WorkerState, ns: str, doc: dict[str, Any], upstream_key: str | None,
                      ctx: Ctx | None = None, *, system: bool = False, path: str | None = None,
                      accept_encoding: str | None = None) -> tuple[UpstreamResponse, int]:
-    """The one write path (routes and the queue's write-backs): reserved attributes -> stamp -> cache mirror ->
-    upstream -> mirror follow-up -> watch -> write triggers. `system` writes (UDF results) may set the
+    """The one write path (routes and the queue's write-backs): reserved attributes -> stamp -> cache fences ->
+    upstream -> cache fences finished -> watch -> write triggers. `system` writes (UDF results) may set the
     `_hevlayer_udf_*` markers and never fire triggers. Returns (upstream response, rows stamped)."""
     rows = stamp_write(doc, now_ms(), system=system)
-    plan = await cache_mirror_before_write(state, ns, doc)
+    plan = await cache_before_write(state, ns, doc)
     trigger = None if system else queue_trigger_before_write(state, ns, doc)
     path = path or f"/v2/namespaces/{quote(ns, safe='')}"
-    resp = await state.upstream.request("POST", path, upstream_key, json_encode(doc), "write", ctx,
-                                        accept_encoding=accept_encoding)
-    await cache_mirror_after_write(state, ns, doc, resp, plan)
+    resp = await fenced_write(state, ns, plan, path, upstream_key, json_encode(doc), ctx, accept_encoding)
     if resp.ok:
         state.watcher.watch(ns, upstream_key, due=True)
         if trigger is not None:
             trigger.fire(doc, identity_body(resp) or b"", upstream_key)
     return resp, rows
+
+
+async def fenced_write(state: WorkerState, ns: str, plan: WritePlan | None, path: str, upstream_key: str | None,
+                       body: bytes, ctx: Ctx | None, accept_encoding: str | None) -> UpstreamResponse:
+    """The upstream call of a write, then its cache fences finished with the outcome, whatever happens."""
+    try:
+        resp = await state.upstream.request("POST", path, upstream_key, body, "write", ctx,
+                                            accept_encoding=accept_encoding)
+    except BaseException:  # no answer (timeout, transport failure, cancelled): the write may still land upstream
+        if plan is not None:  # shielded: a cancelled request still leaves its fences (as "unknown") in the cache
+            await asyncio.shield(cache_after_write(state, ns, plan, None, b""))
+        raise
+    if plan is not None:
+        await cache_after_write(state, ns, plan, resp.status, (identity_body(resp) or b"") if resp.ok else b"")
+    return resp
 
 
 def queue_trigger_before_write(state: WorkerState, ns: str, doc: dict[str, Any]) -> Any:
@@ -171,11 +186,15 @@ def _observe_write(ctx: Ctx, ns: str, status: int, rows: int) -> None:
 # ---- delete ----
 async def delete(ctx: Ctx, state: WorkerState) -> Response:
     ns = ctx.params["ns"]
-    resp = await state.upstream.request("DELETE", upstream_path(ctx), ctx.upstream_key, None, "namespace delete", ctx,
-                                        accept_encoding=forwarded_encoding(ctx))
+    try:
+        resp = await state.upstream.request("DELETE", upstream_path(ctx), ctx.upstream_key, None, "namespace delete",
+                                            ctx, accept_encoding=forwarded_encoding(ctx))
+    except BaseException:  # no answer: the delete may still happen upstream
+        await asyncio.shield(cache_after_namespace_delete(state, ns, None))
+        raise
     if resp.ok:
         state.watcher.forget(ns)
-        await cache_purge_namespace(state, ns)
+    await cache_after_namespace_delete(state, ns, resp.status)
     return relay(resp)
 
 

@@ -55,6 +55,12 @@ async def send(ctx: Ctx, state: WorkerState, template: str | None = None, what: 
                                         what, ctx, accept_encoding=forwarded_encoding(ctx))
 
 
+def relayed_error(resp: UpstreamResponse, what: str) -> GatewayError:
+    """An upstream error answer, to be relayed verbatim from inside a phase (status, body, `retry-after`...)."""
+    return GatewayError("upstream_status", f"Turbopuffer {what} answered {resp.status}", status=resp.status,
+                        source="upstream", raw=resp.body, headers=relay(resp).headers)
+
+
 async def forward(ctx: Ctx, state: WorkerState, template: str | None = None, what: str = "request") -> Response:
     return relay(await send(ctx, state, template, what))
 
