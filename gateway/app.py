@@ -35,6 +35,7 @@ from gateway.logs import log_request, setup_logging
 from gateway.router import build_router, path_segments
 from gateway.routes.passthrough import relay
 from gateway.state import WorkerState
+from gateway.tasks import Tasks
 
 log = logging.getLogger("gateway.app")
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -123,12 +124,9 @@ async def _flush_metrics(state: WorkerState) -> None:
     """Every METRICS_FLUSH_INTERVAL_S: this worker's metrics and health snapshot for the ops listener."""
     while True:
         await asyncio.sleep(metrics.METRICS_FLUSH_INTERVAL_S)
-        try:
-            metrics.TPUF_INFLIGHT.set(state.upstream.inflight)
-            metrics.flush()
-            await health.publish(state)
-        except Exception:
-            log.exception("metrics flush failed")
+        metrics.TPUF_INFLIGHT.set(state.upstream.inflight)
+        metrics.flush()
+        await health.publish(state)
 
 
 class Gateway:
@@ -137,14 +135,14 @@ class Gateway:
 
     def __init__(self) -> None:
         self.state: WorkerState | None = None
-        self._metrics_task: asyncio.Task[None] | None = None
+        self._tasks = Tasks()  # metrics flush and health snapshot
 
     async def startup(self) -> None:
         config = load_config()
         setup_logging(config.log_level)
         self.state = state = WorkerState(config, build_router())
         state.watcher.start()
-        self._metrics_task = asyncio.get_running_loop().create_task(_flush_metrics(state))
+        self._tasks.loop("metrics flush", lambda: _flush_metrics(state))
         await _call_hooks(state, "attach")
         await health.publish(state)
 
@@ -156,8 +154,7 @@ class Gateway:
             return
         try:
             await state.watcher.stop()
-            if self._metrics_task is not None:
-                self._metrics_task.cancel()
+            await self._tasks.stop()
             await _call_hooks(state, "detach")
         finally:
             try:

@@ -8,7 +8,6 @@ In derive-from-request mode the poll uses the last valid caller key seen for tha
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
@@ -16,6 +15,7 @@ from urllib.parse import quote
 
 import msgspec
 
+from gateway.tasks import Tasks
 from gateway.upstream import Upstream
 
 STABLE, UPDATING, UNKNOWN = "stable", "updating", "unknown"
@@ -97,7 +97,7 @@ class Watcher:
         self.margin_ms = margin_ms
         self.namespaces: dict[str, NamespaceWatch] = {}
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks = Tasks()
 
     # ---- hot path (reads and cheap registrations) ----
     def decision(self, ns: str) -> tuple[int | None, bool]:
@@ -172,6 +172,8 @@ class Watcher:
         while True:
             now = time.monotonic()
             for ns, w in list(self.namespaces.items()):
+                if self.namespaces.get(ns) is not w:
+                    continue  # forgotten (or replaced) while an earlier poll was awaited
                 if now - w.last_used > self.idle_s:
                     del self.namespaces[ns]  # not used through this worker for a while: stop polling it
                 elif self._is_due(w, now):
@@ -183,12 +185,8 @@ class Watcher:
                 pass
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_event_loop().create_task(self.run())
+        if not self._tasks:
+            self._tasks.loop("watermark watcher", self.run)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+        await self._tasks.stop()

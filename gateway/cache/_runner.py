@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from gateway.cache.base import CacheError, CacheStatus
 from gateway.cache.breaker import CircuitBreaker
+from gateway.tasks import Tasks
 
 T = TypeVar("T")
 log = logging.getLogger("gateway.cache")
@@ -46,7 +47,8 @@ class Runner:
         self._resets: dict[str, int] = {}  # ns -> unknown_until of a namespace reset to replay
         self._count = 0
         self.overflow = False
-        self._healer: asyncio.Task[None] | None = None
+        self._tasks = Tasks()
+        self._healing = False
 
     def status(self) -> CacheStatus:
         return CacheStatus(self.backend, self.connected, self.generation, self.last_error)
@@ -95,8 +97,9 @@ class Runner:
                     break
                 self._count += 1
             bucket[doc_id] = max(bucket.get(doc_id, 0), until)
-        if self._healer is None and self.replay is not None:
-            self._healer = asyncio.get_running_loop().create_task(self._heal())
+        if not self._healing and self.replay is not None:
+            self._healing = True
+            self._tasks.spawn("cache fence replay", self._heal())
 
     def suspect(self, ns: str, doc_id: str) -> bool:
         """True while a fence for this id (or its namespace) waits to be replayed: a cached copy is a miss here."""
@@ -127,7 +130,7 @@ class Runner:
                 await asyncio.sleep(min(max(self.breaker.open_s, 0.05), REPLAY_MAX_S))
                 await self.replay_now()
         finally:
-            self._healer = None
+            self._healing = False
 
     # -- state -----------------------------------------------------------------------------------------------------
 
@@ -158,9 +161,7 @@ class Runner:
     async def close(self) -> None:
         """Stop the healer and the pool without blocking the loop (queued calls are dropped, running ones finish
         in their thread within the cache timeout)."""
-        if self._healer is not None:
-            self._healer.cancel()
-            await asyncio.gather(self._healer, return_exceptions=True)
+        await self._tasks.stop()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 

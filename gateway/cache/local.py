@@ -44,6 +44,7 @@ from gateway.cache._runner import Runner
 from gateway.cache.base import CacheError, CacheStatus, WarmJob, decode_attrs, record_size, unpack_vector
 from gateway.cache.coherence import Change, Lookup, Record, Space, Token
 from gateway.config import CacheSettings
+from gateway.tasks import Tasks
 
 log = logging.getLogger("gateway.cache")
 FILE_NAME = "cache.sqlite3"
@@ -124,7 +125,7 @@ class LocalCache:
         self.jobs = LocalJobStore(self)
         self._queued: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], bool]] = []
         self._committing = False
-        self._committer: asyncio.Task[None] | None = None  # the background commit of writes queued meanwhile
+        self._tasks = Tasks()  # the background commit of writes queued meanwhile
 
     def set_name(self, ns: str) -> str:
         return ns  # one table keyed (ns, id); the "set" only labels metrics
@@ -271,7 +272,7 @@ class LocalCache:
             await self._commit_batch()
         finally:
             if self._queued:
-                self._committer = asyncio.get_running_loop().create_task(self._commit_rest())
+                self._tasks.spawn("cache group commit", self._commit_rest())
             else:
                 self._committing = False
         return future.result()
@@ -282,7 +283,6 @@ class LocalCache:
                 await self._commit_batch()
         finally:
             self._committing = False
-            self._committer = None
 
     async def _commit_batch(self) -> None:
         batch, self._queued = self._queued, []
@@ -320,6 +320,7 @@ class LocalCache:
         await self.update(ns, {i: co.settle(until) for i, until in ids.items()}, fence=True)
 
     async def close(self) -> None:
+        await self._tasks.stop(grace_s=self.runner.timeout_s * 2)  # let queued writes commit first
         await self.runner.close()
         if self._loop_conn is not None:
             self._loop_conn.close()

@@ -21,6 +21,7 @@ from gateway.cache import coherence as co
 from gateway.cache import mirror
 from gateway.cache.base import CacheDoc, CacheError, DocumentCache, WarmJob, encode_attrs, pack_vector, record_size
 from gateway.cache.coherence import Token
+from gateway.tasks import Tasks
 
 log = logging.getLogger("gateway.cache")
 STATE_REFRESH_S = 2.0
@@ -62,10 +63,9 @@ class CacheService:
     def __init__(self, store: DocumentCache) -> None:
         self.store = store
         self.jobs = store.jobs
-        self.tasks: set[asyncio.Task[Any]] = set()
+        self.tasks = Tasks()
         self._states: dict[str, NamespaceCacheState] = {}
         self._local_running: dict[str, int] = {}  # ns -> warm jobs this worker runs
-        self._refresher: asyncio.Task[None] | None = None
         self.reactive_generation: dict[str, int] = {}  # ns -> cache generation it was reactively warmed for
         store.runner.observe = self._observe_op
 
@@ -76,13 +76,10 @@ class CacheService:
         prepare = getattr(self.store, "start", None)
         if prepare is not None:
             await prepare()
-        self._refresher = asyncio.get_running_loop().create_task(self._refresh_loop())
+        self.tasks.loop("cache state refresh", self._refresh_loop)
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._refresher, *self.tasks) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.tasks.stop()
         runner = self.store.runner
         if runner.remembered:  # one last try for fences this worker still holds in memory
             await runner.replay_now()
@@ -92,10 +89,7 @@ class CacheService:
         await self.store.close()
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        return task
+        return self.tasks.spawn(getattr(coro, "__name__", "cache task"), coro)
 
     # -- state -------------------------------------------------------------------------------------------------
 
@@ -208,8 +202,6 @@ class CacheService:
             except CacheError:
                 for ns in self._states:
                     self._publish(ns, "cold")
-            except Exception:
-                log.exception("cache state refresh failed")
             self._publish_connection()
             await asyncio.sleep(STATE_REFRESH_S)
 

@@ -133,8 +133,8 @@ class ThreadedStore:
     async def close(self) -> None:
         try:
             await self._run(self._close)
-        finally:
-            self._shutdown()
+        finally:  # waiting for the pool's threads blocks: not on the event loop
+            await asyncio.get_running_loop().run_in_executor(None, self._shutdown)
 
 
 def key_store_for(data_dir: str, settings: KeySettings) -> KeyStore:
