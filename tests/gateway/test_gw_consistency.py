@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from gw_support import FAST_WATCH, Stack, _stack, wait_for, wait_until
 
-LAG_MS = 1500
+LAG_MS = 3000  # how long "updating" lasts: every step below that needs it takes ~0.1-0.2 s
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_stable_reads_while_updating_and_not_after(lag: Stack) -> None:
     watermark = int(r.headers["x-layer-stable-as-of"])
     assert max(stamps[i] for i in range(1, 6)) <= watermark < min(stamps[i] for i in range(6, 11))
     assert first["stable_as_of"] - 1000 < watermark
-    layer = wait_until(lambda: _stable_layer(lag, ns), lambda layer: not layer["is_stable"], timeout=1)
+    layer = wait_until(lambda: _stable_layer(lag, ns), lambda layer: not layer["is_stable"], timeout=LAG_MS / 1000)
     assert layer["status"] == "updating"
     # An explicit strong read is honoured: no watermark, every acknowledged row.
     r = lag("POST", f"/v2/namespaces/{ns}/query", {**q, "consistency": {"level": "strong"}})

@@ -1,4 +1,5 @@
-"""A revoke or delete takes effect on every worker of the gateway within 1 second (SQLite and Aerospike stores)."""
+"""A revoke or delete takes effect on every worker of the gateway: any request sent STALE_AFTER_S (0.75 s) after it
+returned is refused, whatever the machine's load (SQLite and Aerospike stores)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from urllib.parse import urlparse
 import pytest
 from keys_support import Stack, aerospike_env, start_stack, stop_stack
 
-BOUND_S = 1.0
+from gateway.keys.verifier import STALE_AFTER_S
+
 MAX_CONNECTIONS = 64
 PROBE = "/v2/namespaces/team-rev-1/metadata"
 
@@ -60,20 +62,25 @@ def check_propagation(stack: Stack, action: str) -> dict[int, float]:
             stack.admin("POST", f"/v2/keys/{key['keyId']}/revoke")
         else:
             stack.admin("DELETE", f"/v2/keys/{key['keyId']}")
+        returned = time.monotonic()
         seen: dict[int, float] = {}
-        deadline = started + BOUND_S + 0.5
+        deadline = started + 10  # liveness only; the guarantee is checked below, by causality, not by timing
         while len(seen) < len(pinned) and time.monotonic() < deadline:
             for pid, conn in pinned.items():
                 if pid not in seen and _get(conn, PROBE, token)[0] == 401:
                     seen[pid] = time.monotonic() - started
             time.sleep(0.01)
+        # The guarantee: a worker answers no request from key information older than STALE_AFTER_S (it waits for a
+        # re-read that starts after the request did). So every request sent that long after the revoke returned
+        # is refused, however slow the machine is.
+        time.sleep(max(0.0, returned + STALE_AFTER_S - time.monotonic()))
+        late = {pid: [_get(conn, PROBE, token)[0] for _ in range(3)] for pid, conn in pinned.items()}
     finally:
         for conn in pinned.values():
             conn.close()
-    assert set(seen) == set(pinned), f"workers still accepting the key after {BOUND_S + 0.5}s: {seen}"
-    slowest = max(seen.values())
     print(f"{action} propagation per worker (s): {seen}")
-    assert slowest <= BOUND_S, f"{action} took {slowest:.3f}s to reach every worker"
+    assert set(seen) == set(pinned), f"workers still accepting the key after 10 s: {seen}"
+    assert late == {pid: [401] * 3 for pid in pinned}, late
     return seen
 
 
@@ -96,13 +103,13 @@ def test_revocation_on_aerospike_store_and_fail_closed(aerospike_server: Any, ae
     assert aerospike_stack.call("GET", PROBE, token=token)[0] not in (401, 403)
     aerospike_server.fail(1)  # every Aerospike command now fails: revocations can no longer be seen
     try:
-        deadline = time.monotonic() + 3.0
+        deadline = time.monotonic() + 10.0
         while (status := aerospike_stack.call("GET", PROBE, token=token)[0]) != 503:
             assert status not in (401, 403) and time.monotonic() < deadline, status
             time.sleep(0.05)
     finally:
         aerospike_server.clear_hooks()
-    deadline = time.monotonic() + 3.0
+    deadline = time.monotonic() + 10.0
     while aerospike_stack.call("GET", PROBE, token=token)[0] == 503:
         assert time.monotonic() < deadline, "minted keys did not recover after the store came back"
         time.sleep(0.05)

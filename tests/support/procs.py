@@ -79,7 +79,8 @@ class Proc:
         raise RuntimeError(f"{self.name} not ready within {READY_TIMEOUT_S}s:\n{self.log()}")
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:  # stop() closes it; a start-up failure reads the log after stopping
+            self._log.flush()
         return self.log_path.read_text(errors="replace")[-8000:]
 
     def pids(self) -> list[int]:
