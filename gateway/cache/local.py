@@ -32,7 +32,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -78,10 +78,17 @@ create index jobs_ns on jobs(ns, created_at);
 pragma user_version = {SCHEMA_VERSION};
 """
 COLUMNS = "attrs, vec, ok, epoch, pending, unknown_until, ver"
-# One statement for the hot path: the record and its namespace's state, a row even when the record is absent.
-LOOKUP_ONE = ("select d.attrs, d.vec, d.ok, d.epoch, d.pending, d.unknown_until, d.ver, s.epoch, s.unknown_until "
-              "from (select ?1 as ns, ?2 as id) q left join docs d on d.ns = q.ns and d.id = q.id "
-              "left join spaces s on s.ns = q.ns")
+# The hot path: one statement deciding in SQL whether the record is served (current and of the namespace's
+# epoch), with what a miss's token needs; a row even when the record is absent. {0} = attrs or vec.
+_LOOKUP_ONE = ("select d.{0}, d.ok and d.epoch = ifnull(s.epoch, 0), d.epoch, d.pending, d.unknown_until, d.ver, "
+               "ifnull(s.epoch, 0), ifnull(s.unknown_until, 0) from (select ?1 as ns, ?2 as id) q "
+               "left join docs d on d.ns = q.ns and d.id = q.id left join spaces s on s.ns = q.ns")
+# Many ids: served blobs first (few columns: the hit path), then what the tokens of the rest need.
+_SERVED = "select id, {0} from docs where ok and epoch = ? and ns = ? and id in "
+_MISSED = "select id, {0}, ok and epoch = ?, epoch, pending, unknown_until, ver from docs where ns = ? and id in "
+LOOKUP_ONE = {column: _LOOKUP_ONE.format(column) for column in ("attrs", "vec")}
+SERVED = {column: _SERVED.format(column) for column in ("attrs", "vec")}
+MISSED = {column: _MISSED.format(column) for column in ("attrs", "vec")}
 WRITE_ROW = ("insert into docs values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) on conflict (ns, id) do update set "
              "attrs = excluded.attrs, vec = excluded.vec, ok = excluded.ok, epoch = excluded.epoch, "
              "pending = excluded.pending, unknown_until = excluded.unknown_until, busy_until = excluded.busy_until, "
@@ -192,20 +199,26 @@ class LocalCache:
     # -- reads ---------------------------------------------------------------------------------------------------
 
     async def lookup(self, ns: str, ids: Sequence[str], include: Sequence[str] | None = None) -> Lookup:
-        return await self._lookup("get", ns, ids, partial(_attrs_of, include))
+        found = await self._lookup("get", ns, ids, "attrs")
+        if found.hits:
+            found.hits = {i: _decode(blob, include) for i, blob in found.hits.items()}
+        return found
 
     async def lookup_vectors(self, ns: str, ids: Sequence[str]) -> Lookup:
-        return await self._lookup("get_vector", ns, ids, _vector_of)
+        found = await self._lookup("get_vector", ns, ids, "vec")
+        found.hits = {i: unpack_vector(blob) for i, blob in found.hits.items()}
+        return found
 
-    async def _lookup(self, op: str, ns: str, ids: Sequence[str], serve: Callable[[Record], Any]) -> Lookup:
+    async def _lookup(self, op: str, ns: str, ids: Sequence[str], column: str) -> Lookup:
+        """Served blobs of `column` by id; a token for every other id (a served record without a vector too)."""
         unique = [i for i in dict.fromkeys(ids) if not self.runner.suspect(ns, i)]
         if not unique:
             return Lookup({}, {})
         if len(unique) <= INLINE_MAX_IDS:
-            space, rows = await self._read(op, ns, _select, ns, unique)
+            found: Lookup = await self._read(op, ns, _lookup, ns, unique, column)
         else:
-            space, rows = await self.runner.call(op, ns, lambda: _select(self._thread_conn(), ns, unique))
-        return _found(space, rows, unique, serve)
+            found = await self.runner.call(op, ns, lambda: _lookup(self._thread_conn(), ns, unique, column))
+        return found
 
     async def space(self, ns: str) -> Token:
         space = await self._read("get_space", ns, _select_space, ns)
@@ -221,7 +234,7 @@ class LocalCache:
 
     def _update_tx(self, ns: str, changes: Mapping[str, Change], conn: sqlite3.Connection) -> dict[str, Token]:
         now, seq = co.now_ms(), time.time_ns()
-        space, rows = _select(conn, ns, list(changes), full=True)
+        space, rows = _select(conn, ns, list(changes))
         ver = conn.execute("select v from meta where k = 'ver'").fetchone()[0]
         written: dict[str, Token] = {}
         out = []
@@ -362,13 +375,8 @@ def _select_space(conn: sqlite3.Connection, ns: str) -> Space:
     return Space() if row is None else Space(row[0], row[1])
 
 
-def _select(conn: sqlite3.Connection, ns: str, ids: list[str],
-            full: bool = False) -> tuple[Space, dict[str, tuple[Record, int]]]:
-    """The namespace's state and the records of `ids` (with their versions). One statement for a single id."""
-    if len(ids) == 1 and not full:
-        row = conn.execute(LOOKUP_ONE, (ns, ids[0])).fetchone()
-        space = Space(row[7] or 0, row[8] or 0)
-        return space, ({} if row[6] is None else {ids[0]: (_record(row), row[6])})
+def _select(conn: sqlite3.Connection, ns: str, ids: list[str]) -> tuple[Space, dict[str, tuple[Record, int]]]:
+    """The namespace's state and the full records of `ids` with their versions (for changes)."""
     rows: dict[str, tuple[Record, int]] = {}
     for i in range(0, len(ids), CHUNK):
         chunk = ids[i: i + CHUNK]
@@ -378,32 +386,40 @@ def _select(conn: sqlite3.Connection, ns: str, ids: list[str],
     return _select_space(conn, ns), rows
 
 
-def _found(space: Space, rows: dict[str, tuple[Record, int]], ids: list[str],
-           serve: Callable[[Record], Any]) -> Lookup:
-    hits: dict[str, Any] = {}
-    tokens: dict[str, Token] = {}
-    now = co.now_ms()
-    for doc_id in ids:
-        rec, ver = rows.get(doc_id, (None, 0))
-        value = serve(rec) if co.servable(rec, space) else None  # type: ignore[arg-type]
-        if value is not None:
-            hits[doc_id] = value
-        else:
-            tokens[doc_id] = co.token(rec, ver, space, now)
-    return Lookup(hits, tokens)
+def _lookup(conn: sqlite3.Connection, ns: str, ids: list[str], column: str) -> Lookup:
+    """Served `column` blobs and miss tokens; a record is only built (pending decoded) for a miss."""
+    if len(ids) == 1:  # the hot path: one statement
+        row = conn.execute(LOOKUP_ONE[column], (ns, ids[0])).fetchone()
+        if row[1] and row[0] is not None:
+            return Lookup({ids[0]: row[0]}, {})
+        return Lookup({}, {ids[0]: _token(row[:6] if row[5] is not None else None, Space(row[6], row[7]))})
+    space = _select_space(conn, ns)
+    hits: dict[str, Any] = dict(_rows(conn, SERVED[column], space.epoch, ns, ids))
+    hits = {i: blob for i, blob in hits.items() if blob is not None}
+    missed = [i for i in ids if i not in hits]
+    rows = {row[0]: row[1:] for row in _rows(conn, MISSED[column], space.epoch, ns, missed)} if missed else {}
+    return Lookup(hits, {i: _token(rows.get(i), space) for i in missed})
 
 
-def _attrs_of(include: Sequence[str] | None, rec: Record) -> dict[str, Any] | None:
-    if rec.attrs is None:
-        return None
+def _rows(conn: sqlite3.Connection, sql: str, epoch: int, ns: str, ids: list[str]) -> Iterator[Any]:
+    for i in range(0, len(ids), CHUNK):
+        chunk = ids[i: i + CHUNK]
+        yield from conn.execute(sql + f"({','.join('?' * len(chunk))})", (epoch, ns, *chunk))
+
+
+def _token(row: Sequence[Any] | None, space: Space) -> Token:
+    """The token of a miss from a lookup row (blob, served, epoch, pending, unknown_until, ver) or None."""
+    if row is None:
+        return co.token(None, 0, space, co.now_ms())
+    rec = Record(ok=bool(row[1]), epoch=row[2], pending=co.decode_pending(row[3]), unknown_until=row[4])
+    return co.token(rec, row[5], space, co.now_ms())
+
+
+def _decode(blob: bytes, include: Sequence[str] | None) -> dict[str, Any]:
     try:
-        return decode_attrs(rec.attrs, include)
+        return decode_attrs(blob, include)
     except msgspec.DecodeError as exc:
         raise CacheError(f"cache record is not readable: {exc}") from exc
-
-
-def _vector_of(rec: Record) -> list[float] | None:
-    return unpack_vector(rec.vec) if rec.vec else None
 
 
 def _collect_chunk(ns: str, conn: sqlite3.Connection) -> int:
