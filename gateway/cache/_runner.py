@@ -112,17 +112,25 @@ class Runner:
         return self._count + len(self._resets)
 
     async def replay_now(self) -> None:
-        """Try every remembered fence once; those that fail stay remembered."""
+        """Try every remembered fence once. They stay remembered (their ids misses here) until they landed."""
         assert self.replay is not None
         for ns in {*self._ids, *self._resets}:
-            ids, reset = self._ids.pop(ns, {}), self._resets.pop(ns, None)
-            self._count -= len(ids)
+            ids, reset = dict(self._ids.get(ns, {})), self._resets.get(ns)
             try:
                 await self.replay(ns, reset, ids)
             except Exception as exc:  # noqa: BLE001 - whatever failed, the fences stay remembered
                 if not isinstance(exc, CacheError):
                     log.warning("%s cache: replaying fences failed: %s", self.backend, _describe(exc))
-                self.remember(ns, ids, reset)
+                continue
+            bucket = self._ids.get(ns, {})
+            for doc_id, until in ids.items():  # what was remembered again meanwhile stays
+                if bucket.get(doc_id) == until:
+                    del bucket[doc_id]
+                    self._count -= 1
+            if not bucket:
+                self._ids.pop(ns, None)
+            if reset is not None and self._resets.get(ns) == reset:
+                del self._resets[ns]
 
     async def _heal(self) -> None:
         try:

@@ -14,6 +14,7 @@ function asked again. A record of the current epoch is never removed, so its gen
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -289,8 +290,8 @@ class AerospikeCache:
         client, self._client = self._client, None
         await self.runner.close()
         if client is not None:
-            try:
-                client.close()
+            try:  # closing joins the client's tend thread: not on the event loop
+                await asyncio.get_running_loop().run_in_executor(None, client.close)
             except Exception as exc:  # noqa: BLE001 - closing a broken client must not fail shutdown
                 log.debug("aerospike close failed: %s", exc)
 

@@ -45,8 +45,6 @@ class CacheDoc(msgspec.Struct, gc=False):
     vector: bytes | None = None
 
 
-
-
 class CacheStatus(msgspec.Struct, frozen=True, gc=False):
     backend: str
     connected: bool

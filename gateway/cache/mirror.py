@@ -160,13 +160,15 @@ def _affected(body: bytes) -> AffectedIds | None:
         return None
 
 
-async def reset_namespace(cache: DocumentCache, ns: str, status: int | None) -> None:
-    """After a namespace delete: a new epoch unless upstream rejected it (404 counts: nothing is there)."""
+async def reset_namespace(cache: DocumentCache, ns: str, status: int | None) -> bool:
+    """After a namespace delete: a new epoch unless upstream rejected it (404 counts: nothing is there). True if
+    the namespace was reset (or its reset is remembered for replay)."""
     outcome = outcome_of(status)
     if outcome == co.REJECTED and status != 404:
-        return
+        return False
     unknown_until = co.now_ms() + cache.settings.unknown_ms if outcome == co.UNKNOWN else 0
     await apply(cache, ns, {}, unknown_until, unknown_until)
+    return True
 
 
 async def apply(cache: DocumentCache, ns: str, changes: dict[str, Change], reset: int | None,

@@ -128,8 +128,7 @@ class CacheService:
     async def namespace_deleted(self, ns: str, status: int | None) -> None:
         """After a namespace delete answered `status` (None: no answer): a new epoch hides every cached document
         at once; its jobs and the old records are removed in the background (soft: failures are logged)."""
-        await mirror.reset_namespace(self.store, ns, status)
-        if mirror.outcome_of(status) != "rejected" or status == 404:
+        if await mirror.reset_namespace(self.store, ns, status):
             self.forget(ns)
             self.spawn(self._clean(ns))
 
