@@ -147,14 +147,17 @@ class Gateway:
         await health.publish(state)
 
     async def shutdown(self) -> None:
-        """Stop background work (watcher, metric flushes, the modules' detach hooks: warm jobs are marked as
-        interrupted there), close the upstream client and write this worker's last metrics. Idempotent."""
+        """Stop background work (watcher, metric flushes and health snapshots, access checks, the modules' detach
+        hooks: warm jobs are marked as interrupted there), close the upstream client and write this worker's last
+        metrics. Idempotent."""
         state, self.state = self.state, None
         if state is None:
             return
         try:
             await state.watcher.stop()
             await self._tasks.stop()
+            if state.verdicts is not None:
+                await state.verdicts.stop()
             await _call_hooks(state, "detach")
         finally:
             try:

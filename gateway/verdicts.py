@@ -8,7 +8,7 @@ body, retry-after), so a wrong or foreign key gets upstream's own 401/403/404. A
 drops all its verdicts, any 403 the one for that namespace (`Upstream.on_denied`).
 
 Per worker, keyed by SHA-256 of the bearer (the key itself is not kept); concurrent checks for one pair share one
-upstream call.
+upstream call, a task that outlives a caller who goes away and is awaited when the worker stops.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import hashlib
 import time
 from urllib.parse import quote, unquote
 
+from gateway.http import GatewayError
+from gateway.tasks import Tasks
 from gateway.upstream import Upstream, UpstreamResponse
 
 MAX_ENTRIES = 10_000
@@ -34,7 +36,8 @@ class Verdicts:
         self.ttl_s = ttl_s
         self._accepted: dict[bytes, dict[str, float]] = {}  # bearer digest -> namespace -> expiry (monotonic)
         self._size = 0
-        self._pending: dict[tuple[bytes, str], asyncio.Future[UpstreamResponse]] = {}
+        self._pending: dict[tuple[bytes, str], asyncio.Task[UpstreamResponse | GatewayError]] = {}
+        self._tasks = Tasks()
 
     async def check(self, bearer: str, ns: str) -> UpstreamResponse | None:
         """None when upstream has accepted `bearer` for `ns` recently (asking it if needed); otherwise upstream's
@@ -45,17 +48,26 @@ class Verdicts:
         key = (digest, ns)
         pending = self._pending.get(key)
         if pending is None:
-            pending = self._pending[key] = asyncio.ensure_future(self._ask(digest, bearer, ns))
+            pending = self._pending[key] = self._tasks.spawn("access check", self._ask(digest, bearer, ns))
             pending.add_done_callback(lambda _: self._pending.pop(key, None))
         resp = await asyncio.shield(pending)
+        if isinstance(resp, GatewayError):
+            raise resp
         return None if resp.ok else resp
 
-    async def _ask(self, digest: bytes, bearer: str, ns: str) -> UpstreamResponse:
+    async def _ask(self, digest: bytes, bearer: str, ns: str) -> UpstreamResponse | GatewayError:
         path = f"/v2/namespaces/{quote(ns, safe='')}/metadata"
-        resp = await self.upstream.request("GET", path, bearer, None, "access check")
+        try:
+            resp = await self.upstream.request("GET", path, bearer, None, "access check")
+        except GatewayError as exc:  # upstream unreachable: each waiter answers it (a 502), not a task failure
+            return exc
         if resp.ok and self.ttl_s > 0:
             self._accept(digest, ns)
         return resp
+
+    async def stop(self) -> None:
+        """Cancel and await the checks still running (before the upstream client closes)."""
+        await self._tasks.stop()
 
     def _accept(self, digest: bytes, ns: str) -> None:
         if self._size >= MAX_ENTRIES:

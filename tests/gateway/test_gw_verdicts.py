@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from gw_support import KEY, Reply, Stack, call, wait_until
+from gw_support import KEY, Reply, Stack, call, wait_for, wait_until
 from support.procs import Proc, start_gateway, start_localstore
 
 WRONG = "not-the-store-key"
@@ -89,3 +90,34 @@ def test_a_verdict_expires_after_its_lifetime(tmp_path: Path) -> None:
         ns = _seeded(stack)
         stack.fault(route="metadata", status=403, namespace=ns)  # from now on upstream refuses the key
         wait_until(lambda: fetch(stack, ns), lambda r: r.status == 403, timeout=10)  # noqa: B023 - used at once
+
+
+def _served(stack: Stack, ns: str, doc_id: str = "a") -> tuple[int, dict[str, object] | None]:
+    r = stack("GET", f"/v2/namespaces/{ns}/documents/{doc_id}")
+    attrs = r.json()["attributes"] if r.status == 200 else None
+    return r.status, None if attrs is None else {k: v for k, v in attrs.items() if k != "_hevlayer_upserted_at"}
+
+
+def test_a_write_upstream_refuses_never_makes_a_document_servable(derive: Stack) -> None:
+    """The gateway cannot judge the bearer of a write in this mode, and the cache is touched before upstream answers.
+    With fences nothing of the write is stored before upstream's 2xx: a refused write leaves the cache as it was,
+    while upstream holds it (refused at once: a wrong key) and while the refusal is still on its way."""
+    ns = _seeded(derive)
+    writes = [{"upsert_rows": [{"id": "a", "v": 2}, {"id": "new", "v": 2}]},
+              {"patch_rows": [{"id": "a", "w": 2}]}, {"deletes": ["a"]}]
+    for body in writes:
+        assert derive("POST", f"/v2/namespaces/{ns}", body, key=WRONG).status == 403
+        assert _served(derive, ns) == (200, {"v": 1}), body
+        assert fetch(derive, ns).headers.get("x-layer-cache") == "hit", "the refused write restored the cached copy"
+        assert _served(derive, ns, "new") == (404, None)
+    for body in writes:  # upstream holds the write for a second, then refuses it (as it refuses a key)
+        derive.fault(route="write", namespace=ns, delay_ms=1000, status=403, count=1)
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(derive, "POST", f"/v2/namespaces/{ns}", body)
+            wait_for(lambda: all(f["namespace"] != ns for f in derive.faults()["faults"]))  # inside upstream now
+            during = [_served(derive, ns) for _ in range(3)] + [_served(derive, ns, "new")]
+            assert pending.result().status == 403
+        assert during == [(200, {"v": 1})] * 3 + [(404, None)], body
+        assert _served(derive, ns) == (200, {"v": 1}) and _served(derive, ns, "new") == (404, None)
+    assert call(derive.store.url, "POST", f"/v2/namespaces/{ns}/query",
+                {"rank_by": ["id", "asc"], "include_attributes": ["v"]}).json()["rows"] == [{"id": "a", "v": 1}]
