@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import itertools
+import random
 import threading
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -47,7 +50,10 @@ CREATE = {"exists": aerospike.POLICY_EXISTS_CREATE}
 REPLACE = {"exists": aerospike.POLICY_EXISTS_REPLACE, "gen": aerospike.POLICY_GEN_EQ}
 READ_BINS = ["attrs", "ok", "e", "pw", "uu"]
 VECTOR_BINS = ["vec", "ok", "e", "pw", "uu"]
-CONFLICT_TRIES = 8  # check-and-set rounds before a change under contention counts as a cache failure
+# A change that keeps losing check-and-set rounds to other writers counts as a cache failure only after at least
+# CONFLICT_TRIES rounds and the cache timeout (a fence that fails is a stale copy other workers may serve).
+CONFLICT_TRIES = 8
+CONFLICT_PAUSE_S = 0.002  # at most this long (random) after a lost round, so colliding writers fall out of step
 SCAN_TIMEOUT_S = 30.0
 
 _job_decode = msgspec.json.Decoder(WarmJob).decode
@@ -188,7 +194,7 @@ class AerospikeCache:
         client = self._conn()
         versions: dict[str, Token] = {}
         todo = list(changes)
-        for _ in range(CONFLICT_TRIES):
+        for _ in self._rounds():
             space, records = self._fetch(ns, todo, None)
             now = co.now_ms()
             rows: list[tuple[str, Record, int]] = []
@@ -215,6 +221,16 @@ class AerospikeCache:
                 return versions
         raise CacheError(f"cache write of {len(todo)} record(s) kept conflicting with other writers")
 
+    def _rounds(self) -> Iterator[int]:
+        """Check-and-set rounds: at least CONFLICT_TRIES, and more until the cache timeout has passed."""
+        deadline = time.monotonic() + self._s.timeout_ms / 1000
+        for n in itertools.count():
+            if n:
+                time.sleep(random.uniform(0, CONFLICT_PAUSE_S))
+            yield n
+            if n + 1 >= CONFLICT_TRIES and time.monotonic() >= deadline:
+                return
+
     def _row(self, ns: str, doc_id: str, rec: Record, gen: int) -> Write:
         ops = [op.write("attrs", rec.attrs), op.write("vec", None if rec.vec is None else bytearray(rec.vec)),
                op.write("ok", int(rec.ok)), op.write("e", rec.epoch),
@@ -236,7 +252,7 @@ class AerospikeCache:
     def _reset(self, ns: str, unknown_until: int) -> None:
         client = self._conn()
         key = self._space_key(ns)
-        for _ in range(CONFLICT_TRIES):
+        for _ in self._rounds():
             try:
                 _, meta, bins = client.get(key, policy=self._read)
             except aex.RecordNotFound:

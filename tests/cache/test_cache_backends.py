@@ -74,6 +74,27 @@ def test_concurrent_writes_all_land(cache_env: dict[str, str], ns: str) -> None:
     run_with(cache_env, body)
 
 
+CONTENDERS = 24
+
+
+def test_fences_on_one_document_all_land_under_contention(cache_env: dict[str, str], ns: str) -> None:
+    """Many writes begin and finish on one id at once: on Aerospike each is a check-and-set that loses round after
+    round to the others. Every fence lands (none is given up after a fixed number of rounds while the cache answers),
+    and once all have finished the record is fillable again (no write is left listed as in flight)."""
+    env = dict(cache_env, AEROSPIKE_POOL_SIZE=str(CONTENDERS), AEROSPIKE_TIMEOUT_MS="10000")
+
+    async def body(c: DocumentCache) -> None:
+        await upsert(c, ns, [doc("x", v=0)])
+        begun = await asyncio.gather(*(begin(c, ns, ["x"]) for _ in range(CONTENDERS)))
+        assert all("x" in tokens for _, tokens in begun)
+        await asyncio.gather(*(finish(c, ns, b, {"x": co.Upsert({"v": i}, None)}) for i, b in enumerate(begun)))
+        tok = await miss(c, ns, "x")  # the writes overlapped: none of their results is mirrored
+        assert await fill(c, ns, tok, doc("x", v=99))
+        assert await get(c, ns, "x") == {"v": 99}
+
+    run_with(env, body)
+
+
 def test_vectors(cache_env: dict[str, str], ns: str) -> None:
     b64 = base64.b64encode(struct.pack("<3f", 0.5, -1.25, 3.0)).decode()
 
