@@ -1,7 +1,8 @@
 """One worker's queue service: the database handle, the status cache, the write-trigger index and the background
 tasks (lease sweep every LAYER_QUEUE_SWEEP_MS, discovery tick every LAYER_UDF_DISCOVERY_TICK_MS, trigger refresh).
 
-Every background task is supervised: an exception is logged and the loop goes on; `stop()` cancels and awaits them.
+Every background task runs through gateway/tasks.py: a loop that raises is logged and started again, and `stop()`
+cancels and awaits them all.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import os
 import random
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -21,6 +23,7 @@ from gateway import metrics
 from gateway.queue import documents, items, rates
 from gateway.queue.db import Db
 from gateway.queue.spec import UdfSpec
+from gateway.tasks import Tasks
 
 log = logging.getLogger("gateway.queue")
 TRIGGER_REFRESH_S = 1.0
@@ -34,6 +37,12 @@ _spec_decoder = msgspec.json.Decoder(UdfSpec)
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+async def _every(interval_s: float, fn: Callable[[], Awaitable[Any]]) -> None:
+    while True:
+        await asyncio.sleep(interval_s * random.uniform(0.8, 1.2))
+        await fn()
 
 
 class StatusCache:
@@ -81,42 +90,26 @@ class QueueService:
         # namespace -> [(udf_id, spec)] of UDFs with a write trigger; replaced whole by the refresh task.
         self.write_triggers: dict[str, list[tuple[str, UdfSpec]]] = {}
         self._specs: dict[str, tuple[Any, UdfSpec]] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks = Tasks()  # the periodic loops, and work spawned after responses (write triggers)
         self._gauges: set[tuple[Any, tuple[str, ...]]] = set()
-        self.background: set[asyncio.Task[Any]] = set()
 
     # ---- lifecycle ----
     def start(self) -> None:
         from gateway.queue import discovery
 
-        loops = ((self.settings.sweep_ms / 1000, self.sweep),
-                 (self.settings.discovery_tick_ms / 1000, lambda: discovery.tick(self)),
-                 (TRIGGER_REFRESH_S, self.refresh_triggers))
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._supervise(interval, fn)) for interval, fn in loops]
+        loops = (("queue lease sweep", self.settings.sweep_ms / 1000, self.sweep),
+                 ("queue discovery", self.settings.discovery_tick_ms / 1000, lambda: discovery.tick(self)),
+                 ("queue trigger refresh", TRIGGER_REFRESH_S, self.refresh_triggers))
+        for name, interval_s, fn in loops:
+            self._tasks.loop(name, partial(_every, interval_s, fn))
 
     async def stop(self) -> None:
-        tasks = [*self._tasks, *self.background]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.stop()
         await self.db.close()
 
-    async def _supervise(self, interval_s: float, fn: Callable[[], Awaitable[Any]]) -> None:
-        while True:
-            await asyncio.sleep(interval_s * random.uniform(0.8, 1.2))
-            try:
-                await fn()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("queue background task %s failed", getattr(fn, "__name__", fn))
-
-    def spawn(self, coro: Awaitable[Any]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run work after a response (write triggers), kept until done and cancelled at shutdown."""
-        task = asyncio.ensure_future(coro)
-        self.background.add(task)
-        task.add_done_callback(self.background.discard)
+        self._tasks.spawn(getattr(coro, "__name__", "queue task"), coro)
 
     # ---- specs ----
     def spec_of(self, row: Any) -> UdfSpec:
