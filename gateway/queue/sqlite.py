@@ -6,6 +6,7 @@ from one dedicated thread (busy waits never block the event loop). Write transac
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -45,8 +46,15 @@ def connect(path: str) -> sqlite3.Connection:
 
 
 def migrate(path: str) -> int:
-    """Create or upgrade the schema (safe when several processes start at once: one holds the write lock)."""
+    """Create or upgrade the schema. Gateways starting at once take turns on a lock file: switching a new file to
+    WAL can answer "database is locked" at once, without waiting out the busy timeout."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.migrate-lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _migrate_locked(path)
+
+
+def _migrate_locked(path: str) -> int:
     db = connect(path)
     try:
         db.execute("BEGIN IMMEDIATE")
