@@ -25,9 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="layer-gateway", description="Layer: a Turbopuffer-compatible gateway")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gateway")
-    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--host", default=os.environ.get("LAYER_HOST", "127.0.0.1"))
     serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
-    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--workers", type=int, default=os.environ.get("LAYER_WORKERS", "1"))
     serve.add_argument("--server", choices=SERVERS, default=None,
                        help=f"HTTP server (default: $LAYER_SERVER, else {SERVERS[0]})")
     serve.add_argument("--ops-host", default=os.environ.get("LAYER_OPS_HOST", DEFAULT_OPS_HOST),
