@@ -13,7 +13,7 @@ import asyncio
 import importlib
 import inspect
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 from gateway import health, metrics
 from gateway.auth import (
@@ -23,6 +23,7 @@ from gateway.auth import (
     PUBLIC,
     READ,
     STORE_ADMIN,
+    WRITE,
     authorize,
     bearer_token,
     store_key_matches,
@@ -102,7 +103,23 @@ async def drive(ctx: Ctx, state: WorkerState, chunks: AsyncIterator[bytes]) -> R
         ctx.body = await read_body(ctx, chunks, limit, state.bodies)
         if route.body_namespaces is not None:
             authorize_body(ctx)
+    if route.route_class == WRITE and ctx.namespace is not None and state.results is not None:
+        return await results_bumped_after(ctx, state, route.handler(ctx, state))
     return await route.handler(ctx, state)
+
+
+async def results_bumped_after(ctx: Ctx, state: WorkerState, write: Awaitable[Response]) -> Response:
+    """A write-class request on a namespace, with the result cache on: the namespace's result generation is bumped
+    before the answer goes out, whatever it is (a failed or timed-out write may have landed), except upstream's
+    refusal of the caller's key (nothing was written; anyone could send it)."""
+    refused = False
+    try:
+        resp = await write
+        refused = resp.status in (401, 403)
+        return resp
+    finally:
+        if not refused:
+            await asyncio.shield(state.results.written(ctx.namespace))
 
 
 async def _call_hooks(state: WorkerState, name: str) -> None:

@@ -69,6 +69,21 @@ class CacheSettings(Struct, frozen=True):
         return self.upstream_timeout_ms + FILL_SLACK_MS
 
 
+class ResultCacheSettings(Struct, frozen=True):
+    """The query-result cache (docs/cache.md, "Query results"): off unless LAYER_RESULT_CACHE names namespaces."""
+
+    every_namespace: bool = False  # LAYER_RESULT_CACHE=on
+    namespaces: frozenset[str] = frozenset()  # LAYER_RESULT_CACHE=ns1,ns2
+    max_bytes: int = 64 * 1024 * 1024  # per worker, LRU by bytes
+
+    def enabled(self, ns: str) -> bool:
+        return self.every_namespace or ns in self.namespaces
+
+    @property
+    def on(self) -> bool:
+        return self.every_namespace or bool(self.namespaces)
+
+
 class KeySettings(Struct, frozen=True):
     """Minted keys (docs/security.md): the Aerospike key store when AEROSPIKE_HOSTS is set, else SQLite."""
 
@@ -129,6 +144,7 @@ class Config(Struct, frozen=True):
     keys: KeySettings
     server: ServerSettings = ServerSettings()
     queue: QueueSettings = QueueSettings()
+    results: ResultCacheSettings = ResultCacheSettings()
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
@@ -204,6 +220,17 @@ def load_cache_settings(env: Mapping[str, str]) -> CacheSettings:
         data_dir=env.get("LAYER_DATA_DIR", "").strip() or DEFAULT_DATA_DIR,
         max_bytes=_int(env, "LAYER_CACHE_MAX_BYTES", 256 * 1024 * 1024, 64 * 1024),
     )
+
+
+def load_result_cache_settings(env: Mapping[str, str]) -> ResultCacheSettings:
+    raw = env.get("LAYER_RESULT_CACHE", "").strip()
+    max_bytes = _int(env, "LAYER_RESULT_CACHE_MAX_BYTES", 64 * 1024 * 1024, 4096)
+    if raw.lower() in ("", "0", "off", "false", "no"):
+        return ResultCacheSettings(max_bytes=max_bytes)
+    if raw.lower() in ("1", "on", "true", "yes", "*"):
+        return ResultCacheSettings(every_namespace=True, max_bytes=max_bytes)
+    names = frozenset(n.strip() for n in raw.split(",") if n.strip())
+    return ResultCacheSettings(namespaces=names, max_bytes=max_bytes)
 
 
 def load_key_settings(env: Mapping[str, str]) -> KeySettings:
@@ -294,6 +321,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         keys=load_key_settings(env),
         server=load_server_settings(env),
         queue=load_queue_settings(env),
+        results=load_result_cache_settings(env),
     )
 
 

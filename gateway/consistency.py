@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -98,6 +99,9 @@ class Watcher:
         self.namespaces: dict[str, NamespaceWatch] = {}
         self._wake = asyncio.Event()
         self._tasks = Tasks()
+        # Called with (namespace, metadata body) after every successful poll: the query-result cache bumps the
+        # namespace's generation when the metadata changed (a write that may not have come through the gateway).
+        self.on_upstream_metadata: Callable[[str, bytes], None] | None = None
 
     # ---- hot path (reads and cheap registrations) ----
     def decision(self, ns: str) -> tuple[int | None, bool]:
@@ -165,6 +169,8 @@ class Watcher:
             self.forget(ns)
         elif resp.ok:
             self._apply(w, status_from_metadata(resp.body), started)
+            if self.on_upstream_metadata is not None:
+                self.on_upstream_metadata(ns, resp.body)
         elif resp.status in (401, 403) and self.upstream.store_key is None:
             w.key = None  # the remembered caller key stopped working; wait for the next caller
 

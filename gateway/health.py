@@ -51,6 +51,8 @@ async def worker_health(state: WorkerState) -> dict[str, Any]:
         **up.stats(),
     }
     body.update(await cache_health(state))
+    if state.results is not None:
+        body["result_cache"] = state.results.health()
     body["inflight"] = state.inflight
     body["watched_namespaces"] = len(state.watcher.namespaces)
     body["tasks"] = len(asyncio.all_tasks())

@@ -19,6 +19,7 @@ class WorkerState:
     Slots other modules fill after construction (both None until then):
     - `cache`: the document cache (gateway/cache); every cache phase is a no-op while it is None.
     - `key_verifier`: verifies minted `hvl_` bearers (gateway/keys); minted keys are rejected while it is None.
+    - `results`: the query-result cache (gateway/cache/results.py), only while LAYER_RESULT_CACHE is on.
     - `queue`: pipelines and functions (gateway/queue); its routes answer 503 and write triggers are off while None.
     `verdicts` is set only in derive-from-request mode (no store key): upstream's word on each caller's bearer.
     """
@@ -33,6 +34,7 @@ class WorkerState:
         "key_verifier",
         "pid",
         "queue",
+        "results",
         "router",
         "upstream",
         "verdicts",
@@ -53,6 +55,7 @@ class WorkerState:
         self.cache: Any = None
         self.key_verifier: KeyVerifier | None = None
         self.queue: Any = None
+        self.results: Any = None
         self.draining = False
         self.inflight = 0
         self.pid = os.getpid()

@@ -35,9 +35,20 @@ async def attach(state: Any) -> None:
     service = CacheService(cache_for(state.config.cache))
     await service.start()
     state.cache = service
+    config = state.config
+    if config.results.on:
+        from gateway.cache.results import ResultCache
+
+        fresh_s = (config.stable_poll_interval_ms + 2 * config.poll_interval_ms) / 1000
+        state.results = ResultCache(config.results, service.store, fresh_s)
+        state.watcher.on_upstream_metadata = state.results.upstream_metadata
 
 
 async def detach(state: Any) -> None:
+    results, state.results = state.results, None
+    if results is not None:
+        state.watcher.on_upstream_metadata = None
+        await results.stop()
     service, state.cache = state.cache, None
     if service is not None:
         await service.stop()

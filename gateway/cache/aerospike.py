@@ -46,6 +46,7 @@ from gateway.config import CacheSettings
 
 OK, NOT_FOUND, GENERATION_ERROR, RECORD_EXISTS, RECORD_TOO_BIG, BATCH_FAILED = 0, 2, 3, 5, 13, -16
 SPACES_SET = "_hevlayer_spaces"
+RESULTS_SET = "_hevlayer_results"  # record key = Turbopuffer namespace, bin `g` = its write generation
 CREATE = {"exists": aerospike.POLICY_EXISTS_CREATE}
 REPLACE = {"exists": aerospike.POLICY_EXISTS_REPLACE, "gen": aerospike.POLICY_GEN_EQ}
 READ_BINS = ["attrs", "ok", "e", "pw", "uu"]
@@ -179,6 +180,25 @@ class AerospikeCache:
     async def space(self, ns: str) -> Token:
         space, _ = await self.runner.call("get_space", SPACES_SET, self._fetch, ns, [], ["e", "uu"])
         return co.token(None, 0, space, co.now_ms())
+
+    async def result_generation(self, ns: str) -> int:
+        """The namespace's write generation for the query-result cache (0 before its first bump)."""
+        gen: int = await self.runner.call("result_gen", RESULTS_SET, self._result_gen, ns)
+        return gen
+
+    def _result_gen(self, ns: str) -> int:
+        try:
+            _, _, bins = self._conn().get((self._ns, RESULTS_SET, ns), policy=self._read)
+        except aex.RecordNotFound:
+            return 0
+        return int((bins or {}).get("g") or 0)
+
+    async def bump_results(self, ns: str) -> None:
+        """A write to `ns` happened (or may have): every cached query result of `ns` is stale, on every host."""
+        await self.runner.call("result_bump", RESULTS_SET, self._bump_results, ns, fence=True)
+
+    def _bump_results(self, ns: str) -> None:
+        self._conn().operate((self._ns, RESULTS_SET, ns), [op.increment("g", 1)], policy=self._write)
 
     # -- changes -------------------------------------------------------------------------------------------------
 

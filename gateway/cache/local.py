@@ -48,7 +48,7 @@ from gateway.tasks import Tasks
 
 log = logging.getLogger("gateway.cache")
 FILE_NAME = "cache.sqlite3"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA_WAIT_S = 10.0
 JOBS_KEPT = 100
 INLINE_MAX_IDS = 32
@@ -61,6 +61,7 @@ drop table if exists docs;
 drop table if exists spaces;
 drop table if exists meta;
 drop table if exists jobs;
+drop table if exists result_gens;
 create table docs(
   ns text not null, id text not null, attrs blob, vec blob, ok integer not null, epoch integer not null,
   pending blob, unknown_until integer not null, busy_until integer not null, ver integer not null,
@@ -75,6 +76,7 @@ create trigger docs_upd after update of size on docs
   begin update meta set v = v - old.size + new.size where k = 'bytes'; end;
 create table jobs(id text primary key, ns text not null, created_at text not null, body blob not null);
 create index jobs_ns on jobs(ns, created_at);
+create table result_gens(ns text primary key, gen integer not null) without rowid;
 pragma user_version = {SCHEMA_VERSION};
 """
 COLUMNS = "attrs, vec, ok, epoch, pending, unknown_until, ver"
@@ -223,6 +225,15 @@ class LocalCache:
     async def space(self, ns: str) -> Token:
         space = await self._read("get_space", ns, _select_space, ns)
         return co.token(None, 0, space, co.now_ms())
+
+    async def result_generation(self, ns: str) -> int:
+        """The namespace's write generation for the query-result cache (0 before its first bump)."""
+        gen: int = await self._read("result_gen", ns, _select_result_gen, ns)
+        return gen
+
+    async def bump_results(self, ns: str) -> None:
+        """A write to `ns` happened (or may have): every cached query result of `ns` is stale, on every worker."""
+        await self._write(partial(_bump_result_gen, ns), fence=True)
 
     # -- changes -------------------------------------------------------------------------------------------------
 
@@ -458,6 +469,15 @@ def _evict(conn: sqlite3.Connection, max_bytes: int, window_ms: int) -> int:
             evicted += cur.rowcount
             total = conn.execute("select v from meta where k = 'bytes'").fetchone()[0]
     return evicted
+
+
+def _select_result_gen(conn: sqlite3.Connection, ns: str) -> int:
+    row = conn.execute("select gen from result_gens where ns = ?", (ns,)).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _bump_result_gen(ns: str, conn: sqlite3.Connection) -> None:
+    conn.execute("insert into result_gens values (?, 1) on conflict (ns) do update set gen = gen + 1", (ns,))
 
 
 def _put_job(job: WarmJob, conn: sqlite3.Connection) -> None:

@@ -162,10 +162,20 @@ async def fenced_write(state: WorkerState, ns: str, plan: WritePlan | None, path
     except BaseException:  # no answer (timeout, transport failure, cancelled): the write may still land upstream
         if plan is not None:  # shielded: a cancelled request still leaves its fences (as "unknown") in the cache
             await asyncio.shield(cache_after_write(state, ns, plan, None, b""))
+        await asyncio.shield(results_after_write(state, ns, ctx))
         raise
     if plan is not None:
         await cache_after_write(state, ns, plan, resp.status, (identity_body(resp) or b"") if resp.ok else b"")
+    await results_after_write(state, ns, ctx)
     return resp
+
+
+async def results_after_write(state: WorkerState, ns: str, ctx: Ctx | None) -> None:
+    """Phase: the query-result cache's generation of `ns` bumped before the write is acknowledged. A write-class
+    request on `ns` itself is bumped by the request driver (gateway.app, for every such route); this covers the
+    writes into `ns` made for other requests (pipelines) and by the queue (UDF write-backs)."""
+    if state.results is not None and (ctx is None or ctx.namespace != ns):
+        await state.results.written(ns)
 
 
 def queue_trigger_before_write(state: WorkerState, ns: str, doc: dict[str, Any]) -> Any:

@@ -17,11 +17,13 @@ import msgspec
 from msgspec import UNSET, Raw, UnsetType
 
 from gateway import metrics
+from gateway.auth import BEARER_CALLER
+from gateway.cache.results import CachedResult
 from gateway.compression import forwarded_encoding, identity_body
 from gateway.cursor import decode_cursor, encode_cursor
 from gateway.http import Ctx, Response, json_encode, validation_error
 from gateway.router import RouteSpec
-from gateway.routes.passthrough import relay, upstream_path
+from gateway.routes.passthrough import relay, rewritten, upstream_path
 from gateway.state import WorkerState
 from gateway.upstream import UpstreamResponse
 from gateway.vectors import resolve_vectors
@@ -311,20 +313,80 @@ async def run_query(ctx: Ctx, state: WorkerState, path: str) -> Response:
     parse_tags(ctx)
     trace = traceparent(ctx)
     plan = await plan_query(ctx, state)
-    resp = await send_with_retry(ctx, state, plan, path)
     ns = ctx.params["ns"]
+    if state.results is not None and state.results.enabled(ns):
+        return await cached_query(ctx, state, plan, path, trace)
+    resp = await send_with_retry(ctx, state, plan, path)
     if resp.ok:
         state.watcher.watch(ns, ctx.upstream_key)
+    _observe(ctx, ns, plan, resp.status)
+    return relay(resp, layer_headers(plan, trace, next_cursor(resp, plan)))
+
+
+def layer_headers(plan: Plan, trace: str, cursor: str | None) -> list[tuple[str, str]]:
     headers = [("traceparent", trace)]
     if plan.watermark is not None:
         headers.append(("x-layer-stable-as-of", str(plan.watermark)))
     if plan.inject:
         headers.append(("x-layer-watermark-applied", "true"))
-    cursor = next_cursor(resp, plan)
     if cursor is not None:
         headers.append(("x-layer-next-cursor", cursor))
+    return headers
+
+
+async def cached_query(ctx: Ctx, state: WorkerState, plan: Plan, path: str, trace: str) -> Response:
+    """LAYER_RESULT_CACHE (gateway/cache/results.py): a hit, a share of an identical query in flight, or a miss
+    that fills the cache. An answer that was not upstream's reply to this caller's own call is served, in
+    derive-from-request mode, only to a bearer upstream accepts for the namespace (gateway/verdicts.py)."""
+    results, ns = state.results, ctx.params["ns"]
+    key = await results.key(ns, plan.watermark if plan.inject else None, plan.body)
+    if key is None:  # the cache cannot vouch for a hit now: a plain query
+        resp = await send_with_retry(ctx, state, plan, path)
+        return _answer_upstream(ctx, state, plan, trace, resp)
+    found = results.get(key)
+    if found is None:
+        (resp, found), own_call = await results.shared(key, lambda: _fill(ctx, state, plan, path, key))
+        if own_call or found is None:
+            results.misses += 1
+            if found is not None:
+                return _answer_cached(ctx, state, plan, trace, found, "miss")
+            if not own_call:  # shared a call whose answer is not cacheable (an error): ask with this caller's key
+                resp = await send_with_retry(ctx, state, plan, path)
+            return _answer_upstream(ctx, state, plan, trace, resp)
+    if ctx.principal is BEARER_CALLER and state.verdicts is not None:
+        denied = await state.verdicts.check(ctx.upstream_key or "", ns)
+        if denied is not None:
+            return relay(denied)
+    results.hits += 1
+    return _answer_cached(ctx, state, plan, trace, found, "hit")
+
+
+async def _fill(ctx: Ctx, state: WorkerState, plan: Plan, path: str,
+                key: tuple[Any, ...]) -> tuple[UpstreamResponse, CachedResult | None]:
+    resp = await send_with_retry(ctx, state, plan, path)
+    body = identity_body(resp) if resp.status == 200 else None
+    if body is None:
+        return resp, None
+    found = CachedResult(body, rewritten(resp, body).headers, next_cursor(resp, plan))
+    state.results.put(key, found)
+    return resp, found
+
+
+def _answer_upstream(ctx: Ctx, state: WorkerState, plan: Plan, trace: str, resp: UpstreamResponse) -> Response:
+    ns = ctx.params["ns"]
+    if resp.ok:
+        state.watcher.watch(ns, ctx.upstream_key)
     _observe(ctx, ns, plan, resp.status)
-    return relay(resp, headers)
+    return relay(resp, [*layer_headers(plan, trace, next_cursor(resp, plan)), ("x-layer-cache", "miss")])
+
+
+def _answer_cached(ctx: Ctx, state: WorkerState, plan: Plan, trace: str, found: CachedResult,
+                   outcome: str) -> Response:
+    ns = ctx.params["ns"]
+    state.watcher.watch(ns, ctx.upstream_key)  # keeps the namespace polled: hits need fresh upstream metadata
+    _observe(ctx, ns, plan, 200)
+    return Response(200, found.body, [*found.headers, *layer_headers(plan, trace, found.cursor),
+                                      ("x-layer-cache", outcome)])
 
 
 def _observe(ctx: Ctx, ns: str, plan: Plan, status: int) -> None:
