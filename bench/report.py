@@ -138,6 +138,13 @@ def markdown(report: dict[str, Any]) -> str:
             parts = [f"{name} {_f(x.get('rps'), 0)} req/s p50 {_f(x.get('p50_ms'), 3)} ms p99 {_f(x.get('p99_ms'), 3)} ms"
                      f" {_f(x.get('cpu_us_per_req'))} µs CPU/req" for name, x in r.items() if isinstance(x, dict)]
             lines.append(f"cache {backend}: {r.get('status')}; " + "; ".join(parts))
+    results = report.get("results") or {}
+    if results:
+        lines.append(f"query-result cache, repeated-query mix ({results.get('note', '')}): {results.get('status')}; "
+                     + "; ".join(f"cache {name}: {_f(r.get('rps'), 0)} req/s, hit rate {_f(r.get('hit_rate'), 3)}, "
+                                 f"{_f(r.get('upstream_queries'), 0)} upstream queries, p50 {_f(r.get('p50_ms'), 2)} ms, "
+                                 f"{_f(r.get('gateway_cpu_us_per_request'))} µs gateway CPU/req"
+                                 for name, r in results.items() if name in ("off", "on") and isinstance(r, dict)))
     micro = _get(report, "compression", "micro") or {}
     if micro:
         lines.append(f"gzip level 1 (gateway/compression.py, in process): {micro.get('status')}; " + "; ".join(

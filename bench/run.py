@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench import cache_bench, compression_bench, mix, queue_bench, throughput, transports
+from bench import cache_bench, compression_bench, mix, queue_bench, result_cache_bench, throughput, transports
 from bench.localstore_bench import run as localstore_run
 from bench.nginx import start_canned, start_proxy
 from bench.procs import NCPU, PROXY_CPU, ensure_tools, start_gateway, start_localstore
@@ -27,8 +27,8 @@ from bench.profile import profile
 from bench.report import check_budgets, markdown, statuses
 
 HERE = Path(__file__).resolve().parent
-PARTS = ("servers", "throughput", "transports", "scaling", "profile", "cache", "mix", "soak", "localstore",
-         "compression", "queue")
+PARTS = ("servers", "throughput", "transports", "scaling", "profile", "cache", "results", "mix", "soak",
+         "localstore", "compression", "queue")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -150,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
         if "cache" not in skip:
             seconds = args.seconds if args.seconds is not None else (0 if args.smoke else 3)
             report["cache"] = cache_bench.run(tmp, seconds, args.repeats or (1 if args.smoke else 3))
+        if "results" not in skip:
+            try:
+                report["results"] = result_cache_bench.run(tmp, 1.0 if args.smoke else 5.0,
+                                                           args.repeats or (1 if args.smoke else 3))
+            except Exception as exc:  # noqa: BLE001 - reported as the scenario's status, like the others
+                report["results"] = {"status": f"error: {type(exc).__name__}: {str(exc)[:300]}"}
         if "mix" not in skip:
             part_mix(args, budgets, report, tmp, skip)
         if "compression" not in skip:
