@@ -270,4 +270,30 @@ def test_randomized_no_hit_older_than_an_acknowledged_write(stack: Stack, ns: st
     for t in threads:
         t.join(60)
     assert not errors, f"seed {seed}: {errors[:3]}"
+    print(f"randomized result cache: seed {seed}, {hits[0]} hits")
     assert hits[0] > 0, "no hit at all: the test proved nothing"
+
+
+def test_scoped_keys_are_checked_before_the_cache(stack: Stack, ns: str) -> None:
+    """A minted key scoped to other namespaces (or to writes only) never gets a cached answer."""
+    stack.write(ns, [1])
+    assert stack.warm(ns) == [1]
+
+    def mint(name: str, scopes: list[str], globs: list[str]) -> str:
+        status, _, body = call(stack.gateways[0].url, "POST", "/v2/keys", {
+            "name": name, "entitlements": {"vectorstore.default": {"scopes": scopes, "namespaces": globs}},
+            "expiresAfter": "1d"})
+        assert status in (200, 201), body
+        return body["token"]  # type: ignore[no-any-return]
+
+    other = mint(f"other-{ns}", ["read"], ["elsewhere-*"])
+    writer = mint(f"writer-{ns}", ["write"], [ns])
+    reader = mint(f"reader-{ns}", ["read"], [ns])
+    for gw in (0, 1):
+        for _ in range(4):
+            for token in (other, writer):
+                status, headers, body = call(stack.gateways[gw].url, "POST", f"/v2/namespaces/{ns}/query", QUERY,
+                                             key=token)
+                assert status == 403 and "x-layer-cache" not in headers and "rows" not in body, body
+            status, _, body = call(stack.gateways[gw].url, "POST", f"/v2/namespaces/{ns}/query", QUERY, key=reader)
+            assert status == 200 and [r["id"] for r in body["rows"]] == [1]
