@@ -69,9 +69,13 @@ class Stack:
 
     def warm(self, ns: str, body: Any = QUERY, gw: int = 0) -> list[int]:
         """Query until the answer is a hit (the worker read the namespace's metadata and cached the answer)."""
-        found = wait_for(lambda: (lambda r: r if r[0] == "hit" else None)(self.query(ns, body, gw)), 10 * 2)
-        assert found, "the query never became a cache hit"
-        return found[1]  # type: ignore[no-any-return]
+        def hit() -> list[int] | None:
+            outcome, ids = self.query(ns, body, gw)
+            return ids if outcome == "hit" else None
+
+        found = wait_for(hit, 20)
+        assert found is not None, "the query never became a cache hit"
+        return found  # type: ignore[no-any-return]
 
     def count_queries(self, ns: str, delay_ms: int = 0) -> None:
         rule = {"route": "query", "namespace": ns, "count": COUNTED, "delay_ms": delay_ms}
@@ -155,7 +159,7 @@ def test_foreign_write_is_seen_within_the_stable_poll_interval(stack: Stack, ns:
     written = time.monotonic()
     bound_s = (STABLE_POLL_MS + 2 * POLL_MS) / 1000
     for gw in (0, 1):
-        assert wait_for(lambda: stack.query(ns, gw=gw)[1] == [1, 2], 10 * bound_s + 5)
+        assert wait_for(lambda gw=gw: stack.query(ns, gw=gw)[1] == [1, 2], 10 * bound_s + 5)
     # past the bound (plus a generous margin for a shared machine), no worker answers the old result any more
     time.sleep(max(0.0, written + bound_s + 1.0 - time.monotonic()))
     for gw in (0, 1):
@@ -194,7 +198,11 @@ def test_memory_bound(tmp_path: Path) -> None:
         bodies = [{"rank_by": ["id", "asc"], "top_k": 1 + n, "include_attributes": ["s"]} for n in range(60)]
         for body in bodies:
             call(gw.url, "POST", "/v2/namespaces/big/query", body)
-        stats = wait_for(lambda: (lambda h: h if h["misses"] >= 61 else None)(stack.health()[0]["result_cache"]), 10)
+        def counted() -> dict[str, Any] | None:
+            stats: dict[str, Any] = stack.health()[0]["result_cache"]
+            return stats if stats["misses"] >= 61 else None
+
+        stats = wait_for(counted, 10)
         assert stats and 0 < stats["bytes"] <= 65536 and stats["entries"] < 60, stats
         assert stack.query("big", bodies[-1])[0] == "hit"  # the newest stayed (nothing was written meanwhile)
         assert stack.query("big", bodies[0])[0] == "miss"  # the oldest went
@@ -219,7 +227,7 @@ def test_derive_mode_hit_needs_the_callers_verdict(tmp_path: Path) -> None:
         stack = Stack(store, [gw])
         stack.write("secret", [1, 2])
         assert stack.warm("secret") == [1, 2]
-        status, headers, body = call(gw.url, "POST", "/v2/namespaces/secret/query", QUERY, key="wrong-key")
+        status, _, body = call(gw.url, "POST", "/v2/namespaces/secret/query", QUERY, key="wrong-key")
         assert status == 403 and "rows" not in (body or {}), body
     finally:
         if gw is not None:
