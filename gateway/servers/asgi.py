@@ -53,6 +53,11 @@ class _Receive:
         self._receive = receive
         self._done = False
 
+    @property
+    def complete(self) -> bool:
+        """The last body message has been received (BodyStream then ends without waiting)."""
+        return self._done
+
     async def __call__(self) -> bytes:
         while not self._done:
             message = await self._receive()

@@ -26,6 +26,8 @@ class BodyStream:
     __slots__ = ("_idle_s", "_min_rate", "_next", "_size", "_started")
 
     def __init__(self, next_chunk: Callable[[], Awaitable[bytes]], settings: ServerSettings) -> None:
+        # `next_chunk.complete` (optional): True once the adapter has seen the end of the body, so the last step
+        # needs no timer (a timer costs more than the rest of a small body's read).
         self._next = next_chunk
         self._idle_s = settings.body_timeout_ms / 1000
         self._min_rate = settings.body_min_rate
@@ -36,6 +38,8 @@ class BodyStream:
         return self
 
     async def __anext__(self) -> bytes:
+        if getattr(self._next, "complete", False):
+            raise StopAsyncIteration
         loop = asyncio.get_running_loop()
         if not self._started:
             self._started = loop.time()
