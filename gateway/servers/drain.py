@@ -2,8 +2,9 @@
 
 SIGTERM: /ready answers 503 and every response carries `Connection: close` (gateway.app) for the grace
 (LAYER_DRAIN_GRACE_MS) while requests are served normally and idle keep-alive connections are closed; then the
-listening socket closes; the requests already accepted get LAYER_DRAIN_TIMEOUT_MS to finish; then background work
-stops and the worker exits. `stop_now` (a second SIGTERM to the supervisor) ends the grace and the wait at once:
+listening socket is retired (new connection attempts are dropped, the connections the kernel already completed are
+accepted, then it closes: refused from here); the requests already accepted get LAYER_DRAIN_TIMEOUT_MS (from the
+end of the grace) to finish; then background work stops and the worker exits. `stop_now` (a second SIGTERM to the supervisor) ends the grace and the wait at once:
 connections still open are cut (the client sees its connection fail, never a made-up status).
 """
 
@@ -20,8 +21,9 @@ from gateway.app import Gateway
 log = logging.getLogger("gateway.drain")
 TICK_S = 0.05
 # A keep-alive connection idle this long while draining is closed. Not zero: a connection that has just carried a
-# response (or was just accepted) is likely to carry the client's next request this instant, and closing it then
-# would fail that request; an idle connection is otherwise closed with nothing lost.
+# response is likely to carry the client's next request this instant, and closing it then would fail that request.
+# A connection that has carried no request yet is never closed by the drain (its client is about to send one; the
+# server's header timeout closes a silent one), nor one with request bytes the server has not read yet.
 IDLE_CLOSE_S = 0.25
 
 
@@ -29,10 +31,12 @@ class Listener(Protocol):
     """What the drain needs from a server adapter."""
 
     def close_idle(self, idle_s: float) -> None:
-        """Close keep-alive connections idle for at least `idle_s` (a no-op where the server cannot)."""
+        """Close keep-alive connections idle for at least `idle_s` (see IDLE_CLOSE_S)."""
 
-    def stop_accepting(self) -> None:
-        """Close the listening socket: from now on a new connection is refused."""
+    def stop_accepting(self) -> bool:
+        """Retire the listening socket (called every tick until it answers True): new connection attempts are
+        dropped at once, the connections the kernel completed are still accepted, and once none is left the
+        socket closes (True): from then on a new connection is refused."""
 
     def busy(self) -> bool:
         """Requests (or connections that may still carry one) remain."""
@@ -61,9 +65,12 @@ class Drain:
     async def _run(self, grace_s: float) -> None:
         self.gateway.begin_drain()
         await self._until(grace_s, lambda: False)
-        self.listener.stop_accepting()
-        log.info("stopped accepting", extra={"fields": {"inflight": self.gateway.inflight}})
-        clean = await self._until(self.timeout_s, lambda: not self.listener.busy())
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
+        closed = await self._until(self.timeout_s, self.listener.stop_accepting)
+        log.info("stopped accepting" if closed else "listening socket not retired",
+                 extra={"fields": {"inflight": self.gateway.inflight}})
+        left = deadline - asyncio.get_running_loop().time()
+        clean = closed and await self._until(left, lambda: not self.listener.busy())
         log.info("drained" if clean else "drain cut short", extra={"fields": {"inflight": self.gateway.inflight}})
         await self.listener.finish(clean)
 

@@ -10,6 +10,7 @@ from typing import Any
 from gateway.config import Config
 
 TARGET = "gateway.servers.rsgi:app"
+PORT_ENV = "LAYER_GRANIAN_PORT"  # the public port, for the workers' drain (gateway/servers/rsgi.py)
 
 
 def run(config: Config, host: str, port: int, workers: int) -> int:
@@ -35,6 +36,7 @@ def run(config: Config, host: str, port: int, workers: int) -> int:
                 self._send(signal.SIGINT)
             super().signal_handler_interrupt(signum, *args)
 
+    os.environ[PORT_ENV] = str(port)  # the workers' drain finds their listening socket by it
     s = config.server
     kill_timeout = (config.drain_grace_ms + config.drain_timeout_ms) // 1000 + 5
     server = Supervisor(

@@ -2,13 +2,15 @@
 `Gateway.handle` -> one `proto.response_bytes` call.
 
 Per worker: `__rsgi_init__` runs the gateway's startup and installs the drain on SIGTERM (stop now on SIGQUIT);
-`__rsgi_del__` runs its shutdown. Granian's own SIGINT handler stays: it is how the drain closes Granian's listening
-socket when the grace ends (Granian then closes idle connections, lets in-flight requests finish and returns).
+`__rsgi_del__` runs its shutdown. Granian's own SIGINT handler stays: the drain sends it once no connection is left
+(Granian's own stop closes its listener and every connection at the same instant, which would drop connections it
+accepted a moment ago, their requests unread).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -17,8 +19,12 @@ from typing import Any
 from gateway.app import Gateway
 from gateway.config import ServerSettings
 from gateway.http import Ctx
+from gateway.servers import sockets
 from gateway.servers.body import BodyStream
 from gateway.servers.drain import Drain
+from gateway.servers.granian_server import PORT_ENV
+
+log = logging.getLogger("gateway.rsgi")
 
 
 class _Chunks:
@@ -41,24 +47,54 @@ class _Chunks:
 
 
 class GranianListener:
-    """The drain's view of a Granian worker. Granian offers no way to close one idle keep-alive connection while it
-    keeps accepting, so idle connections are closed when the grace ends (docs/operations.md)."""
+    """The drain's view of a Granian worker. Granian can neither close one connection nor stop accepting without
+    shutting every connection down at once, so the drain works on the worker's sockets from below
+    (gateway/servers/sockets.py): an idle keep-alive connection (its last request answered, nothing unread, nothing
+    unsent, quiet for `idle_s`) is shut down, hyper then reads its end and closes it; the listening socket is
+    retired once the kernel's accept queue is empty; Granian's own stop comes last, when no connection is left."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, port: int | None) -> None:
         self.gateway = gateway
+        self.port = port
+        self.retiring: list[tuple[int, sockets.Retirement]] | None = None
 
     def close_idle(self, idle_s: float) -> None:
-        pass
+        if self.port is None:
+            return
+        for conn in sockets.connections(self.port):
+            # "answered" from the kernel's clock: a request hyper read but the gateway has not answered (still on
+            # its way to __rsgi__, or in it) is data received after the last data sent
+            if conn.answered(idle_s * 1000) and not conn.unread and not conn.unsent:
+                sockets.close_connection(conn.fd, conn.peer)
 
-    def stop_accepting(self) -> None:
-        os.kill(os.getpid(), signal.SIGINT)  # Granian's handler: its listener closes, idle connections close
+    def stop_accepting(self) -> bool:
+        if self.retiring is None:
+            port = self.port
+            found = sockets.listeners(port) if port is not None else []
+            self.retiring = [(fd, sockets.Retirement(dup, port)) for fd, dup in found if port is not None]
+            if not found:
+                log.warning("listening socket not found: Granian's own stop closes it")
+                self.port = None
+                os.kill(os.getpid(), signal.SIGINT)
+        left = []
+        for fd, retirement in self.retiring:
+            if retirement.ready():
+                sockets.release(fd, retirement.sock)
+            else:
+                left.append((fd, retirement))
+        self.retiring = left
+        return not left
 
     def busy(self) -> bool:
-        return self.gateway.inflight > 0
+        if self.gateway.inflight > 0:
+            return True
+        return self.port is not None and bool(sockets.connections(self.port))
 
     async def finish(self, clean: bool) -> None:
         if clean:
-            return  # Granian returns once its connections are closed, then __rsgi_del__ shuts the gateway down
+            if self.port is not None:
+                os.kill(os.getpid(), signal.SIGINT)  # no connection left: Granian returns, then __rsgi_del__
+            return
         await self.gateway.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -76,8 +112,9 @@ class RsgiApp:
         assert self.gateway.state is not None
         config = self.gateway.state.config
         self.settings = config.server
-        self.drain = Drain(self.gateway, GranianListener(self.gateway), config.drain_grace_ms,
-                           config.drain_timeout_ms)
+        port = os.environ.get(PORT_ENV)
+        listener = GranianListener(self.gateway, int(port) if port else None)
+        self.drain = Drain(self.gateway, listener, config.drain_grace_ms, config.drain_timeout_ms)
         loop.add_signal_handler(signal.SIGTERM, self.drain.begin)
         loop.add_signal_handler(signal.SIGQUIT, self.drain.stop_now)
 

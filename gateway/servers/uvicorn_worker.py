@@ -7,7 +7,9 @@
   checked by one sweep over the worker's connections every SWEEP_S, not by a timer per request (hot path).
 - `Acceptor` accepts from the shared listening socket only while the worker holds fewer than `max_connections`
   connections; beyond it the socket is not read and new connections wait in the kernel's backlog (uvicorn's
-  `limit_concurrency` would accept them and answer 503). It also closes the socket for the drain.
+  `limit_concurrency` would accept them and answer 503). It also retires the socket for the drain
+  (gateway/servers/sockets.py): new connection attempts dropped, the backlog accepted whatever the limit, then
+  closed.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from uvicorn.server import ServerState
 
 from gateway.config import ServerSettings, load_config
 from gateway.http import json_encode
+from gateway.servers import sockets
 from gateway.servers.asgi import AsgiApp
 from gateway.servers.drain import Drain
 
@@ -47,7 +50,7 @@ class LimitedProtocol(HttpToolsProtocol):
         super().__init__(config, server_state, EMPTY_STATE)
         self.settings = settings
         self.acceptor = acceptor
-        self.idle_since: float | None = None
+        self.idle_since: float | None = None  # since the end of the last response (None: busy, or never used)
         self.headers_since: float | None = None  # waiting for complete headers since (None: not waiting)
         self._header_bytes = 0
         self._header_count = 0
@@ -56,7 +59,7 @@ class LimitedProtocol(HttpToolsProtocol):
     # -- connection ------------------------------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self.idle_since = self.headers_since = self.loop.time()
+        self.headers_since = self.loop.time()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.headers_since = None
@@ -134,6 +137,7 @@ class LimitedProtocol(HttpToolsProtocol):
 class Acceptor:
     def __init__(self, sock: socket.socket, server_state: ServerState, settings: ServerSettings) -> None:
         self.sock = sock
+        self.port = sock.getsockname()[1]
         self.server_state = server_state
         self.limit = settings.max_connections
         self.loop = asyncio.get_running_loop()
@@ -141,6 +145,7 @@ class Acceptor:
         self.pending = 0
         self.reading = False
         self.open = True
+        self.retirement: sockets.Retirement | None = None
         sock.setblocking(False)
 
     def start(self, factory: Any) -> None:
@@ -157,9 +162,8 @@ class Acceptor:
             self.loop.remove_reader(self.sock.fileno())
             self.reading = False
 
-    def _accept(self, limit: int | None = None) -> None:
-        limit = self.limit if limit is None else limit
-        while len(self.server_state.connections) + self.pending < limit:
+    def _accept(self) -> None:
+        while len(self.server_state.connections) + self.pending < self.limit:
             try:
                 conn, _ = self.sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -184,15 +188,23 @@ class Acceptor:
         if self.open and not self.reading and len(self.server_state.connections) + self.pending < self.limit:
             self._resume()
 
-    def close(self) -> None:
-        """Take what is already queued (it is answered, with `Connection: close`), then close the socket: from
-        here a new connection is refused by the kernel (once every worker has closed its copy)."""
+    def retire(self) -> bool:
+        """Drop new connection attempts; accept (whatever the limit) what the kernel already completed, answered
+        with `Connection: close`; close the socket once none is left (True). From then on a new connection is
+        refused by the kernel (once every worker has closed its copy)."""
         if not self.open:
-            return
+            return True
+        if self.retirement is None:
+            self.retirement = sockets.Retirement(self.sock, self.port)
+            self.limit = sys.maxsize
+            self._resume()
+        self._accept()
+        if not self.retirement.ready():
+            return False
         self._pause()
         self.open = False
-        self._accept(limit=sys.maxsize)
         self.sock.close()
+        return True
 
 
 class UvicornListener:
@@ -207,11 +219,14 @@ class UvicornListener:
     def close_idle(self, idle_s: float) -> None:
         now = asyncio.get_running_loop().time()
         for conn in list(self.server_state.connections):
-            if conn.is_idle() and now - conn.idle_since >= idle_s:
-                conn.transport.close()
+            if conn.is_idle() and now - conn.idle_since >= idle_s and not conn.transport.is_closing():
+                sock = conn.transport.get_extra_info("socket")
+                # bytes in the kernel not yet read: the next request arrived while the event loop was busy
+                if sock is not None and sockets.unread(sock.fileno()) == 0:
+                    conn.transport.close()
 
-    def stop_accepting(self) -> None:
-        self.acceptor.close()
+    def stop_accepting(self) -> bool:
+        return self.acceptor.retire()
 
     def busy(self) -> bool:
         return bool(self.server_state.connections) or self.acceptor.pending > 0 or self.app.gateway.inflight > 0
