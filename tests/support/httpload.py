@@ -17,7 +17,7 @@ import httptools
 class Outcome:
     started: float  # time.monotonic() when the request was written (or the connect began, for "refused")
     ended: float
-    kind: str  # "ok" (a response), "refused" (connect refused), "lost" (sent, connection failed before a response)
+    kind: str  # "ok" (a response), "refused" (the connect failed), "lost" (sent, connection failed before a response)
     status: int = 0
     close: bool = False  # the response said Connection: close
     fresh: bool = False  # first request on its connection
@@ -69,6 +69,7 @@ class Load:
     request: bytes
     conns: int
     pause: float = 0.0  # seconds between two requests on one connection
+    per_conn: int = 0  # requests on one connection before the client closes it and opens another (0: no limit)
     outcomes: list[Outcome] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -97,7 +98,7 @@ class Load:
             try:
                 reader, writer = await asyncio.open_connection(host, port)
                 return reader, writer, f"{host}:{port}"
-            except ConnectionRefusedError:
+            except OSError:  # refused, or reset by a listening socket closing under the handshake: not accepted
                 self.outcomes.append(Outcome(t, time.monotonic(), "refused", target=f"{host}:{port}"))
         return None
 
@@ -109,6 +110,7 @@ class Load:
                 continue
             reader, writer, target = conn
             fresh = True
+            sent = 0
             try:
                 while not self._stop.is_set():
                     t = time.monotonic()
@@ -119,9 +121,62 @@ class Load:
                         break
                     self.outcomes.append(Outcome(t, time.monotonic(), "ok", resp.status, resp.close, fresh, target))
                     fresh = False
-                    if resp.close:
+                    sent += 1
+                    if resp.close or sent == self.per_conn:
                         break
                     if self.pause:
                         await asyncio.sleep(self.pause)
             finally:
                 writer.close()
+
+
+@dataclass
+class IdleConns:
+    """`conns` keep-alive connections that carry one request each and then stay silent, to see when the server
+    closes them: `closed` holds time.monotonic() of each close, `answered` the status of each request."""
+
+    target: tuple[str, int]
+    request: bytes
+    conns: int
+    answered: list[int] = field(default_factory=list)
+    closed: list[float] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)  # data after the response, or a failed first request
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> IdleConns:
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> IdleConns:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join(30)
+        return self
+
+    async def _main(self) -> None:
+        await asyncio.gather(*(self._one() for _ in range(self.conns)))
+
+    async def _one(self) -> None:
+        reader, writer = await asyncio.open_connection(*self.target)
+        try:
+            try:
+                resp = await _exchange(reader, writer, self.request)
+            except (ConnectionError, httptools.HttpParserError) as exc:
+                self.unexpected.append(f"first request failed: {exc!r}")
+                return
+            self.answered.append(resp.status)
+            while not self._stop.is_set():
+                try:
+                    data = await asyncio.wait_for(reader.read(65536), 0.05)
+                except TimeoutError:
+                    continue
+                except ConnectionError:
+                    data = b""
+                if data:
+                    self.unexpected.append(f"data on an idle connection: {data[:80]!r}")
+                self.closed.append(time.monotonic())
+                return
+        finally:
+            writer.close()
