@@ -4,8 +4,9 @@ SIGTERM: /ready answers 503 and every response carries `Connection: close` (gate
 (LAYER_DRAIN_GRACE_MS) while requests are served normally and idle keep-alive connections are closed; then the
 listening socket is retired (new connection attempts are dropped, the connections the kernel already completed are
 accepted, then it closes: refused from here); the requests already accepted get LAYER_DRAIN_TIMEOUT_MS (from the
-end of the grace) to finish; then background work stops and the worker exits. `stop_now` (a second SIGTERM to the supervisor) ends the grace and the wait at once:
-connections still open are cut (the client sees its connection fail, never a made-up status).
+end of the grace) to finish; then background work stops and the worker exits. `stop_now` (a second SIGTERM to the
+supervisor) ends the grace and the wait at once: connections still open are cut (the client sees its connection
+fail, never a made-up status).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 from gateway.app import Gateway
@@ -25,6 +26,7 @@ from gateway.servers.drain import Drain
 from gateway.servers.granian_server import PORT_ENV
 
 log = logging.getLogger("gateway.rsgi")
+SCAN_S = 0.2  # between two looks for idle connections (each reads every socket of the worker from the kernel)
 
 
 class _Chunks:
@@ -57,10 +59,13 @@ class GranianListener:
         self.gateway = gateway
         self.port = port
         self.retiring: list[tuple[int, sockets.Retirement]] | None = None
+        self.next_scan = 0.0
 
     def close_idle(self, idle_s: float) -> None:
-        if self.port is None:
+        now = time.monotonic()
+        if self.port is None or now < self.next_scan:
             return
+        self.next_scan = now + SCAN_S
         for conn in sockets.connections(self.port):
             # "answered" from the kernel's clock: a request hyper read but the gateway has not answered (still on
             # its way to __rsgi__, or in it) is data received after the last data sent
@@ -69,9 +74,8 @@ class GranianListener:
 
     def stop_accepting(self) -> bool:
         if self.retiring is None:
-            port = self.port
-            found = sockets.listeners(port) if port is not None else []
-            self.retiring = [(fd, sockets.Retirement(dup, port)) for fd, dup in found if port is not None]
+            found = sockets.listeners(self.port) if self.port is not None else []
+            self.retiring = [(fd, sockets.Retirement(dup)) for fd, dup in found]
             if not found:
                 log.warning("listening socket not found: Granian's own stop closes it")
                 self.port = None

@@ -5,7 +5,7 @@ Retiring a listening socket without losing a connection: closing it resets every
 but the server has not accepted yet (the client already sent its request), and a handshake can complete at any
 instant before the close. So `stop_syns` first attaches a socket filter that drops new connection attempts (a SYN
 without ACK; the client retransmits it after ~1 s and by then the socket is closed: refused) while handshakes
-already under way still complete; the server keeps accepting until the accept queue and the port's handshakes are
+already under way still complete; the server keeps accepting until those have completed and the accept queue is
 empty (`Retirement`), and only then is the socket closed. Nothing the kernel accepted is reset.
 """
 
@@ -32,7 +32,6 @@ _DROP_NEW_CONNECTIONS = [
     (0x06, 0, 0, 0),  # drop: ret #0
 ]
 _TCP_INFO_SIZE = 136
-_SYN_RECV = "03"
 
 
 def stop_syns(sock: socket.socket) -> None:
@@ -49,41 +48,20 @@ def accept_queue(sock: socket.socket) -> int:
     return int(struct.unpack_from("I", info, 24)[0])
 
 
-def handshakes(port: int) -> int:
-    """Handshakes under way to `port` on this host (SYN received, final ACK not yet)."""
-    local = f":{port:04X}"
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                next(f)
-                for line in f:
-                    fields = line.split(None, 4)
-                    if fields[3] == _SYN_RECV and fields[1].endswith(local):
-                        count += 1
-        except OSError:
-            continue
-    return count
-
-
 class Retirement:
     """A listening socket being retired: new connection attempts are dropped from the start; `ready()` (asked
-    every tick, while the server keeps accepting) says when it can close: the accept queue is empty and no
-    handshake is under way on the port (waited for at most HANDSHAKE_WAIT_S: a client that vanished mid-handshake
-    leaves one for a minute)."""
+    every tick, while the server keeps accepting) says when it can close: SETTLE_S has passed, so the handshakes
+    that were under way (one round trip) have completed, and the accept queue is empty."""
 
-    HANDSHAKE_WAIT_S = 2.0
+    SETTLE_S = 0.5  # below the client's first SYN retransmission (1 s): a dropped SYN's retry finds it closed
 
-    def __init__(self, sock: socket.socket, port: int) -> None:
+    def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.port = port
         self.started = time.monotonic()
         stop_syns(sock)
 
     def ready(self) -> bool:
-        if accept_queue(self.sock) > 0:
-            return False
-        return time.monotonic() - self.started >= self.HANDSHAKE_WAIT_S or handshakes(self.port) == 0
+        return time.monotonic() - self.started >= self.SETTLE_S and accept_queue(self.sock) == 0
 
 
 def unread(sock: socket.socket | int) -> int:

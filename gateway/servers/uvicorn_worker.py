@@ -137,7 +137,6 @@ class LimitedProtocol(HttpToolsProtocol):
 class Acceptor:
     def __init__(self, sock: socket.socket, server_state: ServerState, settings: ServerSettings) -> None:
         self.sock = sock
-        self.port = sock.getsockname()[1]
         self.server_state = server_state
         self.limit = settings.max_connections
         self.loop = asyncio.get_running_loop()
@@ -195,7 +194,7 @@ class Acceptor:
         if not self.open:
             return True
         if self.retirement is None:
-            self.retirement = sockets.Retirement(self.sock, self.port)
+            self.retirement = sockets.Retirement(self.sock)
             self.limit = sys.maxsize
             self._resume()
         self._accept()

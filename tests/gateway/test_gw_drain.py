@@ -119,8 +119,9 @@ class Drained:
                 f"SIGTERM; idle connections closed {len(idle_closed)}/{self.idle.conns} "
                 f"({idle_closed[0] if idle_closed else -1:.2f}..{idle_closed[-1] if idle_closed else -1:.2f} s after "
                 f"SIGTERM); exit {self.exited:.2f} s after SIGTERM"
-                + "".join(f"\n  lost: sent {o.started - self.t0:.3f} s after SIGTERM, failed after {o.ended - o.started:.3f} s"
-                          f"{' (first on its connection)' if o.fresh else ''}" for o in self.lost[:10]))
+                + "".join(f"\n  lost: sent {o.started - self.t0:.3f} s after SIGTERM, failed "
+                          f"{o.ended - o.started:.3f} s later{' (first on its connection)' if o.fresh else ''}"
+                          for o in self.lost[:10]))
 
     def check(self) -> None:
         """What every drain must show, whatever the load."""
