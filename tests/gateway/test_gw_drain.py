@@ -1,5 +1,7 @@
-"""Drain under load (issue 16), under the server the suite runs with (LAYER_SERVER): keep-alive clients through a
-10 ms upstream, SIGTERM to the supervisor mid-run.
+"""Drain under load (issue 16), under the server the suite runs with (LAYER_SERVER): keep-alive clients, clients
+that open a fresh connection for every request (until after the grace) and idle keep-alive connections, through a
+10 ms upstream, SIGTERM to the supervisor mid-run. A request is lost when it was sent on a connection that then
+closed without an answer (the gateway, or the kernel for it, accepted the connection and dropped it); none may be.
 
 Counts are printed (`pytest -s`) for the closing note."""
 
