@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 
+from gateway import metrics
 from gateway.auth import can_read
 from gateway.compression import forwarded_encoding, identity_body
 from gateway.http import JSON, Ctx, GatewayError, Response, json_decode, json_encode, upstream_error
@@ -47,12 +48,13 @@ def readable_body(resp: UpstreamResponse) -> bytes:
     return body
 
 
-async def send(ctx: Ctx, state: WorkerState, template: str | None = None, what: str = "request") -> UpstreamResponse:
+async def send(ctx: Ctx, state: WorkerState, template: str | None = None, what: str = "request",
+               idempotent: bool = False) -> UpstreamResponse:
     """The request as routed (upstream_path), to upstream, with the client's Accept-Encoding (the `prefer` header
     is never forwarded, so upstream never goes async and the official client's respond-async polling cannot leave
-    the gateway)."""
+    the gateway). `idempotent`: a read sent with POST (see Upstream.request)."""
     return await state.upstream.request(ctx.method, upstream_path(ctx, template), ctx.upstream_key, ctx.body or None,
-                                        what, ctx, accept_encoding=forwarded_encoding(ctx))
+                                        what, ctx, accept_encoding=forwarded_encoding(ctx), idempotent=idempotent)
 
 
 def relayed_error(resp: UpstreamResponse, what: str) -> GatewayError:
@@ -67,6 +69,18 @@ async def forward(ctx: Ctx, state: WorkerState, template: str | None = None, wha
 
 async def passthrough(ctx: Ctx, state: WorkerState) -> Response:
     return await forward(ctx, state, what=f"{ctx.method} {ctx.route.template}")
+
+
+async def read_passthrough(ctx: Ctx, state: WorkerState) -> Response:
+    """A read-only route sent with POST (explain_query, _debug/recall): proxied verbatim, but treated like a query:
+    idempotent for the transport, and one immediate retry on 429 (a persisting 429 is relayed)."""
+    what = f"{ctx.method} {ctx.route.template}"
+    resp = await send(ctx, state, what=what, idempotent=True)
+    if resp.status != 429:
+        return relay(resp)
+    retry = await send(ctx, state, what=what + " (retry)", idempotent=True)
+    metrics.QUERY_RETRIES.labels(metrics.ns_label(ctx.params["ns"]), "ok" if retry.ok else str(retry.status)).inc()
+    return relay(retry)
 
 
 async def list_v1(ctx: Ctx, state: WorkerState) -> Response:
@@ -130,8 +144,8 @@ ROUTES = (
     RouteSpec("PATCH", V1NS + "/metadata", schema_or_metadata),
     RouteSpec("GET", V1NS + "/schema", schema_or_metadata),
     RouteSpec("POST", V1NS + "/schema", schema_or_metadata),
-    RouteSpec("POST", NS + "/explain_query", passthrough),
-    RouteSpec("POST", V1NS + "/_debug/recall", passthrough),
+    RouteSpec("POST", NS + "/explain_query", read_passthrough),
+    RouteSpec("POST", V1NS + "/_debug/recall", read_passthrough),
     RouteSpec("POST", NS + "/async", passthrough),
     RouteSpec("GET", V1NS + "/operations/{op_id}", passthrough),
     RouteSpec("GET", V1NS + "/hint_cache_warm", passthrough),  # gateway.routes.warm replaces it when present

@@ -24,3 +24,22 @@ def test_metadata_errors_are_relayed_verbatim(stack: Stack) -> None:
     stack.fault(route="metadata", status=429, count=1, namespace=NS)
     r = stack("GET", f"/v2/namespaces/{NS}/metadata")
     assert (r.status, r.headers.get("retry-after"), r.json()["error"]) == (429, "0", "injected fault")
+
+
+@pytest.mark.parametrize(("route", "path", "body"), [
+    ("explain_query", f"/v2/namespaces/{NS}/explain_query", {"rank_by": ["id", "asc"], "top_k": 1}),
+    ("recall", f"/v1/namespaces/{NS}/_debug/recall", {"num": 1, "top_k": 1}),
+])
+def test_read_only_posts_get_the_one_429_retry_of_queries(stack: Stack, route: str, path: str,
+                                                          body: dict[str, object]) -> None:
+    assert call(stack.store.url, "POST", f"/v2/namespaces/{NS}", {"upsert_rows": [{"id": 1}]}).status == 200
+    direct = call(stack.store.url, "POST", path, body)
+    assert direct.status == 200, direct
+    stack.fault(route=route, status=429, count=1, namespace=NS)
+    r = stack("POST", path, body)
+    assert (r.status, r.json()) == (200, direct.json()), "one 429 absorbed by the retry"
+    assert stack.faults() == {"faults": []}
+    stack.fault(route=route, status=429, count=2, namespace=NS)
+    r = stack("POST", path, body)
+    assert (r.status, r.headers.get("retry-after"), r.json()["error"]) == (429, "0", "injected fault")
+    assert stack.faults() == {"faults": []}, "exactly two attempts"
