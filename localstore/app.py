@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
 import hmac
 import os
 import sys
@@ -62,6 +63,12 @@ class App:
         self.faults = Faults()
         self.operations = Operations()
         self.key = os.environ.get("LOCALSTORE_API_KEY") or None
+        # LOCALSTORE_API_KEYS="key=org,...": several organisations, each key seeing only its org's namespaces (as
+        # Turbopuffer's namespaces live per organisation). LOCALSTORE_API_KEY, when set too, is the default org's.
+        self.tenants = parse_tenants(os.environ.get("LOCALSTORE_API_KEYS", ""))
+        self.orgs: dict[str, Registry] = {}
+        # Test hook (/_localstore/received): requests received per SHA-256 of their bearer, whatever their answer.
+        self.received: dict[str, int] = {}
         # `serve --enable-faults`: without it the test hooks /_localstore/faults (it can fail or stall any request)
         # and /_localstore/journal do not exist.
         self.faults_enabled = os.environ.get("LOCALSTORE_ENABLE_FAULTS") == "1"
@@ -72,8 +79,11 @@ class App:
 
     def setup(self) -> None:
         if self.reg is None:
-            self.reg = Registry(os.environ.get("LOCALSTORE_DATA_DIR", "./localstore-data"),
-                                int(os.environ.get("LOCALSTORE_INDEX_LAG_MS", "0") or 0))
+            data_dir = os.environ.get("LOCALSTORE_DATA_DIR", "./localstore-data")
+            lag_ms = int(os.environ.get("LOCALSTORE_INDEX_LAG_MS", "0") or 0)
+            self.reg = Registry(data_dir, lag_ms)
+            self.orgs = {org: Registry(os.path.join(data_dir, "orgs", org), lag_ms)
+                         for org in sorted(set(self.tenants.values()))}
             print(f"localstore listening on {os.environ.get('LOCALSTORE_URL', '')}", flush=True)
 
     def __rsgi_del__(self, loop: Any) -> None:
@@ -124,6 +134,10 @@ class App:
             return _err(404, f"no route for {scope.path}")
         if method not in allowed:
             return _err(405, f"method {method} not allowed on {scope.path}")
+        token = _bearer(scope)
+        if self.faults_enabled:
+            digest = hashlib.sha256(token.encode()).hexdigest()
+            self.received[digest] = self.received.get(digest, 0) + 1
         denied = self._denied(scope)
         if denied is not None:
             return denied
@@ -136,7 +150,15 @@ class App:
                 return _err(fault["status"], "injected fault")
         body = await self._body(scope, protocol) if method in ("POST", "PATCH") else None
         handler: Callable[[str, str, Any, Any], tuple[int, Any]] = getattr(self, "h_" + route)
-        result = handler(method, ns, body, scope)
+        org = self.tenants.get(token)
+        if org is None:
+            result = handler(method, ns, body, scope)
+        else:  # handlers are synchronous: nothing else runs while `reg` is this org's registry
+            default, self.reg = self.reg, self.orgs[org]
+            try:
+                result = handler(method, ns, body, scope)
+            finally:
+                self.reg = default
         if fault is not None and fault["after_ms"]:
             await asyncio.sleep(fault["after_ms"] / 1000)
         if failing:
@@ -144,22 +166,30 @@ class App:
         return result
 
     def _denied(self, scope: Any) -> tuple[int, Any] | None:
-        auth = scope.headers.get("authorization", "")
-        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        token = _bearer(scope)
         if not token:
             return _err(401, "missing or malformed Authorization: Bearer <api key> header")
-        if self.key is not None and not hmac.compare_digest(token.encode(), self.key.encode()):
+        if self.tenants:
+            accepted = [*self.tenants, *([self.key] if self.key is not None else [])]
+            # every key compared (constant time each), so the answer time does not tell which one is closest
+            if not sum(hmac.compare_digest(token.encode(), key.encode()) for key in accepted):
+                return _err(403, "API key is not authorized")
+        elif self.key is not None and not hmac.compare_digest(token.encode(), self.key.encode()):
             return _err(403, "API key is not authorized")
         return None
 
     async def _admin(self, method: str, parts: list[str], scope: Any, protocol: Any) -> tuple[int, Any]:
         if parts == ["_localstore", "health"]:
             return (200, {"status": "ok"}) if method == "GET" else _err(405, "method not allowed")
-        if parts[1:] not in (["faults"], ["journal"]) or not self.faults_enabled:
+        if parts[1:] not in (["faults"], ["journal"], ["received"]) or not self.faults_enabled:
             return _err(404, f"no route for {scope.path}")
         denied = self._denied(scope)  # test hooks: only with --enable-faults and the store's key
         if denied is not None:
             return denied
+        if parts[1] == "received":
+            if method == "GET":
+                return 200, {"by_bearer_sha256": self.received}
+            return _err(405, "method not allowed")
         if parts[1] == "faults":
             if method == "GET":
                 return 200, self.faults.listing()
@@ -326,6 +356,27 @@ class App:
             out["ground_truth"] = []
         _ = ns
         return 200, out
+
+
+def _bearer(scope: Any) -> str:
+    auth = scope.headers.get("authorization", "")
+    return auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+
+
+ORG_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def parse_tenants(raw: str) -> dict[str, str]:
+    """`key=org,key=org` -> {key: org}; an org name is a directory name, so [A-Za-z0-9_-]+."""
+    tenants: dict[str, str] = {}
+    for item in raw.split(","):
+        if not item.strip():
+            continue
+        key, sep, org = item.strip().partition("=")
+        if not sep or not key or not org or not set(org) <= ORG_CHARS:
+            raise SystemExit(f"LOCALSTORE_API_KEYS: expected key=org[,key=org...] (org: [A-Za-z0-9_-]+), got {item!r}")
+        tenants[key] = org
+    return tenants
 
 
 def _gunzip(raw: bytes, limit: int) -> bytes:
