@@ -17,11 +17,15 @@ from collections.abc import AsyncIterator, Awaitable
 
 from gateway import health, metrics
 from gateway.auth import (
+    ADMIN,
     BEARER_CALLER,
     INVALID_KEY,
+    KEY_ROUTE_PREFIX,
+    KEY_ROUTES_WITHOUT_STORE_KEY,
     MINTED_PREFIX,
     PUBLIC,
     READ,
+    SCOPED_KEY_WITHOUT_STORE_KEY,
     STORE_ADMIN,
     WRITE,
     authorize,
@@ -51,17 +55,21 @@ async def authenticate(ctx: Ctx, state: WorkerState) -> Response | None:
     derive-from-request mode, upstream does not accept the bearer for a route that may answer locally."""
     token = bearer_token(ctx.headers.get("authorization"))
     store_key = state.config.upstream_key
-    if token.startswith(MINTED_PREFIX) and state.key_verifier is not None:
+    if store_key is None:
+        if ctx.route.route_class == ADMIN and ctx.route.template.startswith(KEY_ROUTE_PREFIX):
+            raise KEY_ROUTES_WITHOUT_STORE_KEY
+        if token.startswith(MINTED_PREFIX):
+            raise SCOPED_KEY_WITHOUT_STORE_KEY
+        ctx.principal, ctx.upstream_key = BEARER_CALLER, token
+    elif token.startswith(MINTED_PREFIX) and state.key_verifier is not None:
         principal = await state.key_verifier.verify(token)
         if principal is None:
             raise INVALID_KEY
         ctx.principal, ctx.upstream_key = principal, store_key
-    elif store_key is not None:
-        if not store_key_matches(token, store_key):
-            raise INVALID_KEY
+    elif store_key_matches(token, store_key):
         ctx.principal, ctx.upstream_key = STORE_ADMIN, store_key
     else:
-        ctx.principal, ctx.upstream_key = BEARER_CALLER, token
+        raise INVALID_KEY
     authorize(ctx.principal, ctx.route.route_class, ctx.namespace)
     if ctx.principal is BEARER_CALLER and ctx.route.answered_locally and state.verdicts is not None:
         denied = await state.verdicts.check(token, ctx.namespace or "")

@@ -127,6 +127,21 @@ BEARER_CALLER = Principal(name="bearer", key_id=None, admin=False, grants=(Grant
 
 MISSING_HEADER = GatewayError("unauthorized", "missing or malformed Authorization: Bearer header", status=401)
 INVALID_KEY = GatewayError("invalid_api_key", "the API key is not valid", status=401)
+# Derive-from-request mode has no upstream key for a scoped (minted) key to act with: such a bearer is refused here,
+# never forwarded upstream, and the key routes say why instead of a bare 403.
+SCOPED_KEY_WITHOUT_STORE_KEY = GatewayError(
+    "scoped_keys_need_store_key",
+    "scoped API keys (hvl_...) work only when the gateway has TURBOPUFFER_API_KEY; this gateway forwards each "
+    "caller's own Turbopuffer key instead",
+    status=401,
+)
+KEY_ROUTES_WITHOUT_STORE_KEY = GatewayError(
+    "scoped_keys_need_store_key",
+    "scoped API keys need TURBOPUFFER_API_KEY: without it the gateway forwards each caller's own Turbopuffer key and "
+    "has no key of its own for a scoped key to act with",
+    status=409,
+)
+KEY_ROUTE_PREFIX = "/v2/keys"
 
 
 def bearer_token(header: str | None) -> str:

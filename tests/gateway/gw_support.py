@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import time
 import urllib.error
@@ -64,6 +65,11 @@ class Stack:
 
     def faults(self) -> Any:
         return call(self.store.url, "GET", "/_localstore/faults").json()
+
+    def received(self, bearer: str) -> int:
+        """How many requests the store received with this bearer (whatever it answered)."""
+        counts = call(self.store.url, "GET", "/_localstore/received").json()["by_bearer_sha256"]
+        return int(counts.get(hashlib.sha256(bearer.encode()).hexdigest(), 0))
 
 
 def wait_for(pred: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:

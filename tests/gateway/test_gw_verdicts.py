@@ -3,6 +3,8 @@ jobs) reaches only a bearer that upstream has accepted for that namespace; anyon
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -11,6 +13,9 @@ from pathlib import Path
 import pytest
 from gw_support import KEY, Reply, Stack, call, wait_for, wait_until
 from support.procs import Proc, start_gateway, start_localstore
+
+from gateway.config import load_config
+from gateway.keys.service import KeyService
 
 WRONG = "not-the-store-key"
 
@@ -28,8 +33,28 @@ def _derive_stack(tmp: Path, **env: str) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="module")
-def derive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    yield from _derive_stack(tmp_path_factory.mktemp("verdicts"), LAYER_AUTH_VERDICT_TTL_S="60")
+def derive_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("verdicts")
+
+
+@pytest.fixture(scope="module")
+def minted(derive_dir: Path) -> str:
+    """A real scoped key in the derive gateway's key store (put there before it starts): what would it act with?"""
+    async def mint() -> str:
+        service = KeyService.from_settings(str(derive_dir / "gw"), load_config({}).keys)
+        try:
+            body = {"name": "reader", "entitlements": {"vectorstore.default": {"scopes": ["read", "write"]}}}
+            return (await service.mint(json.dumps(body).encode())).token
+        finally:
+            await service.close()
+
+    (derive_dir / "gw").mkdir()
+    return asyncio.run(mint())
+
+
+@pytest.fixture(scope="module")
+def derive(derive_dir: Path, minted: str) -> Iterator[Stack]:
+    yield from _derive_stack(derive_dir, LAYER_AUTH_VERDICT_TTL_S="60")
 
 
 def _seeded(stack: Stack) -> str:
@@ -121,3 +146,29 @@ def test_a_write_upstream_refuses_never_makes_a_document_servable(derive: Stack)
         assert _served(derive, ns) == (200, {"v": 1}) and _served(derive, ns, "new") == (404, None)
     assert call(derive.store.url, "POST", f"/v2/namespaces/{ns}/query",
                 {"rank_by": ["id", "asc"], "include_attributes": ["v"]}).json()["rows"] == [{"id": "a", "v": 1}]
+
+
+def test_scoped_keys_are_refused_without_a_store_key_and_never_reach_upstream(derive: Stack, minted: str) -> None:
+    """No TURBOPUFFER_API_KEY: a minted key would have no upstream key to act with. Its bearer is refused with 401
+    before anything is sent, and the key routes say that scoped keys need the store key."""
+    ns = _seeded(derive)
+    for method, path, body in [
+        ("GET", f"/v2/namespaces/{ns}/metadata", None),
+        ("POST", f"/v2/namespaces/{ns}/query", {"rank_by": ["id", "asc"]}),
+        ("GET", f"/v2/namespaces/{ns}/documents/a", None),
+        ("POST", f"/v2/namespaces/{ns}", {"upsert_rows": [{"id": "b"}]}),
+        ("POST", f"/v2/namespaces/{ns}/explain_query", {"rank_by": ["id", "asc"]}),
+        ("GET", "/v2/namespaces", None),
+        ("DELETE", f"/v2/namespaces/{ns}", None),
+    ]:
+        r = derive(method, path, body, key=minted)
+        assert r.status == 401 and r.json()["error"] == "scoped_keys_need_store_key", (method, path, r)
+        assert "TURBOPUFFER_API_KEY" in r.json()["message"]
+    mint = {"name": "x", "entitlements": {"vectorstore.default": {"scopes": ["read"]}}}
+    for key in (KEY, minted):
+        for method, path, body in [("POST", "/v2/keys", mint), ("GET", "/v2/keys", None)]:
+            r = derive(method, path, body, key=key)
+            assert r.status == 409 and r.json()["error"] == "scoped_keys_need_store_key", (key, method, path, r)
+            assert "TURBOPUFFER_API_KEY" in r.json()["message"]
+    assert derive.received(minted) == 0, "the scoped key never went upstream"
+    assert fetch(derive, ns).status == 200 and derive.received(KEY) > 0, "the store counts what it receives"
