@@ -72,9 +72,10 @@ async def authenticate(ctx: Ctx, state: WorkerState) -> Response | None:
         raise INVALID_KEY
     authorize(ctx.principal, ctx.route.route_class, ctx.namespace)
     if ctx.principal is BEARER_CALLER and ctx.route.answered_locally and state.verdicts is not None:
-        denied = await state.verdicts.check(token, ctx.namespace or "")
-        if denied is not None:
-            return relay(denied)
+        verdict = await state.verdicts.check(token, ctx.namespace or "")
+        if not isinstance(verdict, str):
+            return relay(verdict)
+        ctx.identity = verdict
     return None
 
 

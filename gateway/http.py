@@ -118,6 +118,7 @@ class Ctx:
         "body",
         "body_reserved",
         "headers",
+        "identity",
         "log_extra",
         "method",
         "namespace",
@@ -147,6 +148,7 @@ class Ctx:
         self.namespace: str | None = None
         self.principal: Principal | None = None
         self.upstream_key: str | None = None
+        self.identity: str | None = None  # derive mode: the namespace's fingerprint from the auth phase's verdict
         self.started = time.perf_counter()
         self.upstream_seconds = 0.0
         self.status = 0

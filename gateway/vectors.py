@@ -11,6 +11,7 @@ import msgspec
 
 from gateway.cache import service as cache_service
 from gateway.cache.coherence import Token
+from gateway.cache.partition import cache_namespace
 from gateway.http import Ctx, GatewayError, json_encode, upstream_error, validation_error
 from gateway.routes.passthrough import relayed_error
 from gateway.state import WorkerState
@@ -72,11 +73,13 @@ async def fetch_vectors(ctx: Ctx, state: WorkerState, ns: str, ids: list[Any]) -
 async def resolve_vectors(ctx: Ctx, state: WorkerState, ns: str, ids: list[Any]) -> list[float]:
     """Mean of the stored vectors of `ids` (cache first, then upstream); 404 naming every id without one."""
     unique = list(dict.fromkeys(ids))
-    found, tokens = await cached_vectors(state, ns, unique)
+    cache_ns = await cache_namespace(state, ns, ctx.upstream_key, ctx) if state.cache is not None else None
+    found, tokens = await cached_vectors(state, cache_ns, unique) if cache_ns is not None else ({}, {})
     missing = [i for i in unique if i not in found]
     if missing:
         fetched = await fetch_vectors(ctx, state, ns, missing)
-        await backfill_vectors(state, ns, tokens, fetched)
+        if cache_ns is not None:
+            await backfill_vectors(state, cache_ns, tokens, fetched)
         found.update(fetched)
     absent = [i for i in unique if i not in found]
     if absent:

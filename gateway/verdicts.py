@@ -9,6 +9,10 @@ drops all its verdicts, any 403 the one for that namespace (`Upstream.on_denied`
 
 Per worker, keyed by SHA-256 of the bearer (the key itself is not kept); concurrent checks for one pair share one
 upstream call, a task that outlives a caller who goes away and is awaited when the worker stops.
+
+A verdict also records which namespace upstream showed: a fingerprint of its `created_at`. Turbopuffer namespaces
+live per organisation, so two organisations may each own a `docs`, and a namespace deleted and created again keeps
+its name; the cache keeps each identity apart (gateway/cache/partition.py).
 """
 
 from __future__ import annotations
@@ -18,33 +22,55 @@ import hashlib
 import time
 from urllib.parse import quote, unquote
 
+import msgspec
+
 from gateway.http import GatewayError
 from gateway.tasks import Tasks
 from gateway.upstream import Upstream, UpstreamResponse
 
 MAX_ENTRIES = 10_000
 NAMESPACE_PREFIXES = ("/v1/namespaces/", "/v2/namespaces/")
+FINGERPRINT_HEX = 16  # 64 bits of SHA-256(created_at): tells namespaces of one name apart
+
+
+class _Created(msgspec.Struct):
+    created_at: str | None = None
+
+
+_created = msgspec.json.Decoder(_Created).decode
 
 
 def _digest(bearer: str) -> bytes:
     return hashlib.sha256(bearer.encode()).digest()
 
 
+def fingerprint(metadata: bytes) -> str:
+    """The identity of the namespace a metadata answer describes; "" when it names no `created_at`."""
+    try:
+        created = _created(metadata).created_at
+    except msgspec.DecodeError:
+        return ""
+    return hashlib.sha256(created.encode()).hexdigest()[:FINGERPRINT_HEX] if created else ""
+
+
 class Verdicts:
     def __init__(self, upstream: Upstream, ttl_s: float) -> None:
         self.upstream = upstream
         self.ttl_s = ttl_s
-        self._accepted: dict[bytes, dict[str, float]] = {}  # bearer digest -> namespace -> expiry (monotonic)
+        # bearer digest -> namespace -> (expiry (monotonic), fingerprint)
+        self._accepted: dict[bytes, dict[str, tuple[float, str]]] = {}
         self._size = 0
         self._pending: dict[tuple[bytes, str], asyncio.Task[UpstreamResponse | GatewayError]] = {}
         self._tasks = Tasks()
 
-    async def check(self, bearer: str, ns: str) -> UpstreamResponse | None:
-        """None when upstream has accepted `bearer` for `ns` recently (asking it if needed); otherwise upstream's
-        non-2xx answer, to be relayed. A transport failure raises the usual 502 GatewayError."""
+    async def check(self, bearer: str, ns: str) -> str | UpstreamResponse:
+        """The fingerprint of `ns` as upstream showed it to `bearer` ("" if it showed none) when upstream has
+        accepted the bearer for it recently (asking it if needed); otherwise upstream's non-2xx answer, to be
+        relayed. A transport failure raises the usual 502 GatewayError."""
         digest = _digest(bearer)
-        if self._accepted.get(digest, {}).get(ns, 0.0) > time.monotonic():
-            return None
+        accepted = self._accepted.get(digest, {}).get(ns)
+        if accepted is not None and accepted[0] > time.monotonic():
+            return accepted[1]
         key = (digest, ns)
         pending = self._pending.get(key)
         if pending is None:
@@ -53,7 +79,7 @@ class Verdicts:
         resp = await asyncio.shield(pending)
         if isinstance(resp, GatewayError):
             raise resp
-        return None if resp.ok else resp
+        return fingerprint(resp.body) if resp.ok else resp
 
     async def _ask(self, digest: bytes, bearer: str, ns: str) -> UpstreamResponse | GatewayError:
         path = f"/v2/namespaces/{quote(ns, safe='')}/metadata"
@@ -62,31 +88,41 @@ class Verdicts:
         except GatewayError as exc:  # upstream unreachable: each waiter answers it (a 502), not a task failure
             return exc
         if resp.ok and self.ttl_s > 0:
-            self._accept(digest, ns)
+            self._accept(digest, ns, fingerprint(resp.body))
         return resp
 
     async def stop(self) -> None:
         """Cancel and await the checks still running (before the upstream client closes)."""
         await self._tasks.stop()
 
-    def _accept(self, digest: bytes, ns: str) -> None:
+    def _accept(self, digest: bytes, ns: str, fp: str) -> None:
         if self._size >= MAX_ENTRIES:
             self._evict()
         per_key = self._accepted.setdefault(digest, {})
         self._size += ns not in per_key
-        per_key[ns] = time.monotonic() + self.ttl_s
+        per_key[ns] = (time.monotonic() + self.ttl_s, fp)
 
     def _evict(self) -> None:
         now = time.monotonic()
         for digest in list(self._accepted):
             per_key = self._accepted[digest]
-            for ns in [ns for ns, expiry in per_key.items() if expiry <= now]:
+            for ns in [ns for ns, (expiry, _) in per_key.items() if expiry <= now]:
                 del per_key[ns]
                 self._size -= 1
             if not per_key:
                 del self._accepted[digest]
         while self._size >= MAX_ENTRIES:  # all fresh: drop the oldest bearer's verdicts
             self._size -= len(self._accepted.pop(next(iter(self._accepted))))
+
+    def forget_namespace(self, ns: str) -> None:
+        """After `ns` was deleted through this worker: every bearer's verdict for it goes (a namespace created again
+        under its name is another one)."""
+        for digest in list(self._accepted):
+            per_key = self._accepted[digest]
+            if per_key.pop(ns, None) is not None:
+                self._size -= 1
+                if not per_key:
+                    del self._accepted[digest]
 
     def forget(self, bearer: str, path: str, status: int) -> None:
         """Called by the upstream client on every 401/403 it receives for `bearer` (path as sent)."""

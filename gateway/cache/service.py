@@ -21,6 +21,7 @@ from gateway.cache import coherence as co
 from gateway.cache import mirror
 from gateway.cache.base import CacheDoc, CacheError, DocumentCache, WarmJob, encode_attrs, pack_vector, record_size
 from gateway.cache.coherence import Token
+from gateway.cache.partition import namespace_of
 from gateway.tasks import Tasks
 
 log = logging.getLogger("gateway.cache")
@@ -40,14 +41,15 @@ def rfc3339_ms(ms: int) -> str:
 
 
 def effective(job: WarmJob, now: int | None = None) -> WarmJob:
-    """The job as clients see it: internal heartbeat stripped, abandoned running jobs shown as failed."""
-    beat = job.updated_ms
+    """The job as clients see it: internal heartbeat stripped, abandoned running jobs shown as failed, the
+    namespace by its upstream name (not its cache name, gateway/cache/partition.py)."""
+    beat, name = job.updated_ms, namespace_of(job.namespace)
     if beat is None:
-        return job
+        return job if name == job.namespace else replace(job, namespace=name)
     if job.status == "running" and (now or now_ms()) - beat > ABANDONED_MS:
-        return replace(job, status="failed", completed_at=rfc3339_ms(beat), updated_ms=None,
+        return replace(job, namespace=name, status="failed", completed_at=rfc3339_ms(beat), updated_ms=None,
                        error="warm job abandoned: its worker stopped before finishing")
-    return replace(job, updated_ms=None)
+    return replace(job, namespace=name, updated_ms=None)
 
 
 class NamespaceCacheState:

@@ -20,6 +20,7 @@ from gateway import metrics
 from gateway.cache import coherence as co
 from gateway.cache.base import CacheError, WarmJob, doc_from_row, encode_attrs, record_size
 from gateway.cache.coherence import Token
+from gateway.cache.partition import namespace_of
 from gateway.cache.service import CacheService, now_ms, rfc3339_ms
 from gateway.http import GatewayError, json_decode, json_encode
 from gateway.upstream import Upstream
@@ -41,7 +42,8 @@ class ScanFailed(Exception):
 
 async def start_warm_job(svc: CacheService, upstream: Upstream, key: str | None, ns: str, page_size: int,
                          watermark: int | None) -> WarmJob:
-    """Record the job (raises CacheError when the cache cannot), then run it in the background."""
+    """Record the job (raises CacheError when the cache cannot), then run it in the background. `ns` is the cache
+    name (gateway/cache/partition.py); the job scans the upstream namespace of that name."""
     now = now_ms()
     job = WarmJob(id=str(uuid.uuid4()), namespace=ns, status="running", progress=0.0, documents_scanned=0,
                   created_at=rfc3339_ms(now), updated_ms=now)
@@ -122,16 +124,16 @@ async def _fill(svc: CacheService, job: WarmJob, ns: str, page: Token, rows: lis
         metrics.CACHE_OVERSIZED.labels(metrics.ns_label(svc.store.set_name(ns))).inc(oversized)
     try:
         written = await svc.store.update(ns, changes)
-        metrics.WARM_DOCUMENTS.labels(metrics.ns_label(ns)).inc(len(written))
+        metrics.WARM_DOCUMENTS.labels(metrics.ns_label(namespace_of(ns))).inc(len(written))
     except CacheError as exc:
         log.warning("warm job %s: a page of %d docs was not cached: %s", job.id, len(rows), exc)
 
 
 async def run_warm_job(svc: CacheService, upstream: Upstream, key: str | None, job: WarmJob, page_size: int,
                        watermark: int | None) -> None:
-    ns = job.namespace
+    ns, name = job.namespace, namespace_of(job.namespace)
     try:
-        total = await _row_count(upstream, key, ns)
+        total = await _row_count(upstream, key, name)
         cursor: Any = None
         while True:
             try:
@@ -139,7 +141,7 @@ async def run_warm_job(svc: CacheService, upstream: Upstream, key: str | None, j
             except CacheError as exc:
                 log.warning("warm job %s: cache unavailable, this page is not cached: %s", job.id, exc)
                 page = None
-            rows = [r for r in await scan_page(upstream, key, ns, cursor, page_size) if "id" in r]
+            rows = [r for r in await scan_page(upstream, key, name, cursor, page_size) if "id" in r]
             if rows and page is not None:
                 await _fill(svc, job, ns, page, rows)
             job.documents_scanned += len(rows)

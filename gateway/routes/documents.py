@@ -18,6 +18,7 @@ import msgspec
 from gateway import metrics
 from gateway.cache.base import CacheDoc, CacheError, doc_from_row, project
 from gateway.cache.coherence import Token
+from gateway.cache.partition import cache_namespace
 from gateway.cache.service import CacheService, backfill
 from gateway.cache.warm import maybe_reactive_warm
 from gateway.http import Ctx, GatewayError, Response, json_encode, json_response, upstream_error, validation_error
@@ -55,9 +56,14 @@ def _include(names: list[str] | bool | None) -> tuple[list[str] | None, bool]:
     return [n for n in names if n and n != "vector"], warn
 
 
-def _service(state: WorkerState) -> CacheService | None:
+async def _service(ctx: Ctx, state: WorkerState, ns: str) -> tuple[CacheService | None, str]:
+    """The cache and this caller's name for `ns` in it (gateway/cache/partition.py); no cache when the namespace's
+    identity is unknown."""
     cache = state.cache
-    return cache if isinstance(cache, CacheService) else None
+    if not isinstance(cache, CacheService):
+        return None, ns
+    cache_ns = await cache_namespace(state, ns, ctx.upstream_key, ctx)
+    return (cache, cache_ns) if cache_ns is not None else (None, ns)
 
 
 async def fetch_rows(ctx: Ctx, state: WorkerState, ns: str, ids: list[Any]) -> list[dict[str, Any]]:
@@ -91,8 +97,8 @@ async def fetch_upstream(ctx: Ctx, state: WorkerState, ns: str, ids: list[Any]) 
     return found
 
 
-def _count_lookups(svc: CacheService, ns: str, hits: int, misses: int, errors: int) -> None:
-    labels = (metrics.ns_label(svc.store.set_name(ns)), metrics.ns_label(ns))
+def _count_lookups(svc: CacheService, cache_ns: str, ns: str, hits: int, misses: int, errors: int) -> None:
+    labels = (metrics.ns_label(svc.store.set_name(cache_ns)), metrics.ns_label(ns))
     for result, n in (("hit", hits), ("miss", misses), ("error", errors)):
         if n:
             metrics.inc(metrics.CACHE_LOOKUPS.labels(*labels, result), n)
@@ -109,17 +115,17 @@ async def get_document(ctx: Ctx, state: WorkerState) -> Response:
     names = [n.strip() for n in raw.split(",")] if raw is not None else None
     include, warn = _include(names)
     extra = [VECTOR_WARNING] if warn else []
-    svc = _service(state)
+    svc, cache_ns = await _service(ctx, state, ns)
     result = "miss-on-error"
     tokens: dict[str, Token] = {}
     if svc is not None:
         try:
-            found = await svc.store.lookup(ns, (doc_id,), include)
+            found = await svc.store.lookup(cache_ns, (doc_id,), include)
             attrs, tokens = found.hits.get(doc_id), found.tokens
             result = "miss" if attrs is None else "hit"
         except CacheError:
             attrs = None
-        _count_lookups(svc, ns, result == "hit", result == "miss", result == "miss-on-error")
+        _count_lookups(svc, cache_ns, ns, result == "hit", result == "miss", result == "miss-on-error")
         if attrs is not None:
             _observe("get_doc", ns, "hit", ctx)
             return json_response(200, _document(doc_id, attrs), [("x-layer-cache", "hit"), *extra])
@@ -129,8 +135,8 @@ async def get_document(ctx: Ctx, state: WorkerState) -> Response:
     if doc is None:
         raise GatewayError("not_found", f"Document '{doc_id}' not found in namespace '{ns}'", status=404)
     if svc is not None and result == "miss":
-        await backfill(svc, ns, tokens, [doc])
-        _reactive_warm(ctx, state, svc, ns)
+        await backfill(svc, cache_ns, tokens, [doc])
+        _reactive_warm(ctx, state, svc, ns, cache_ns)
     attrs = project(doc.attrs or {}, include)
     return json_response(200, _document(doc_id, attrs), [("x-layer-cache", result), *extra])
 
@@ -152,25 +158,25 @@ async def get_documents(ctx: Ctx, state: WorkerState) -> Response:
     keys = [str(i) for i in req.ids]
     unique = list(dict.fromkeys(keys))
     metrics.FETCH_BATCH_SIZE.labels("get_batch").observe(len(req.ids))
-    svc = _service(state)
+    svc, cache_ns = await _service(ctx, state, ns)
     cached: dict[str, dict[str, Any]] = {}
     tokens: dict[str, Token] = {}
     errored = svc is None
     if svc is not None:
         try:
-            found = await svc.store.lookup(ns, unique, include)
+            found = await svc.store.lookup(cache_ns, unique, include)
             cached, tokens = found.hits, found.tokens
         except CacheError:
             errored = True
         hits = len(cached)
-        _count_lookups(svc, ns, hits, 0 if errored else len(unique) - hits, len(unique) if errored else 0)
+        _count_lookups(svc, cache_ns, ns, hits, 0 if errored else len(unique) - hits, len(unique) if errored else 0)
     originals = {str(i): i for i in req.ids}
     wanted = [originals[k] for k in unique if k not in cached]
     fetched = await fetch_upstream(ctx, state, ns, wanted) if wanted else {}
     if svc is not None and not errored:
-        await backfill(svc, ns, tokens, list(fetched.values()))
+        await backfill(svc, cache_ns, tokens, list(fetched.values()))
         if wanted:
-            _reactive_warm(ctx, state, svc, ns)
+            _reactive_warm(ctx, state, svc, ns, cache_ns)
     documents, missing = [], []
     for key in keys:
         if key in cached:
@@ -185,9 +191,9 @@ async def get_documents(ctx: Ctx, state: WorkerState) -> Response:
     return json_response(200, {"documents": documents, "missing": missing}, headers)
 
 
-def _reactive_warm(ctx: Ctx, state: WorkerState, svc: CacheService, ns: str) -> None:
+def _reactive_warm(ctx: Ctx, state: WorkerState, svc: CacheService, ns: str, cache_ns: str) -> None:
     w = state.watcher.state(ns)
-    maybe_reactive_warm(svc, state.upstream, ctx.upstream_key, ns, w.watermark if w is not None else None)
+    maybe_reactive_warm(svc, state.upstream, ctx.upstream_key, cache_ns, w.watermark if w is not None else None)
 
 
 def _observe(operation: str, ns: str, cache_result: str, ctx: Ctx) -> None:

@@ -16,6 +16,7 @@ from gateway.auth import can_read
 from gateway.cache import mirror
 from gateway.cache.mirror import COPIES as COPY_KEYS
 from gateway.cache.mirror import WritePlan
+from gateway.cache.partition import cache_namespace
 from gateway.compression import forwarded_encoding, identity_body
 from gateway.consistency import STABLE, UNKNOWN, UPDATING, NamespaceWatch, now_ms, status_from_metadata
 from gateway.http import (
@@ -85,28 +86,44 @@ def decode_object(body: bytes) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-# ---- cache seams (each is a no-op while state.cache is None) ----
-async def cache_before_write(state: WorkerState, ns: str, doc: dict[str, Any]) -> WritePlan | None:
-    """Phase: fence the documents this write names in the cache before the upstream call (may add
-    `return_affected_ids` to doc for conditional/filter writes, so it runs before the body is encoded)."""
+# ---- cache seams (each is a no-op while state.cache is None, or for a cache name None: gateway/cache/partition.py)
+async def cache_name(state: WorkerState, ns: str, key: str | None, ctx: Ctx | None = None) -> str | None:
+    """This caller's cache name for `ns`; None while there is no cache or the namespace's identity is unknown."""
     if state.cache is None:
         return None
-    return await mirror.before_write(state.cache.store, ns, doc)
+    return await cache_namespace(state, ns, key, ctx)
 
 
-async def cache_after_write(state: WorkerState, ns: str, plan: WritePlan | None, status: int | None,
+async def cache_before_write(state: WorkerState, cache_ns: str | None, doc: dict[str, Any]) -> WritePlan | None:
+    """Phase: fence the documents this write names in the cache before the upstream call (may add
+    `return_affected_ids` to doc for conditional/filter writes, so it runs before the body is encoded)."""
+    if state.cache is None or cache_ns is None:
+        return None
+    return await mirror.before_write(state.cache.store, cache_ns, doc)
+
+
+async def cache_after_write(state: WorkerState, cache_ns: str | None, plan: WritePlan | None, status: int | None,
                             body: bytes) -> None:
     """Phase: after the upstream answered `status` (None: no answer, the outcome is unknown)."""
-    if state.cache is None or plan is None:
+    if state.cache is None or cache_ns is None or plan is None:
         return
-    await mirror.after_write(state.cache.store, ns, plan, status, body)
+    await mirror.after_write(state.cache.store, cache_ns, plan, status, body)
 
 
-async def cache_after_namespace_delete(state: WorkerState, ns: str, status: int | None) -> None:
+async def cache_after_unnamed_write(state: WorkerState, ns: str, key: str | None) -> None:
+    """Phase, derive-from-request mode: a write acknowledged for a namespace whose identity was unknown before it
+    (it did not exist yet: this write or a concurrent one created it). Nothing of it was fenced, so a fill that
+    read upstream before it landed could still store an older version: a new epoch refuses such fills."""
+    cache_ns = await cache_name(state, ns, key)
+    if state.cache is not None and cache_ns is not None:
+        await mirror.apply(state.cache.store, cache_ns, {}, 0, 0)
+
+
+async def cache_after_namespace_delete(state: WorkerState, cache_ns: str | None, status: int | None) -> None:
     """Phase: after a namespace delete answered `status` (None: no answer); soft."""
-    if state.cache is None:
+    if state.cache is None or cache_ns is None:
         return
-    await state.cache.namespace_deleted(ns, status)
+    await state.cache.namespace_deleted(cache_ns, status)
 
 
 def cache_state(state: WorkerState, ns: str) -> dict[str, Any]:
@@ -124,9 +141,13 @@ async def write(ctx: Ctx, state: WorkerState) -> Response:
         raise validation_error("custom write bodies were removed; use native Turbopuffer write keys "
                                "(upsert_rows, upsert_columns, patch_rows, patch_columns, deletes, ...)")
     if not any(k in doc for k in MANAGED_KEYS):  # nothing to stamp; a copy into `ns` still resets its cache
-        plan = await cache_before_write(state, ns, doc) if any(k in doc for k in COPY_KEYS) else None
-        resp = await fenced_write(state, ns, plan, upstream_path(ctx), ctx.upstream_key, ctx.body, ctx,
+        copy = any(k in doc for k in COPY_KEYS)
+        cache_ns = await cache_name(state, ns, ctx.upstream_key, ctx) if copy else None
+        plan = await cache_before_write(state, cache_ns, doc) if copy else None
+        resp = await fenced_write(state, ns, cache_ns, plan, upstream_path(ctx), ctx.upstream_key, ctx.body, ctx,
                                   forwarded_encoding(ctx))
+        if copy and resp.ok and cache_ns is None and state.verdicts is not None:
+            await cache_after_unnamed_write(state, ns, ctx.upstream_key)
         _observe_write(ctx, ns, resp.status, 0)
         return relay(resp)
     resp, rows = await write_rows(state, ns, doc, ctx.upstream_key, ctx, path=upstream_path(ctx),
@@ -142,30 +163,35 @@ async def write_rows(state: WorkerState, ns: str, doc: dict[str, Any], upstream_
     upstream -> cache fences finished -> watch -> write triggers. `system` writes (UDF results) may set the
     `_hevlayer_udf_*` markers and never fire triggers. Returns (upstream response, rows stamped)."""
     rows = stamp_write(doc, now_ms(), system=system)
-    plan = await cache_before_write(state, ns, doc)
+    cache_ns = await cache_name(state, ns, upstream_key, ctx)
+    plan = await cache_before_write(state, cache_ns, doc)
     trigger = None if system else queue_trigger_before_write(state, ns, doc)
     path = path or f"/v2/namespaces/{quote(ns, safe='')}"
-    resp = await fenced_write(state, ns, plan, path, upstream_key, json_encode(doc), ctx, accept_encoding)
+    resp = await fenced_write(state, ns, cache_ns, plan, path, upstream_key, json_encode(doc), ctx,
+                              accept_encoding)
     if resp.ok:
+        if cache_ns is None and state.cache is not None and state.verdicts is not None:
+            await cache_after_unnamed_write(state, ns, upstream_key)
         state.watcher.watch(ns, upstream_key, due=True)
         if trigger is not None:
             trigger.fire(doc, identity_body(resp) or b"", upstream_key)
     return resp, rows
 
 
-async def fenced_write(state: WorkerState, ns: str, plan: WritePlan | None, path: str, upstream_key: str | None,
-                       body: bytes, ctx: Ctx | None, accept_encoding: str | None) -> UpstreamResponse:
+async def fenced_write(state: WorkerState, ns: str, cache_ns: str | None, plan: WritePlan | None, path: str,
+                       upstream_key: str | None, body: bytes, ctx: Ctx | None,
+                       accept_encoding: str | None) -> UpstreamResponse:
     """The upstream call of a write, then its cache fences finished with the outcome, whatever happens."""
     try:
         resp = await state.upstream.request("POST", path, upstream_key, body, "write", ctx,
                                             accept_encoding=accept_encoding)
     except BaseException:  # no answer (timeout, transport failure, cancelled): the write may still land upstream
         if plan is not None:  # shielded: a cancelled request still leaves its fences (as "unknown") in the cache
-            await asyncio.shield(cache_after_write(state, ns, plan, None, b""))
+            await asyncio.shield(cache_after_write(state, cache_ns, plan, None, b""))
         await asyncio.shield(results_after_write(state, ns, ctx))
         raise
     if plan is not None:
-        await cache_after_write(state, ns, plan, resp.status, (identity_body(resp) or b"") if resp.ok else b"")
+        await cache_after_write(state, cache_ns, plan, resp.status, (identity_body(resp) or b"") if resp.ok else b"")
     await results_after_write(state, ns, ctx)
     return resp
 
@@ -196,15 +222,18 @@ def _observe_write(ctx: Ctx, ns: str, status: int, rows: int) -> None:
 # ---- delete ----
 async def delete(ctx: Ctx, state: WorkerState) -> Response:
     ns = ctx.params["ns"]
+    cache_ns = await cache_name(state, ns, ctx.upstream_key, ctx)  # before: afterwards the identity is gone
     try:
         resp = await state.upstream.request("DELETE", upstream_path(ctx), ctx.upstream_key, None, "namespace delete",
                                             ctx, accept_encoding=forwarded_encoding(ctx))
     except BaseException:  # no answer: the delete may still happen upstream
-        await asyncio.shield(cache_after_namespace_delete(state, ns, None))
+        await asyncio.shield(cache_after_namespace_delete(state, cache_ns, None))
         raise
     if resp.ok:
         state.watcher.forget(ns)
-    await cache_after_namespace_delete(state, ns, resp.status)
+        if state.verdicts is not None:  # a namespace created again under this name is another one
+            state.verdicts.forget_namespace(ns)
+    await cache_after_namespace_delete(state, cache_ns, resp.status)
     return relay(resp)
 
 

@@ -337,10 +337,22 @@ def layer_headers(plan: Plan, trace: str, cursor: str | None) -> list[tuple[str,
 
 async def cached_query(ctx: Ctx, state: WorkerState, plan: Plan, path: str, trace: str) -> Response:
     """LAYER_RESULT_CACHE (gateway/cache/results.py): a hit, a share of an identical query in flight, or a miss
-    that fills the cache. An answer that was not upstream's reply to this caller's own call is served, in
-    derive-from-request mode, only to a bearer upstream accepts for the namespace (gateway/verdicts.py)."""
+    that fills the cache. In derive-from-request mode the cache is used only by a bearer upstream accepts for the
+    namespace (gateway/verdicts.py), and only for answers about the namespace identity upstream showed it."""
     results, ns = state.results, ctx.params["ns"]
+    identity = ""
+    if ctx.principal is BEARER_CALLER and state.verdicts is not None:
+        # Derive mode: answers are kept per namespace identity (gateway/cache/partition.py): another
+        # organisation's namespace of this name, or an earlier one deleted since, never answers this caller.
+        verdict = await state.verdicts.check(ctx.upstream_key or "", ns)
+        if not isinstance(verdict, str):
+            return relay(verdict)
+        if not verdict:  # upstream showed no identity: nothing may be shared
+            return _answer_upstream(ctx, state, plan, trace, await send_with_retry(ctx, state, plan, path))
+        identity = verdict
     key = await results.key(ns, plan.watermark if plan.inject else None, plan.body)
+    if key is not None and identity:
+        key = (*key, identity)
     if key is None:  # the cache cannot vouch for a hit now: a plain query
         resp = await send_with_retry(ctx, state, plan, path)
         return _answer_upstream(ctx, state, plan, trace, resp)
@@ -354,10 +366,6 @@ async def cached_query(ctx: Ctx, state: WorkerState, plan: Plan, path: str, trac
             if not own_call:  # shared a call whose answer is not cacheable (an error): ask with this caller's key
                 resp = await send_with_retry(ctx, state, plan, path)
             return _answer_upstream(ctx, state, plan, trace, resp)
-    if ctx.principal is BEARER_CALLER and state.verdicts is not None:
-        denied = await state.verdicts.check(ctx.upstream_key or "", ns)
-        if denied is not None:
-            return relay(denied)
     results.hits += 1
     return _answer_cached(ctx, state, plan, trace, found, "hit")
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from gateway import metrics
 from gateway.cache.base import CacheError, WarmJob
+from gateway.cache.partition import cache_namespace
 from gateway.cache.service import STORE_KIND, CacheService, effective
 from gateway.cache.warm import MAX_PAGE, start_warm_job
 from gateway.http import Ctx, GatewayError, Response, json_encode, json_response, parse_count, validation_error
@@ -28,11 +29,15 @@ def cache_cold(ns: str) -> GatewayError:
                         status=503, source="internal", extra={"cache_state": "cold"})
 
 
-async def _ready_cache(state: WorkerState, ns: str) -> CacheService:
+async def _ready_cache(ctx: Ctx, state: WorkerState, ns: str) -> tuple[CacheService, str]:
+    """The cache and this caller's name for `ns` in it (gateway/cache/partition.py); 503 when either is missing."""
     svc = state.cache
     if not isinstance(svc, CacheService) or not await svc.probe():
         raise cache_cold(ns)
-    return svc
+    cache_ns = await cache_namespace(state, ns, ctx.upstream_key, ctx)
+    if cache_ns is None:  # derive mode, and upstream showed no namespace identity: nothing may be shared
+        raise cache_cold(ns)
+    return svc, cache_ns
 
 
 def _page_size(raw: str | None) -> int:
@@ -45,10 +50,10 @@ def _job_body(job: WarmJob) -> bytes:
     return json_encode(effective(job))
 
 
-async def _start(ctx: Ctx, state: WorkerState, svc: CacheService, ns: str, page_size: int) -> WarmJob:
+async def _start(ctx: Ctx, state: WorkerState, svc: CacheService, ns: str, cache_ns: str, page_size: int) -> WarmJob:
     w = state.watcher.state(ns)
     try:
-        return await start_warm_job(svc, state.upstream, ctx.upstream_key, ns, page_size,
+        return await start_warm_job(svc, state.upstream, ctx.upstream_key, cache_ns, page_size,
                                     w.watermark if w is not None else None)
     except CacheError:
         raise cache_cold(ns) from None
@@ -56,16 +61,16 @@ async def _start(ctx: Ctx, state: WorkerState, svc: CacheService, ns: str, page_
 
 async def warm(ctx: Ctx, state: WorkerState) -> Response:
     ns = ctx.params["ns"]
-    svc = await _ready_cache(state, ns)
-    job = await _start(ctx, state, svc, ns, _page_size(ctx.query.get("page_size")))
+    svc, cache_ns = await _ready_cache(ctx, state, ns)
+    job = await _start(ctx, state, svc, ns, cache_ns, _page_size(ctx.query.get("page_size")))
     return Response(202, _job_body(job), JSON_HEADERS)
 
 
 async def list_jobs(ctx: Ctx, state: WorkerState) -> Response:
     ns = ctx.params["ns"]
-    svc = await _ready_cache(state, ns)
+    svc, cache_ns = await _ready_cache(ctx, state, ns)
     try:
-        jobs = await svc.jobs.list(ns)
+        jobs = await svc.jobs.list(cache_ns)
     except CacheError:
         raise cache_cold(ns) from None
     return json_response(200, {"warm_jobs": [effective(j) for j in jobs]})
@@ -73,12 +78,12 @@ async def list_jobs(ctx: Ctx, state: WorkerState) -> Response:
 
 async def get_job(ctx: Ctx, state: WorkerState) -> Response:
     ns, job_id = ctx.params["ns"], ctx.params["job_id"]
-    svc = await _ready_cache(state, ns)
+    svc, cache_ns = await _ready_cache(ctx, state, ns)
     try:
         job = await svc.jobs.get(job_id)
     except CacheError:
         raise cache_cold(ns) from None
-    if job is None or job.namespace != ns:
+    if job is None or job.namespace != cache_ns:
         raise GatewayError("not_found", f"Warm job '{job_id}' not found", status=404)
     return Response(200, _job_body(job), JSON_HEADERS)
 
@@ -122,9 +127,9 @@ async def hint_cache_warm(ctx: Ctx, state: WorkerState) -> Response:
         raise validation_error("blob_budget_bytes requires blobs=true")
     if steps["blobs"]:
         raise validation_error("blob warming needs blob reference attributes, which this gateway does not configure")
-    svc = None
+    svc, cache_ns = None, ns
     if steps["documents"] or steps["snapshots"]:
-        svc = await _ready_cache(state, ns)
+        svc, cache_ns = await _ready_cache(ctx, state, ns)
     out: dict[str, Any] = {"namespace": ns, "turbopuffer": SKIPPED}
     if steps["turbopuffer"]:
         failed = await _turbopuffer_step(ctx, state)
@@ -132,7 +137,7 @@ async def hint_cache_warm(ctx: Ctx, state: WorkerState) -> Response:
             return failed
         out["turbopuffer"] = {"enabled": True, "status": "completed"}
     if steps["documents"] and svc is not None:
-        job = await _start(ctx, state, svc, ns, page_size)
+        job = await _start(ctx, state, svc, ns, cache_ns, page_size)
         out["documents"] = {"enabled": True, "status": "started", "job": effective(job)}
     else:
         out["documents"] = SKIPPED

@@ -106,3 +106,17 @@ def _stack(tmp: Path, store_env: dict[str, str], gw_env: dict[str, str]) -> Iter
     yield stack
     gw.stop()
     store.stop()
+
+
+def derive_stack(tmp: Path, workers: int = 1, store_env: dict[str, str] | None = None, **gw_env: str) -> Iterator[Stack]:
+    """A gateway in derive-from-request mode (no TURBOPUFFER_API_KEY: each caller's bearer goes upstream) in front of
+    a store that accepts KEY (and the keys of `store_env`)."""
+    store = start_localstore(tmp / "store", LOCALSTORE_API_KEY=KEY, **(store_env or {}))
+    gw: Proc | None = None
+    try:
+        gw = start_gateway(store.url, "", tmp / "gw", workers=workers, **gw_env)
+        yield Stack(gw, store)
+    finally:
+        if gw is not None:
+            gw.stop()
+        store.stop()

@@ -11,8 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from gw_support import KEY, Reply, Stack, call, wait_for, wait_until
-from support.procs import Proc, start_gateway, start_localstore
+from gw_support import KEY, Reply, Stack, call, derive_stack, wait_for, wait_until
 
 from gateway.config import load_config
 from gateway.keys.service import KeyService
@@ -21,15 +20,7 @@ WRONG = "not-the-store-key"
 
 
 def _derive_stack(tmp: Path, **env: str) -> Iterator[Stack]:
-    store = start_localstore(tmp / "store", LOCALSTORE_API_KEY=KEY)
-    gw: Proc | None = None
-    try:  # one worker: verdicts are per worker, and these tests follow one verdict's life
-        gw = start_gateway(store.url, "", tmp / "gw", workers=1, **env)
-        yield Stack(gw, store)
-    finally:
-        if gw is not None:
-            gw.stop()
-        store.stop()
+    yield from derive_stack(tmp, workers=1, **env)  # one worker: verdicts are per worker; these follow one's life
 
 
 @pytest.fixture(scope="module")
