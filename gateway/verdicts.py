@@ -135,6 +135,8 @@ class Verdicts:
             self._size -= len(self._accepted.pop(digest))
         elif per_key.pop(ns, None) is not None:
             self._size -= 1
+            if not per_key:  # no empty map left behind per bearer: the entry count bounds the memory
+                del self._accepted[digest]
 
 
 def _namespace(path: str) -> str | None:

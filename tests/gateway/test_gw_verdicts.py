@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -163,3 +165,19 @@ def test_scoped_keys_are_refused_without_a_store_key_and_never_reach_upstream(de
             assert "TURBOPUFFER_API_KEY" in r.json()["message"]
     assert derive.received(minted) == 0, "the scoped key never went upstream"
     assert fetch(derive, ns).status == 200 and derive.received(KEY) > 0, "the store counts what it receives"
+
+
+def test_a_refused_bearer_leaves_no_state_in_the_cache(derive: Stack, derive_dir: Path) -> None:
+    """Writes, copies and deletes with a key upstream refuses touch no namespace's cache (they have no identity to
+    touch, gateway/cache/partition.py): a wrong key cannot grow the cache with fences, however many ids it names."""
+    ns = _seeded(derive)
+    ids = [f"x{i}" for i in range(300)]
+    for target in (ns, f"{ns}-never"):
+        for body in [{"upsert_rows": [{"id": i, "v": 0} for i in ids]}, {"patch_rows": [{"id": i} for i in ids]},
+                     {"deletes": ids}, {"delete_by_filter": ["v", "Eq", 1]}, {"copy_from_namespace": ns}]:
+            assert derive("POST", f"/v2/namespaces/{target}", body, key=WRONG).status == 403, (target, body)
+        assert derive("DELETE", f"/v2/namespaces/{target}", key=WRONG).status == 403
+    with closing(sqlite3.connect(f"file:{derive_dir / 'gw' / 'cache.sqlite3'}?mode=ro", uri=True)) as db:
+        docs = db.execute("select id from docs where ns like ?", (f"{ns}%",)).fetchall()
+    assert docs == [("a",)], "only the document the right key cached"
+    assert fetch(derive, ns).headers.get("x-layer-cache") == "hit"
