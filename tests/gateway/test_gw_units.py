@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
+from gateway import verdicts
 from gateway.config import ConfigError, load_config
 from gateway.consistency import STABLE, UNKNOWN, UPDATING, status_from_metadata
 from gateway.cursor import decode_cursor, encode_cursor
@@ -11,6 +14,7 @@ from gateway.http import GatewayError
 from gateway.router import build_router, path_segments
 from gateway.routes.namespaces import STAMP, stamp_write
 from gateway.routes.query import and_filters
+from gateway.upstream import UpstreamResponse
 
 
 def test_router_matches_templates_and_reports_404_405() -> None:
@@ -83,3 +87,43 @@ def test_config_resolution() -> None:
     assert load_config({"TURBOPUFFER_REGION": "gcp-us-central1"}).upstream_url == "https://gcp-us-central1.turbopuffer.com"
     cfg = load_config({"TURBOPUFFER_API_URL": "http://h:1/p/", "TURBOPUFFER_API_KEY": " k "})
     assert (cfg.upstream_url, cfg.upstream_key) == ("http://h:1/p", "k")
+
+
+class _Upstream:
+    """Answers every access check: 200 with a created_at for bearers starting with "ok", 403 for the rest."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def request(self, method: str, path: str, key: str, *args: object) -> UpstreamResponse:
+        self.calls += 1
+        if key.startswith("ok"):
+            return UpstreamResponse(200, b'{"created_at":"2026-01-01T00:00:00Z"}', "application/json", [])
+        return UpstreamResponse(403, b'{"status":"error","error":"no"}', "application/json", [])
+
+
+def test_verdicts_stay_bounded_whatever_the_bearers() -> None:
+    """Derive-from-request mode: a refused bearer leaves nothing behind, and accepted ones never exceed MAX_ENTRIES
+    (the oldest go first), so bearers an attacker makes up cannot grow a worker's memory."""
+    async def run() -> None:
+        upstream = _Upstream()
+        v = verdicts.Verdicts(upstream, ttl_s=60)  # type: ignore[arg-type]
+        for i in range(2000):
+            assert not isinstance(await v.check(f"bad-{i}", f"ns{i % 7}"), str)
+        assert (v._accepted, v._pending, v._size) == ({}, {}, 0)
+        fingerprint = await v.check("ok-first", "docs")
+        assert fingerprint == verdicts.fingerprint(b'{"created_at":"2026-01-01T00:00:00Z"}') and len(fingerprint) == 16
+        for i in range(verdicts.MAX_ENTRIES + 500):
+            assert await v.check(f"ok-{i}", "docs" if i % 2 else "other") == fingerprint
+        assert v._size == sum(len(m) for m in v._accepted.values()) <= verdicts.MAX_ENTRIES
+        calls = upstream.calls
+        assert await v.check(f"ok-{verdicts.MAX_ENTRIES + 499}", "docs") == fingerprint and upstream.calls == calls
+        v.forget(f"ok-{verdicts.MAX_ENTRIES + 499}", "/v2/namespaces/docs/query", 403)
+        assert v._size == sum(len(m) for m in v._accepted.values()) and not any(not m for m in v._accepted.values())
+        v.forget_namespace("docs")
+        assert v._size == sum(len(m) for m in v._accepted.values())
+        assert all(set(m) == {"other"} for m in v._accepted.values())
+        assert verdicts.fingerprint(b'{"approx_row_count": 1}') == verdicts.fingerprint(b"garbage") == ""
+        await v.stop()
+
+    asyncio.run(run())
