@@ -100,3 +100,27 @@ def test_a_namespace_deleted_and_created_again_outside_the_gateway_never_serves_
         wait_until(lambda: _get(stack, KEY, ns), lambda r: _attrs(r) == {"v": 2})  # noqa: B023 - used at once
         assert [_attrs(_get(stack, KEY, ns)) for _ in range(6)] == [{"v": 2}] * 6
         assert _attrs(_cached(stack, KEY, ns)) == {"v": 2}
+
+
+def test_the_query_result_cache_keeps_each_orgs_namespace_apart(tmp_path: Path) -> None:
+    """LAYER_RESULT_CACHE in derive mode: an identical query on another organisation's namespace of the same name
+    is answered from that namespace (its own miss, then its own hits), never from the first one's cached answer."""
+    env = {"LAYER_RESULT_CACHE": "on", "CONSISTENCY_POLL_INTERVAL_MS": "100",
+           "CONSISTENCY_STABLE_POLL_INTERVAL_MS": "400", "CONSISTENCY_SAFETY_MARGIN_MS": "50"}
+    for stack in derive_stack(tmp_path, store_env={"LOCALSTORE_API_KEYS": f"{ORG_A}=org-a,{ORG_B}=org-b"}, **env):
+        ns, query = f"t{uuid.uuid4().hex[:8]}", {"rank_by": ["id", "asc"], "top_k": 10}
+        _put(stack, ORG_A, ns, [{"id": 1}])
+        _put(stack, ORG_B, ns, [{"id": 2}])
+
+        def ask(key: str) -> Reply:
+            return stack("POST", f"/v2/namespaces/{ns}/query", query, key=key)  # noqa: B023 - used at once
+
+        def rows(r: Reply) -> list[int]:
+            assert r.status == 200, r
+            return [row["id"] for row in r.json()["rows"]]
+
+        assert rows(wait_until(lambda: ask(ORG_A), lambda r: r.headers.get("x-layer-cache") == "hit")) == [1]
+        assert [rows(ask(ORG_B)) for _ in range(5)] == [[2]] * 5
+        assert rows(wait_until(lambda: ask(ORG_B), lambda r: r.headers.get("x-layer-cache") == "hit")) == [2]
+        assert rows(ask(ORG_A)) == [1]
+        assert ask("wrong-key").status == 403
