@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, TypeVar
 
 from gateway.cache.base import CacheError, CacheStatus
@@ -167,10 +168,12 @@ class Runner:
                 log.exception("cache metrics hook failed")
 
     async def close(self) -> None:
-        """Stop the healer and the pool without blocking the loop (queued calls are dropped, running ones finish
-        in their thread within the cache timeout)."""
+        """Stop the healer and the pool: queued calls are dropped, and running ones (each bounded by the cache
+        timeout) are waited for off the loop, so the backend's client is never closed under a call still using it
+        (the Aerospike C client crashes the process then)."""
         await self._tasks.stop()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        await asyncio.get_running_loop().run_in_executor(
+            None, partial(self._pool.shutdown, wait=True, cancel_futures=True))
 
 
 def _describe(exc: BaseException) -> str:
