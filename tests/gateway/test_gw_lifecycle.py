@@ -44,7 +44,7 @@ def test_embedded_default_starts_and_stops_its_store(tmp_path: Path) -> None:
                                             ("LAYER_MAX_HEADERS", "101"), ("LAYER_HEADER_TIMEOUT_MS", "0")])
 def test_bad_configuration_stops_startup_naming_the_variable(var: str, value: str) -> None:
     env = base_env(**{"TURBOPUFFER_API_URL": "http://127.0.0.1:9", var: value})
-    done = subprocess.run([sys.executable, "-m", "gateway", "serve", "--port", str(free_port())], env=env,
+    done = subprocess.run([sys.executable, "-m", "gateway", "serve", "--port", str(free_port()), "--ops-port", "0"], env=env,
                           capture_output=True, text=True, timeout=20, check=False)
     assert done.returncode == 2
     assert var in done.stderr

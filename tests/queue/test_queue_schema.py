@@ -85,7 +85,7 @@ def test_two_gateways_starting_together_share_one_schema(backend: str, tmp_path:
             store.stop()
 
         _set_version(backend, env, tmp_path / "gw", SCHEMA_VERSION + 1)
-        cmd = [sys.executable, "-m", "gateway", "serve", "--port", str(free_port())]
+        cmd = [sys.executable, "-m", "gateway", "serve", "--port", str(free_port()), "--ops-port", "0"]
         proc = subprocess.run(cmd, env=base_env(TURBOPUFFER_API_URL=store.url, TURBOPUFFER_API_KEY=KEY,
                                                 LAYER_DATA_DIR=str(tmp_path / "gw"), **env),
                               capture_output=True, text=True, timeout=60, check=False)
@@ -94,7 +94,7 @@ def test_two_gateways_starting_together_share_one_schema(backend: str, tmp_path:
 
 
 def test_bad_database_url_exits_2_naming_the_variable(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "gateway", "serve", "--port", str(free_port())]
+    cmd = [sys.executable, "-m", "gateway", "serve", "--port", str(free_port()), "--ops-port", "0"]
     proc = subprocess.run(cmd, env=base_env(TURBOPUFFER_API_URL="http://127.0.0.1:9", TURBOPUFFER_API_KEY=KEY,
                                             LAYER_DATA_DIR=str(tmp_path), DATABASE_URL="mysql://x@y/z"),
                           capture_output=True, text=True, timeout=60, check=False)

@@ -157,11 +157,11 @@ def start_gateway(upstream_url: str, upstream_key: str, data_dir: str | Path, wo
 
 def start_embedded_gateway(data_dir: str | Path, admin_key: str, workers: int = 2, **env: str) -> Proc:
     """`just run`: the gateway with no upstream configured, so it starts its own local store (embedded mode)."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--workers", str(workers)]
+    port, ops_port = free_ports(2)
     full_env = base_env(LAYER_DATA_DIR=str(data_dir), LAYER_GATEWAY_API_KEY=admin_key, **env)
-    proc = Proc("gateway-embedded", cmd, full_env, f"http://127.0.0.1:{port}", "/ready")
+    proc = Proc("gateway-embedded", gateway_cmd(port, ops_port, workers), full_env, f"http://127.0.0.1:{port}",
+                "/ready")
+    proc.ops_url = f"http://127.0.0.1:{ops_port}"
     try:
         wait_for_workers(proc.url, workers)
     except BaseException:
