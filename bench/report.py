@@ -36,6 +36,21 @@ def check_budgets(report: dict[str, Any], b: dict[str, Any]) -> list[dict[str, A
     if "soak" in report:
         add("soak RSS MB per worker (peak)", _get(report, "soak", "rss_peak_mb"), s["rss_mb_max"], False)
         add("soak RSS growth per worker", _get(report, "soak", "rss_growth"), s["rss_growth_max"], False)
+    wm = report.get("watermarks") or {}
+    if wm and "watermarks" in b:
+        for name, r in wm.items():
+            if isinstance(r, dict) and r.get("shared") and r.get("status") == "ok":
+                add(f"watermarks {name}: rows served unindexed through the filter", r["violations"],
+                    b["watermarks"]["violations_max"], False)
+                if "board_down" in r:  # the model is for working shared records; down, the per-worker budget holds
+                    add(f"watermarks {name}: metadata calls/s while the shared records are down",
+                        r["board_down"]["metadata_calls_per_s"], r["board_down"]["budget_per_s"], False)
+                else:
+                    add(f"watermarks {name}: metadata calls / model", r["calls_vs_model"],
+                        b["watermarks"]["shared_calls_vs_model_max"], False)
+                if "failover" in r:
+                    add(f"watermarks {name}: failover s (lease {r['failover']['lease_s']} s + one tick)",
+                        r["failover"]["max_s"], r["failover"]["bound_s"], False)
     q = report.get("queue") or {}
     for backend in ("sqlite", "postgres"):
         if f"throughput_{backend}" in q:
@@ -166,6 +181,16 @@ def markdown(report: dict[str, Any]) -> str:
         elif isinstance(r, dict):
             figure = r.get("items_per_s", r.get("rows_per_s"))
             lines.append(f"queue {name}: {r.get('status')}, {_f(figure)} per s")
+    for name, r in (report.get("watermarks") or {}).items():
+        if isinstance(r, dict) and r.get("status") == "ok":
+            fo = r.get("failover")
+            lines.append(f"watermarks {name} ({r['workers']} workers, skew ±{r['skew_ms']} ms): metadata calls "
+                         f"{_f(r['metadata_calls_per_s'])}/s vs model {_f(r['model_calls_per_s'])}/s "
+                         f"(x{_f(r['calls_vs_model'], 2)}); {r['violations']} unindexed rows through the filter in "
+                         f"{r['filtered']:,} filtered of {r['decisions']:,} decisions; {r['exposed']:,} unfiltered "
+                         f"while updating" + (f"; failover max {fo['max_s']} s (lease {fo['lease_s']} s)" if fo else ""))
+        elif isinstance(r, dict):
+            lines.append(f"watermarks {name}: {r.get('status')}")
     if report.get("budgets"):
         lines += ["", "| budget | limit | measured | ok |", "|---|---|---|---|"]
         for row in report["budgets"]:

@@ -19,7 +19,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench import cache_bench, compression_bench, mix, queue_bench, result_cache_bench, throughput, transports
+from bench import (
+    cache_bench,
+    compression_bench,
+    mix,
+    queue_bench,
+    result_cache_bench,
+    throughput,
+    transports,
+    watermark_sim,
+)
 from bench.localstore_bench import run as localstore_run
 from bench.nginx import start_canned, start_proxy
 from bench.procs import NCPU, PROXY_CPU, ensure_tools, start_gateway, start_localstore
@@ -28,7 +37,7 @@ from bench.report import check_budgets, markdown, statuses
 
 HERE = Path(__file__).resolve().parent
 PARTS = ("servers", "throughput", "transports", "scaling", "profile", "cache", "results", "mix", "soak",
-         "localstore", "compression", "queue")
+         "localstore", "compression", "queue", "watermarks")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -167,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             report["localstore"] = localstore_run(sizes, queries)
         if "queue" not in skip:
             report["queue"] = queue_bench.run(tmp, args.smoke)
+        if "watermarks" not in skip:
+            report["watermarks"] = watermark_sim.run(tmp / "watermarks", args.smoke)
     broken = [(name, st) for name, st in statuses(report) if st != "ok"]
     if not args.smoke:
         report["budgets"] = check_budgets(report, budgets)

@@ -1,25 +1,40 @@
-"""Watermarks: per-worker, shared-nothing, polled from upstream namespace metadata (layer.md §3.2).
+"""Watermarks: per-worker, polled from upstream namespace metadata (layer.md §3.2), fenced by the gateway's writes.
 
 A namespace is watched after its first write, metadata call or query through this worker. The background loop
 polls watched namespaces (fast while updating, slowly while stable); the hot path only reads `decision()`.
 In derive-from-request mode the poll uses the last valid caller key seen for that namespace (memory only).
+
+Write fence (why the filter is exact whatever the write latency and the clocks): a write's stamp is taken by
+`begin_write`, never at or below a watermark this watcher ever held (`wmax`), and while the write is in flight no
+stable poll raises the watermark to its stamp. When the write may have landed, `end_write` fences: `updating`,
+watermark capped at `stamp - 1`, generation + 1. A poll publishes only if the generation it read before its call is
+still current, so a poll that started before a fence can never undo it. A row the upstream has not indexed can then
+only pass the filter if it was stamped by another worker: gateway/watch_board.py shares the same record across
+workers (and hosts) when configured.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sqlite3
+import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import msgspec
 
+from gateway import metrics
 from gateway.tasks import Tasks
 from gateway.upstream import Upstream
+from gateway.watch_board import WatchBoard, WatchRecord, host_ms
 
 STABLE, UPDATING, UNKNOWN = "stable", "updating", "unknown"
+POLL_HOLD_S = 15.0
+BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)  # a claimed poll slot lapses after this (the poller died): another worker polls
 log = logging.getLogger("gateway.consistency")
 
 
@@ -76,32 +91,89 @@ def status_from_metadata(body: bytes | dict[str, Any]) -> str:
     return UPDATING if _has_unindexed(parsed) else UNKNOWN
 
 
+EXHAUSTIVE_KEY = b'"exhaustive_search_count":'
+TAIL_BYTES = 512  # `performance` comes last in an upstream query body
+
+
+def shows_unindexed(body: bytes) -> bool:
+    """A query response body whose `performance.exhaustive_search_count` is > 0 (a tail scan, no JSON decode)."""
+    at = body.rfind(EXHAUSTIVE_KEY, max(len(body) - TAIL_BYTES, 0))
+    if at < 0:
+        return False
+    rest = body[at + len(EXHAUSTIVE_KEY):at + len(EXHAUSTIVE_KEY) + 24].lstrip()
+    n = len(rest) - len(rest.lstrip(b"0123456789"))
+    return n > 0 and int(rest[:n]) > 0
+
+
+class WriteTicket(NamedTuple):
+    ns: str
+    stamp: int
+    board_ticket: int | None  # the shared record's in-flight entry (None: this worker's record only)
+    key: str | None
+
+
 class NamespaceWatch:
-    __slots__ = ("due", "key", "last_polled", "last_used", "status", "watermark")
+    __slots__ = ("due", "gen", "inflight", "key", "last_polled", "last_used", "min_gen", "observed_ms", "status",
+                 "watermark", "wmax")
 
     def __init__(self) -> None:
         self.last_used = time.monotonic()
         self.status = UNKNOWN
         self.watermark: int | None = None
+        self.wmax = 0  # the highest watermark ever held: new stamps stay above it
+        self.gen = 0  # + 1 on every fence or hint: voids polls that started before
+        self.inflight: dict[int, int] = {}  # stamp -> writes in flight (they cap a stable watermark)
+        self.observed_ms = 0  # the shared record's last observation (mirror only)
+        # Mirror only: records older than this generation are ignored (a local fence or hint not yet in the record)
+        self.min_gen = 0
         self.last_polled = 0.0
         self.due = True
         self.key: str | None = None
 
+    def set_watermark(self, w: int) -> None:
+        if self.inflight:
+            w = min(w, min(self.inflight) - 1)
+        self.watermark = w
+        self.wmax = max(self.wmax, w)
+
+    def fence(self, stamp: int) -> None:
+        self.status = UPDATING
+        if self.watermark is not None and self.watermark >= stamp:
+            self.watermark = stamp - 1
+        self.gen += 1
+
 
 class Watcher:
+    """Per-worker watch state; with a `board` (gateway/watch_board.py) the worker's state is a mirror of the shared
+    records, refreshed every `mirror_ms`, and every change goes through the board first. A board error falls back
+    to per-worker polling for that call: correctness never needs the board across one worker, only across many."""
+
     def __init__(self, upstream: Upstream, poll_ms: int, stable_poll_ms: int, margin_ms: int,
-                 idle_ms: int = 600_000) -> None:
+                 idle_ms: int = 600_000, board: WatchBoard | None = None, mirror_ms: int = 250,
+                 concurrency: int = 16, fallback_budget: float = 20.0) -> None:
         self.upstream = upstream
         self.idle_s = idle_ms / 1000
         self.poll_s = poll_ms / 1000
         self.stable_poll_s = stable_poll_ms / 1000
         self.margin_ms = margin_ms
         self.namespaces: dict[str, NamespaceWatch] = {}
+        self.board = board
+        self.mirror_s = mirror_ms / 1000
+        self.worker_id = f"{os.getpid()}-{id(self):x}"
+        self.clock_ms = now_ms  # injectable (the simulation skews it)
+        # Called with the namespace when upstream shows a write that did not come through this watcher (see
+        # `_upstream_write_seen`); e.g. a result cache keyed by a per-namespace write generation.
+        self.upstream_write_hooks: list[Callable[[str], None]] = []
+        self._polls = asyncio.Semaphore(concurrency)
+        # While the board fails: polls on this worker's own account, lazily and at most `fallback_budget` a second
+        self.fallback_budget = fallback_budget
+        self._tokens, self._tokens_at = fallback_budget, time.monotonic()
         self._wake = asyncio.Event()
         self._tasks = Tasks()
         # Called with (namespace, metadata body) after every successful poll: the query-result cache bumps the
         # namespace's generation when the metadata changed (a write that may not have come through the gateway).
         self.on_upstream_metadata: Callable[[str, bytes], None] | None = None
+        self._started = False
 
     # ---- hot path (reads and cheap registrations) ----
     def decision(self, ns: str) -> tuple[int | None, bool]:
@@ -124,27 +196,196 @@ class Watcher:
             w.due = True
             self._wake.set()
 
-    def observe(self, ns: str, status: str, started_ms: int, key: str | None) -> NamespaceWatch:
+    def generation(self, ns: str) -> int:
+        """Read before a metadata fetch on a request path; passed back to `observe`. With a board, the record's
+        (a WAL read: never waits for writers)."""
+        if self.board is not None:
+            try:
+                rec = self.board.read([ns]).get(ns)
+                return rec.gen if rec is not None else 0
+            except Exception as exc:  # noqa: BLE001 - the publish then falls back too
+                log.debug("watch board: read for %s failed: %s", ns, exc)
+        w = self.namespaces.get(ns)
+        return w.gen if w is not None else 0
+
+    async def observe(self, ns: str, status: str, started_ms: int, key: str | None,
+                      gen: int | None = None) -> NamespaceWatch:
         """Record a metadata fetch made on a request path (same rules as a poll)."""
         self.watch(ns, key)
         w = self.namespaces[ns]
-        self._apply(w, status, started_ms)
         w.due = False
         w.last_polled = time.monotonic()
+        metrics.inc(metrics.watch_children(ns)[1])
+        gen = w.gen if gen is None else gen
+        await self._publish(ns, w, status, started_ms, gen, gen)
         return w
 
     def forget(self, ns: str) -> None:
         self.namespaces.pop(ns, None)
+        if self.board is not None:
+            self._board_soon("forget", self.board.forget, ns)
 
     def state(self, ns: str) -> NamespaceWatch | None:
         return self.namespaces.get(ns)
 
-    # ---- background loop ----
-    def _apply(self, w: NamespaceWatch, status: str, started_ms: int) -> None:
+    # ---- write fence ----
+    async def begin_write(self, ns: str, key: str | None) -> WriteTicket:
+        """The stamp for a write about to be sent: above every watermark held, and held as in flight until
+        `end_write` (a stable poll meanwhile keeps the watermark below it)."""
+        w = self.namespaces.get(ns)
+        if w is not None and key and self.upstream.store_key is None:
+            w.key = key
+        stamp, ticket = self.clock_ms(), None
+        if self.board is not None:
+            try:
+                stamp, ticket = await asyncio.to_thread(self.board.begin_write, ns, stamp)
+            except Exception as exc:  # noqa: BLE001 - the worker's own record still fences this worker
+                log.warning("watch board: begin_write for %s failed: %s", ns, exc)
+        if w is None:  # not watched here: no watermark to stay above (a poll registering it meanwhile sees the fence)
+            return WriteTicket(ns, stamp, ticket, key)
+        stamp = max(stamp, w.wmax + 1)
+        w.inflight[stamp] = w.inflight.get(stamp, 0) + 1
+        return WriteTicket(ns, stamp, ticket, key)
+
+    async def end_write(self, t: WriteTicket, landed: bool) -> None:
+        """After the write's outcome; `landed` (acknowledged, or no/unclear answer): fence at once."""
+        w = self.namespaces.get(t.ns)
+        was_updating = w is not None and w.status == UPDATING
+        if w is not None:
+            left = w.inflight.pop(t.stamp, 0) - 1
+            if left > 0:
+                w.inflight[t.stamp] = left
+            if landed:
+                w.fence(t.stamp)
+                w.due = True
+                self._wake.set()
+        if landed:
+            metrics.inc(metrics.watch_children(t.ns)[2])
+        answer = None
+        if landed and not was_updating:
+            if w is None:
+                self.watch(t.ns, t.key)
+                w = self.namespaces[t.ns]
+            answer = await self._settle_poll(t.ns, w)
+        if self.board is not None and t.board_ticket is not None:
+            # The fence and the settling answer reach the record back to back (a mirror refresh seldom falls between)
+            await self._board_change(t.ns, w if landed else None, self.board.end_write, t.ns, t.board_ticket,
+                                     t.stamp, landed)
+        if answer is not None and w is not None:
+            status, started, local_gen = answer
+            await self._publish(t.ns, w, status, started, w.min_gen if self.board is not None else local_gen,
+                                local_gen)
+
+    async def _settle_poll(self, ns: str, w: NamespaceWatch) -> tuple[str, int, int] | None:
+        """The namespace was not updating before this write: ask upstream once before the write is answered, so a
+        store that indexes at once does not leave the next reads filtered until the next poll. It is the poll the
+        fence asks for anyway, and it starts after the write was acknowledged, so its answer is current (it is
+        published with the generation of this write's own fence). Returns (status, poll start, this worker's
+        generation before the call) or None."""
+        key = self.upstream.store_key or w.key
+        if key is None:
+            return None
+        local_gen = w.gen
+        w.due = False
+        w.last_polled = time.monotonic()
+        started = self.clock_ms()
+        metrics.inc(metrics.watch_children(ns)[0])
+        try:
+            resp = await self.upstream.request("GET", f"/v2/namespaces/{quote(ns, safe='')}/metadata", key,
+                                               what="metadata poll")
+        except Exception as exc:  # noqa: BLE001 - the regular poll follows
+            log.debug("watermark poll for %s after a write failed: %s", ns, exc)
+            w.due = True
+            return None
+        return (status_from_metadata(resp.body), started, local_gen) if resp.ok else None
+
+    async def _board_change(self, ns: str, w: NamespaceWatch | None, fn: Callable[..., int], *args: Any) -> None:
+        """A change made locally first (`w`), then in the shared record; until the record has it, the mirror
+        keeps the local state (a refresh read before the change would undo it)."""
+        if w is not None:
+            w.min_gen = sys.maxsize
+        try:
+            gen = await asyncio.shield(asyncio.to_thread(fn, *args))
+        except Exception as exc:  # noqa: BLE001 - this worker keeps its change; the record catches up later
+            log.warning("watch board: %s for %s failed: %s", fn.__name__, ns, exc)
+            gen = 0
+        if w is not None and w.min_gen == sys.maxsize:
+            w.min_gen = gen
+            if gen:
+                w.gen = gen  # with a board, this worker's generation is the record's
+
+    def hint_unindexed(self, ns: str) -> None:
+        """A query response showed unindexed documents: `updating` now, without waiting for a poll."""
+        w = self.namespaces.get(ns)
+        if w is None or w.status == UPDATING:
+            return
+        w.status = UPDATING
+        w.gen += 1
+        w.due = True
+        self._wake.set()
+        metrics.inc(metrics.watch_children(ns)[3])
+        if self.board is not None:
+            self._tasks.spawn("watch board hint", self._board_change(ns, w, self.board.hint_updating, ns))
+        self._upstream_write_seen(ns)
+
+    def _upstream_write_seen(self, ns: str) -> None:
+        """The one place where upstream shows a write this watcher did not fence (a poll or a query response
+        turned a stable namespace `updating`): writes made outside the gateway, or through another worker."""
+        for hook in self.upstream_write_hooks:
+            try:
+                hook(ns)
+            except Exception:  # a hook never breaks the watcher
+                log.exception("upstream write hook failed for %s", ns)
+
+    def _board_soon(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
+        async def call() -> None:
+            try:
+                await asyncio.to_thread(fn, *args)
+            except Exception as exc:  # noqa: BLE001 - soft: the next poll or fence corrects the record
+                log.warning("watch board: %s failed: %s", what, exc)
+
+        self._tasks.spawn(f"watch board {what}", call())
+
+    # ---- polls ----
+    def _apply(self, ns: str, w: NamespaceWatch, status: str, started_ms: int, gen: int) -> None:
+        if gen != w.gen:
+            metrics.inc(metrics.WATCH_POLLS_VOIDED)
+            return  # a fence or hint came after this poll started: its answer may predate that write
+        if status == UPDATING and w.status == STABLE:
+            self._upstream_write_seen(ns)
         w.status = status
         if status == STABLE:
-            w.watermark = max(started_ms - self.margin_ms, 0)
+            w.set_watermark(max(started_ms - self.margin_ms, 0))
         # updating / unknown: the watermark is held, never advanced or cleared
+
+    async def _publish(self, ns: str, w: NamespaceWatch, status: str, started_ms: int, gen: int,
+                       local_gen: int) -> None:
+        """`gen`: the record's generation read before the call; `local_gen`: this worker's (they differ only while
+        a local fence or hint has not reached the record yet)."""
+        if self.board is None:
+            self._apply(ns, w, status, started_ms, local_gen)
+            return
+        try:
+            applied = await asyncio.to_thread(self.board.publish, ns, status, started_ms, self.margin_ms, gen)
+            records = await asyncio.to_thread(self.board.read, [ns])
+        except Exception as exc:  # noqa: BLE001 - fall back to this worker's record
+            log.warning("watch board: publish for %s failed: %s", ns, exc)
+            self._apply(ns, w, status, started_ms, local_gen)
+            return
+        if not applied:
+            metrics.inc(metrics.WATCH_POLLS_VOIDED)
+        if ns in records:
+            self._mirror(ns, w, records[ns])
+
+    def _mirror(self, ns: str, w: NamespaceWatch, rec: WatchRecord) -> None:
+        if rec.gen < w.min_gen or (rec.gen == w.gen and rec.observed_ms == w.observed_ms):
+            return
+        if rec.status == UPDATING and w.status == STABLE and rec.gen == w.gen:
+            self._upstream_write_seen(ns)  # a poll (not a fence or hint) found the namespace updating
+        w.status, w.gen, w.observed_ms = rec.status, rec.gen, rec.observed_ms
+        w.wmax = max(w.wmax, rec.wmax)
+        w.watermark = rec.watermark if not w.inflight or rec.watermark is None else \
+            min(rec.watermark, min(w.inflight) - 1)
 
     def _is_due(self, w: NamespaceWatch, now: float) -> bool:
         if w.due:
@@ -156,43 +397,114 @@ class Watcher:
         key = self.upstream.store_key or w.key
         if key is None:
             return  # derive-from-request mode and no caller key seen yet
-        started = now_ms()
-        w.due = False
+        gen = local_gen = w.gen
+        w.due, previous_poll = False, w.last_polled
         w.last_polled = time.monotonic()
+        if self.board is not None:
+            if w.observed_ms == 0:  # new here: learn the record's status first (its interval decides the claim)
+                await self.refresh_mirror([ns])
+            interval_ms = int((self.stable_poll_s if w.status == STABLE else self.poll_s) * 1000)
+            if host_ms() - w.observed_ms < interval_ms:
+                return  # the mirror shows a recent poll by some worker: no need to ask the record
+            try:
+                claimed = await asyncio.to_thread(self.board.claim_poll, ns, self.worker_id, interval_ms,
+                                                  int(POLL_HOLD_S * 1000))
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorcode", None) in BUSY_CODES:
+                    return  # others are claiming: this worker tries next round
+                claimed = self._fallback(ns, w, previous_poll, exc)
+            except Exception as exc:  # noqa: BLE001 - the board failed: poll on this worker's own account
+                claimed = self._fallback(ns, w, previous_poll, exc)
+            if claimed is None:
+                return  # another worker polls it (or polled it recently): the mirror brings its answer
+            gen = claimed
+        started = self.clock_ms()
+        metrics.inc(metrics.watch_children(ns)[0])
         try:
-            resp = await self.upstream.request("GET", f"/v2/namespaces/{quote(ns, safe='')}/metadata", key,
-                                               what="metadata poll")
+            async with self._polls:
+                resp = await self.upstream.request("GET", f"/v2/namespaces/{quote(ns, safe='')}/metadata", key,
+                                                   what="metadata poll")
         except Exception as exc:  # noqa: BLE001 - a failed poll changes nothing (§3.2)
             log.debug("watermark poll for %s failed: %s", ns, exc)
+            if self.board is not None:
+                self._board_soon("release", self.board.release, ns, self.worker_id)
             return
         if resp.status == 404:
             self.forget(ns)
         elif resp.ok:
-            self._apply(w, status_from_metadata(resp.body), started)
+            await self._publish(ns, w, status_from_metadata(resp.body), started, gen, local_gen)
             if self.on_upstream_metadata is not None:
                 self.on_upstream_metadata(ns, resp.body)
         elif resp.status in (401, 403) and self.upstream.store_key is None:
             w.key = None  # the remembered caller key stopped working; wait for the next caller
 
+    def _fallback(self, ns: str, w: NamespaceWatch, previous_poll: float, exc: Exception) -> int | None:
+        """The board failed: poll on this worker's own account if `ns` was used since its last poll and the
+        per-worker budget has a token (correctness never needs the board: fences stay local meanwhile)."""
+        log.debug("watch board: claim for %s failed: %s", ns, exc)
+        now = time.monotonic()
+        self._tokens = min(self.fallback_budget, self._tokens + (now - self._tokens_at) * self.fallback_budget)
+        self._tokens_at = now
+        if w.last_used < previous_poll or self._tokens < 1:
+            return None
+        self._tokens -= 1
+        return w.gen
+
+    async def refresh_mirror(self, names: list[str] | None = None) -> None:
+        """One batch read of the shared records of `names` (default: every namespace watched here)."""
+        assert self.board is not None
+        names = list(self.namespaces) if names is None else names
+        try:
+            records = await asyncio.to_thread(self.board.read, names)
+        except Exception as exc:  # noqa: BLE001 - keep the mirror as it is
+            log.debug("watch board: mirror refresh failed: %s", exc)
+            return
+        for ns, rec in records.items():
+            w = self.namespaces.get(ns)
+            if w is not None:
+                self._mirror(ns, w, rec)
+
+    async def _mirror_loop(self) -> None:
+        while True:
+            await self.refresh_mirror()
+            await asyncio.sleep(self.mirror_s)
+
     async def run(self) -> None:
         while True:
             now = time.monotonic()
+            due = []
             for ns, w in list(self.namespaces.items()):
-                if self.namespaces.get(ns) is not w:
-                    continue  # forgotten (or replaced) while an earlier poll was awaited
                 if now - w.last_used > self.idle_s:
                     del self.namespaces[ns]  # not used through this worker for a while: stop polling it
                 elif self._is_due(w, now):
-                    await self.poll(ns, w)
+                    due.append(self._poll_current(ns, w))
+            if due:  # concurrently, at most `concurrency` metadata calls in flight
+                await asyncio.gather(*due)
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll_s)
             except TimeoutError:
                 pass
 
+    async def _poll_current(self, ns: str, w: NamespaceWatch) -> None:
+        if self.namespaces.get(ns) is w:  # not forgotten (or replaced) meanwhile
+            await self.poll(ns, w)
+
+    def sample_age(self) -> None:
+        """Metrics sampler: how far behind the oldest watermark of an updating namespace is."""
+        marks = [w.watermark for w in self.namespaces.values() if w.status == UPDATING and w.watermark is not None]
+        metrics.WATERMARK_AGE.set(max(self.clock_ms() - min(marks), 0) / 1000 if marks else 0)
+        if self.board is not None and self.board.slot_changes:
+            metrics.inc(metrics.WATCH_LEASE_CHANGES, self.board.slot_changes)
+            self.board.slot_changes = 0
+
     def start(self) -> None:
-        if not self._tasks:
+        if not self._started:
+            self._started = True
+            metrics.add_sampler(self.sample_age)
             self._tasks.loop("watermark watcher", self.run)
+            if self.board is not None:
+                self._tasks.loop("watch mirror", self._mirror_loop)
 
     async def stop(self) -> None:
         await self._tasks.stop()

@@ -100,6 +100,22 @@ UDF_DISCOVERY_SWEEPS = Counter("layer_udf_discovery_sweeps_total", "Discovery sw
 UDF_ENQUEUED = Counter("layer_udf_enqueued_total", "UDF items enqueued or revived, by source", ("udf", "source"))
 UDF_TRIGGER_ERRORS = Counter("layer_udf_trigger_errors_total", "Write triggers that failed (the write itself did not)",
                              ("udf",))
+# ---- watermark metrics (gateway/consistency.py, gateway/watch_board.py) ----
+WATCH_METADATA_CALLS = Counter("layer_watermark_metadata_calls_total",
+                               "Upstream namespace metadata calls: watcher polls (poll) and request-path fetches the "
+                               "watcher used (request)", ("namespace", "source"))
+WATCH_FENCES = Counter("layer_watermark_fences_total", "Write fences (namespace set updating on a write's outcome)",
+                       ("namespace",))
+WATCH_HINTS = Counter("layer_watermark_hints_total",
+                      "Namespaces set updating early by a query response showing unindexed documents", ("namespace",))
+WATCH_POLLS_VOIDED = Counter("layer_watermark_polls_voided_total",
+                             "Poll answers dropped because a fence or hint came after the poll started")
+WATCH_LEASE_CHANGES = Counter("layer_watermark_lease_changes_total",
+                              "Shared watch leases taken by this worker (claimed free, or taken over when expired)")
+WATERMARK_AGE = Gauge("layer_watermark_age_seconds",
+                      "Age of the oldest watermark among updating namespaces (sampled at each metrics flush)",
+                      multiprocess_mode="livemax")
+
 MAX_QUEUE_IDS = 50
 _seen_queue_ids: set[str] = set()
 
@@ -226,6 +242,18 @@ def observe_op(kind: str, ns: str | None, status: int, total: float, upstream: f
     observe(children[1], upstream)
     observe(children[2], max(total - upstream, 0.0))
     return children
+
+
+def watch_children(ns: str) -> tuple[Any, ...]:
+    """(poll calls, request-path calls, fences, hints) children for a namespace's watermark."""
+    key = ("watch", ns)
+    found = _children.get(key)
+    if found is None:
+        label = ns_label(ns)
+        found = _children[key] = (WATCH_METADATA_CALLS.labels(label, "poll"),
+                                  WATCH_METADATA_CALLS.labels(label, "request"),
+                                  WATCH_FENCES.labels(label), WATCH_HINTS.labels(label))
+    return found
 
 
 def worker_exit() -> None:

@@ -11,6 +11,7 @@ from gateway.config import Config
 from gateway.consistency import Watcher
 from gateway.upstream import Upstream
 from gateway.verdicts import Verdicts
+from gateway.watch_board import WatchBoard
 
 
 class WorkerState:
@@ -44,8 +45,10 @@ class WorkerState:
     def __init__(self, config: Config, router: Any) -> None:
         self.config = config
         self.upstream = Upstream(config)
+        board = WatchBoard.in_dir(config.data_dir) if config.watch_shared == "sqlite" else None
         self.watcher = Watcher(self.upstream, config.poll_interval_ms, config.stable_poll_interval_ms,
-                               config.safety_margin_ms, config.watch_idle_ms)
+                               config.safety_margin_ms, config.watch_idle_ms, board, config.watch_mirror_ms,
+                               fallback_budget=config.watch_fallback_polls_per_s)
         self.router = router
         self.bodies = BodyBudget(config.max_buffered_body_bytes)
         self.verdicts: Verdicts | None = None

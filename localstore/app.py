@@ -61,6 +61,7 @@ class App:
     def __init__(self) -> None:
         self.reg: Registry | None = None
         self.faults = Faults()
+        self.counts: dict[str, dict[str, int]] = {}  # route -> namespace -> requests (`/_localstore/counters`)
         self.operations = Operations()
         self.key = os.environ.get("LOCALSTORE_API_KEY") or None
         # LOCALSTORE_API_KEYS="key=org,...": several organisations, each key seeing only its org's namespaces (as
@@ -141,6 +142,8 @@ class App:
         denied = self._denied(scope)
         if denied is not None:
             return denied
+        per_ns = self.counts.setdefault(_fault_route(route, method), {})
+        per_ns[ns] = per_ns.get(ns, 0) + 1
         fault = self.faults.match(_fault_route(route, method), ns)
         failing = fault is not None and fault["status"] is not None
         if fault is not None:
@@ -181,7 +184,7 @@ class App:
     async def _admin(self, method: str, parts: list[str], scope: Any, protocol: Any) -> tuple[int, Any]:
         if parts == ["_localstore", "health"]:
             return (200, {"status": "ok"}) if method == "GET" else _err(405, "method not allowed")
-        if parts[1:] not in (["faults"], ["journal"], ["received"]) or not self.faults_enabled:
+        if parts[1:] not in (["faults"], ["journal"], ["received"], ["counters"]) or not self.faults_enabled:
             return _err(404, f"no route for {scope.path}")
         denied = self._denied(scope)  # test hooks: only with --enable-faults and the store's key
         if denied is not None:
@@ -190,6 +193,11 @@ class App:
             if method == "GET":
                 return 200, {"by_bearer_sha256": self.received}
             return _err(405, "method not allowed")
+        if parts[1] == "counters":  # requests per route and namespace, e.g. the metadata calls of the watchers
+            if method == "DELETE":
+                self.counts = {}
+                return 200, {"status": "ok"}
+            return 200, {"counters": self.counts}
         if parts[1] == "faults":
             if method == "GET":
                 return 200, self.faults.listing()

@@ -162,13 +162,20 @@ async def write_rows(state: WorkerState, ns: str, doc: dict[str, Any], upstream_
     """The one write path (routes and the queue's write-backs): reserved attributes -> stamp -> cache fences ->
     upstream -> cache fences finished -> watch -> write triggers. `system` writes (UDF results) may set the
     `_hevlayer_udf_*` markers and never fire triggers. Returns (upstream response, rows stamped)."""
-    rows = stamp_write(doc, now_ms(), system=system)
-    cache_ns = await cache_name(state, ns, upstream_key, ctx)
-    plan = await cache_before_write(state, cache_ns, doc)
-    trigger = None if system else queue_trigger_before_write(state, ns, doc)
-    path = path or f"/v2/namespaces/{quote(ns, safe='')}"
-    resp = await fenced_write(state, ns, cache_ns, plan, path, upstream_key, json_encode(doc), ctx,
-                              accept_encoding)
+    ticket = await state.watcher.begin_write(ns, upstream_key)
+    landed = False  # the watermark fence (gateway/consistency.py) is set unless upstream surely refused the write
+    try:
+        rows = stamp_write(doc, ticket.stamp, system=system)
+        cache_ns = await cache_name(state, ns, upstream_key, ctx)
+        plan = await cache_before_write(state, cache_ns, doc)
+        trigger = None if system else queue_trigger_before_write(state, ns, doc)
+        path = path or f"/v2/namespaces/{quote(ns, safe='')}"
+        landed = True
+        resp = await fenced_write(state, ns, cache_ns, plan, path, upstream_key, json_encode(doc), ctx,
+                                  accept_encoding)
+        landed = not 400 <= resp.status < 500
+    finally:
+        await state.watcher.end_write(ticket, landed)
     if resp.ok:
         if cache_ns is None and state.cache is not None and state.verdicts is not None:
             await cache_after_unnamed_write(state, ns, upstream_key)
@@ -264,7 +271,7 @@ def layer_block(w: NamespaceWatch, index: Any) -> dict[str, Any]:
 
 
 async def fetch_metadata(ctx: Ctx, state: WorkerState, ns: str) -> tuple[UpstreamResponse, dict[str, Any] | None]:
-    started = now_ms()
+    started, gen = now_ms(), state.watcher.generation(ns)
     path = f"/v2/namespaces/{quote(ns, safe='')}/metadata"
     resp = await state.upstream.request("GET", path, ctx.upstream_key, None, "metadata", ctx)
     if not resp.ok:
@@ -275,7 +282,7 @@ async def fetch_metadata(ctx: Ctx, state: WorkerState, ns: str) -> tuple[Upstrea
         raise upstream_error(f"Turbopuffer metadata for '{ns}' was not JSON") from None
     doc = doc if isinstance(doc, dict) else {"raw": doc}
     without_stamp(doc.get("schema"))
-    state.watcher.observe(ns, status_from_metadata(doc), started, ctx.upstream_key)
+    await state.watcher.observe(ns, status_from_metadata(doc), started, ctx.upstream_key, gen)
     return resp, doc
 
 

@@ -20,6 +20,7 @@ from gateway import metrics
 from gateway.auth import BEARER_CALLER
 from gateway.cache.results import CachedResult
 from gateway.compression import forwarded_encoding, identity_body
+from gateway.consistency import EXHAUSTIVE_KEY, STABLE, TAIL_BYTES, shows_unindexed
 from gateway.cursor import decode_cursor, encode_cursor
 from gateway.http import Ctx, Response, json_encode, validation_error
 from gateway.router import RouteSpec
@@ -33,6 +34,7 @@ EVENTUAL_TAIL = b',"consistency":{"level":"eventual"}}'
 TRACEPARENT = re.compile(r"^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
 TAG = re.compile(r"^[A-Za-z0-9:_\-./=+]{1,128}$")
 MAX_TAGS = 32
+HINT_INFLATE_LIMIT = 16 * 1024  # a gzipped query body is inflated for the unindexed hint only up to this size
 LAYER_KEYS = ("vector", "nearest_to_id", "as_of", "between", "cursor", "include_leg_breakdown")
 
 
@@ -320,6 +322,8 @@ async def run_query(ctx: Ctx, state: WorkerState, path: str) -> Response:
     resp = await send_with_retry(ctx, state, plan, path)
     if resp.ok:
         state.watcher.watch(ns, ctx.upstream_key)
+        if not plan.inject:
+            hint_unindexed(state, ns, resp)
     _observe(ctx, ns, plan, resp.status)
     return relay(resp, layer_headers(plan, trace, next_cursor(resp, plan)))
 
@@ -396,6 +400,18 @@ def _answer_cached(ctx: Ctx, state: WorkerState, plan: Plan, trace: str, found: 
     _observe(ctx, ns, plan, 200)
     return Response(200, found.body, [*found.headers, *layer_headers(plan, trace, found.cursor),
                                       ("x-layer-cache", outcome)])
+
+
+def hint_unindexed(state: WorkerState, ns: str, resp: UpstreamResponse) -> None:
+    """While this worker thinks `ns` is stable, a response that searched unindexed documents says otherwise."""
+    w = state.watcher.state(ns)
+    if w is None or w.status != STABLE:
+        return
+    body = identity_body(resp, HINT_INFLATE_LIMIT) if len(resp.body) <= HINT_INFLATE_LIMIT else None
+    if body is None and resp.body[-TAIL_BYTES:].rfind(EXHAUSTIVE_KEY) >= 0:
+        body = resp.body  # identity and large: the tail is enough
+    if body is not None and shows_unindexed(body):
+        state.watcher.hint_unindexed(ns)
 
 
 def _observe(ctx: Ctx, ns: str, plan: Plan, status: int) -> None:

@@ -95,10 +95,10 @@ def wait_until(fetch: Any, ok: Any, timeout: float = 10.0) -> Any:
     return box[0]
 
 
-def _stack(tmp: Path, store_env: dict[str, str], gw_env: dict[str, str]) -> Iterator[Stack]:
+def _stack(tmp: Path, store_env: dict[str, str], gw_env: dict[str, str], workers: int = 2) -> Iterator[Stack]:
     store = start_localstore(tmp / "store", LOCALSTORE_API_KEY=KEY, **store_env)
     try:
-        gw = start_gateway(store.url, KEY, tmp / "gw", workers=2, **gw_env)
+        gw = start_gateway(store.url, KEY, tmp / "gw", workers=workers, **gw_env)
     except Exception:
         store.stop()
         raise

@@ -1,0 +1,372 @@
+"""Watermark simulation (issue 18): many real watchers against the local store with index lag, judged offline.
+
+Processes x workers real `Watcher`s (gateway/consistency.py), each with its own upstream client and an optional
+clock offset (half the workers skewed by +/- `skew_ms`). Load: namespaces by Zipf(1.1); every worker "queries" (a
+`decision()` call, recorded) 20 times a second; writes are real (stamped by `begin_write`, delayed by a store
+fault to stand for write latency, fenced by `end_write`); polls are real. The store counts metadata calls
+(`/_localstore/counters`) and journals when each write was applied (`/_localstore/journal`, CLOCK_MONOTONIC), so
+every decision is judged against the store's truth: a row is unindexed from its apply time until apply + lag.
+
+* violation: the filter was injected with watermark W while a row stamped <= W was applied but unindexed (0 is the
+  promise);
+* exposure: no filter while some row was unindexed (stale "stable"; bounded by fences, not a correctness failure);
+* calls: metadata calls per second at the store vs the model (per worker: each worker polls its namespaces; shared:
+  queried namespaces / stable interval + updating namespaces / updating interval, per host);
+* failover: the process polling most namespaces is SIGKILLed; the time until each of its namespaces is polled by
+  another worker.
+
+`python -m bench.watermark_sim [--smoke]`; `just bench` runs it as the `watermarks` part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.procs import Proc, base_env, free_port, http
+
+KEY = "sim-key"
+LAG_MS = 1500
+WRITE_DELAY_MS = 400
+STABLE_MS, UPDATING_MS, MARGIN_MS = 2000, 500, 500
+NAMESPACES = 200
+QUERY_HZ = 20
+WRITES_PER_S = 5.0
+WARMUP_S = 5.0
+
+
+def zipf_weights(n: int, s: float = 1.1) -> list[float]:
+    return [1 / (k ** s) for k in range(1, n + 1)]
+
+
+# ---- worker process -------------------------------------------------------------------------------------------
+async def worker_main(spec: dict[str, Any]) -> None:
+    from gateway.config import load_config
+    from gateway.consistency import STABLE, Watcher, now_ms
+    from gateway.upstream import Upstream
+    from gateway.watch_board import WatchBoard
+
+    config = load_config({"TURBOPUFFER_API_URL": spec["store"], "TURBOPUFFER_API_KEY": KEY,
+                          "LAYER_DATA_DIR": spec["dir"]})
+    board = WatchBoard(spec["board"]) if spec["board"] else None
+    rnd = random.Random(spec["seed"])
+    names = [f"sim-{i:03d}" for i in range(NAMESPACES)]
+    weights = zipf_weights(NAMESPACES)
+    watchers: list[Watcher] = []
+    for i in range(spec["workers"]):
+        w = Watcher(Upstream(config), UPDATING_MS, STABLE_MS, MARGIN_MS, 60_000, board, 250)
+        offset = rnd.choice((-1, 1)) * spec["skew_ms"] if i % 2 == 0 else 0
+        w.clock_ms = lambda off=offset: now_ms() + off  # type: ignore[misc]
+        w.start()
+        watchers.append(w)
+    decisions: list[tuple[int, int, int, int]] = []  # (monotonic ns, ns index, inject, watermark or -1)
+    samples: list[tuple[int, int, int]] = []  # (second, watched stable, watched other) summed over workers
+    writes: list[tuple[int, int, int, int]] = []  # (sent ns, acked ns, ns index, stamp)
+    end = time.monotonic() + spec["seconds"]
+
+    async def queries(w: Watcher) -> None:
+        await asyncio.sleep(rnd.random() / QUERY_HZ)
+        while time.monotonic() < end:
+            j = rnd.choices(range(NAMESPACES), weights)[0]
+            w.watch(names[j], None)
+            mark, inject = w.decision(names[j])
+            decisions.append((time.monotonic_ns(), j, int(inject), -1 if mark is None else mark))
+            await asyncio.sleep(1 / QUERY_HZ)
+
+    async def write_one(n: int) -> None:
+        w = rnd.choice(watchers)
+        j = rnd.choices(range(NAMESPACES), weights)[0]
+        ticket = await w.begin_write(names[j], None)
+        row = {"id": f"{spec['seed']}-{n}", "vector": [1.0, 2.0], "_hevlayer_upserted_at": ticket.stamp}
+        body = json.dumps({"upsert_rows": [row], "distance_metric": "euclidean_squared"}).encode()
+        sent = time.monotonic_ns()
+        landed = True
+        try:
+            resp = await w.upstream.request("POST", f"/v2/namespaces/{names[j]}", KEY, body, "write")
+            landed = not 400 <= resp.status < 500
+        finally:
+            await w.end_write(ticket, landed)
+        writes.append((sent, time.monotonic_ns(), j, ticket.stamp))
+
+    async def writer() -> None:
+        n = 0
+        pending: set[asyncio.Task[None]] = set()
+        while time.monotonic() < end:
+            await asyncio.sleep(rnd.expovariate(spec["writes_per_s"]))
+            n += 1
+            task = asyncio.create_task(write_one(n))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def sampler() -> None:
+        while time.monotonic() < end:
+            await asyncio.sleep(1.0)
+            sec = int(time.monotonic())
+            st = sum(1 for w in watchers for x in w.namespaces.values() if x.status == STABLE)
+            total = sum(len(w.namespaces) for w in watchers)
+            samples.append((sec, st, total - st))
+
+    async def board_down() -> None:
+        await asyncio.sleep(spec["board_down_at"])
+        for w in watchers:
+            w.board = DownBoard()  # type: ignore[assignment]
+
+    extra = [board_down()] if spec.get("board_down_at") else []
+    await asyncio.gather(writer(), sampler(), *extra, *(queries(w) for w in watchers))
+    for w in watchers:
+        await w.stop()
+    Path(spec["out"]).write_text(json.dumps({"decisions": decisions, "samples": samples,
+                                             "writes": writes}))
+
+
+class DownBoard:
+    """The shared watch records unavailable (every call fails, as with a broken disk)."""
+
+    slot_changes = 0
+
+    def __getattr__(self, name: str) -> Any:
+        def fail(*_: Any) -> Any:
+            raise OSError("watch board down (simulated)")
+
+        return fail
+
+
+# ---- coordinator ------------------------------------------------------------------------------------------------
+def _store(tmp: Path) -> Proc:
+    port = free_port()
+    cmd = [sys.executable, "-m", "localstore", "serve", "--host", "127.0.0.1", "--port", str(port),
+           "--data-dir", str(tmp / "store"), "--enable-faults"]
+    return Proc("sim-localstore", cmd, base_env(LOCALSTORE_API_KEY=KEY, LOCALSTORE_INDEX_LAG_MS=str(LAG_MS)),
+                f"http://127.0.0.1:{port}", "/_localstore/health")
+
+
+def _create_namespaces(store: str) -> None:
+    """Every namespace exists (a query on a missing one is a 404, which the gateway never watches) and is indexed."""
+    for i in range(NAMESPACES):
+        row = {"id": "seed", "vector": [0.0, 0.0], "_hevlayer_upserted_at": 0}
+        _admin(store, "POST", f"/v2/namespaces/sim-{i:03d}", {"upsert_rows": [row],
+                                                               "distance_metric": "euclidean_squared"})
+    time.sleep(LAG_MS / 1000 + 0.5)
+
+
+def _admin(store: str, method: str, path: str, body: Any = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    status, _, raw = http(method, store + path, data, {"authorization": f"Bearer {KEY}"})
+    assert status == 200, (path, status, raw[:200])
+    return json.loads(raw)
+
+
+def run_one(tmp: Path, store: str, name: str, shared: bool, skew_ms: int, seconds: float, procs: int,
+            workers: int, kill: bool = False, down: bool = False) -> dict[str, Any]:
+    d = tmp / name
+    d.mkdir(parents=True)
+    names = [f"sim-{i:03d}" for i in range(NAMESPACES)]
+    _admin(store, "DELETE", "/_localstore/faults")
+    for ns in names:
+        _admin(store, "POST", "/_localstore/journal", {"namespace": ns})
+    _admin(store, "POST", "/_localstore/faults", {"route": "write", "delay_ms": WRITE_DELAY_MS})
+    board = str(d / "watch.sqlite3") if shared else ""
+    children = []
+    for p in range(procs):
+        spec = {"store": store, "dir": str(d), "board": board, "seed": p + 1, "workers": workers,
+                "skew_ms": skew_ms, "seconds": seconds + WARMUP_S, "writes_per_s": WRITES_PER_S / procs,
+                "out": str(d / f"out-{p}.json"), "board_down_at": WARMUP_S + seconds / 3 if down else 0}
+        children.append(subprocess.Popen([sys.executable, "-m", "bench.watermark_sim", "worker", json.dumps(spec)],
+                                         env=os.environ.copy()))
+    try:
+        return _measure(tmp, store, name, shared, skew_ms, seconds, procs, workers, kill, down, d, board, children)
+    finally:
+        for c in children:  # processes this simulation started (normally they have exited by now)
+            if c.poll() is None:
+                c.kill()
+                c.wait()
+
+
+def _measure(tmp: Path, store: str, name: str, shared: bool, skew_ms: int, seconds: float, procs: int,
+             workers: int, kill: bool, down: bool, d: Path, board: str,
+             children: list[subprocess.Popen[bytes]]) -> dict[str, Any]:
+    names = [f"sim-{i:03d}" for i in range(NAMESPACES)]
+    t_start = time.monotonic()
+    time.sleep(WARMUP_S)
+    _admin(store, "DELETE", "/_localstore/counters")
+    t0 = time.monotonic()
+    board_samples: list[tuple[int, int]] = []  # (records, updating) in the shared board, twice a second
+    stop_sampling = threading.Event()
+    if shared:
+        threading.Thread(target=_sample_board, args=(board, board_samples, stop_sampling), daemon=True).start()
+    failover: dict[str, Any] | None = None
+    if kill and shared:
+        time.sleep(seconds / 3)
+        failover = _kill_top_poller(board, children, t0 + seconds)
+    down_calls: dict[str, Any] | None = None
+    if down:
+        time.sleep(max(t_start + WARMUP_S + seconds / 3 + 1 - time.monotonic(), 0))  # a second to settle
+        _admin(store, "DELETE", "/_localstore/counters")
+        t_down = time.monotonic()
+        time.sleep(max(t0 + seconds - time.monotonic(), 0))
+        calls = sum(_admin(store, "GET", "/_localstore/counters")["counters"].get("metadata", {}).values())
+        rate = calls / (time.monotonic() - t_down)
+        down_calls = {"metadata_calls_per_s": round(rate, 1), "budget_per_s": 20 * procs * workers,
+                      "within_budget": rate <= 20 * procs * workers}
+    time.sleep(max(t0 + seconds - time.monotonic(), 0))
+    counters = _admin(store, "GET", "/_localstore/counters")["counters"]
+    elapsed = time.monotonic() - t0
+    stop_sampling.set()
+    for c in children:
+        try:
+            c.wait(timeout=seconds + 60)
+        except subprocess.TimeoutExpired:
+            c.kill()
+            c.wait()
+    outs = [json.loads(p.read_text()) for p in sorted(d.glob("out-*.json"))]
+    calls = sum(counters.get("metadata", {}).values())
+    res = _judge(store, names, outs, t0, t0 + elapsed, t_start)
+    res.update(name=name, shared=shared, skew_ms=skew_ms, workers=procs * workers, processes=procs,
+               seconds=round(elapsed, 1), metadata_calls_per_s=round(calls / elapsed, 1))
+    res["model_calls_per_s"] = round(_model(outs, t0, t0 + elapsed) if not shared else
+                                     sum(q / (STABLE_MS / 1000) + u * (1 / (UPDATING_MS / 1000) - 1 / (STABLE_MS / 1000))
+                                         for q, u in board_samples) / max(len(board_samples), 1), 1)
+    res["calls_vs_model"] = round(res["metadata_calls_per_s"] / max(res["model_calls_per_s"], 1e-9), 2)
+    if failover is not None:
+        res["failover"] = failover
+    if down_calls is not None:
+        res["board_down"] = down_calls
+    res["status"] = "ok"
+    return res
+
+
+def _kill_top_poller(board: str, children: list[subprocess.Popen[bytes]], until: float) -> dict[str, Any]:
+    import sqlite3
+
+    conn = sqlite3.connect(board, timeout=5)
+    rows = conn.execute("select ns, poller from watch where poller is not null").fetchall()
+    by_pid: dict[int, list[str]] = {}
+    for ns, poller in rows:
+        by_pid.setdefault(int(poller.split("-")[0]), []).append(ns)
+    pids = {c.pid: c for c in children}
+    top = max((p for p in by_pid if p in pids), key=lambda p: len(by_pid[p]))
+    mine = set(by_pid[top])
+    os.kill(top, signal.SIGKILL)  # a process this simulation started
+    pids[top].wait()
+    killed = time.monotonic()
+    taken: dict[str, float] = {}
+    while time.monotonic() < until and len(taken) < len(mine):
+        for ns, poller in conn.execute("select ns, poller from watch where poller is not null").fetchall():
+            if ns in mine and ns not in taken and int(poller.split("-")[0]) != top:
+                taken[ns] = time.monotonic() - killed
+        time.sleep(0.05)
+    conn.close()
+    from gateway.consistency import POLL_HOLD_S
+
+    waits = sorted(taken.values())
+    # A poller killed mid-poll holds its slot for the lease; the next claim comes within one loop tick after it.
+    bound = POLL_HOLD_S + UPDATING_MS / 1000
+    return {"namespaces": len(mine), "taken_over": len(taken), "max_s": round(waits[-1], 2) if waits else None,
+            "p50_s": round(waits[len(waits) // 2], 2) if waits else None, "lease_s": POLL_HOLD_S, "bound_s": bound,
+            "within_bound": bool(waits) and len(taken) == len(mine) and waits[-1] <= bound}
+
+
+def _sample_board(board: str, out: list[tuple[int, int]], stop: threading.Event) -> None:
+    import sqlite3
+
+    while not stop.wait(0.5):
+        conn = sqlite3.connect(board, timeout=5)
+        try:
+            out.append(conn.execute("select count(*), count(*) filter (where status = 'updating') from watch")
+                       .fetchone())
+        except sqlite3.OperationalError:
+            pass  # not created yet by the workers
+        finally:
+            conn.close()
+
+
+def _model(outs: list[dict[str, Any]], t0: float, t1: float) -> float:
+    """Per-worker polling: every worker polls each namespace it watches at its own interval (from its samples)."""
+    lo, hi = int(t0) + 1, int(t1) - 1
+    per_sec: dict[int, float] = {}
+    for o in outs:
+        for sec, st, other in o["samples"]:
+            if lo <= sec <= hi:
+                per_sec[sec] = per_sec.get(sec, 0.0) + st / (STABLE_MS / 1000) + other / (UPDATING_MS / 1000)
+    return sum(per_sec.values()) / max(len(per_sec), 1)
+
+
+def _judge(store: str, names: list[str], outs: list[dict[str, Any]], t0: float, t1: float,
+           t_start: float) -> dict[str, Any]:
+    lag_ns = LAG_MS * 1_000_000
+    rows: dict[int, list[tuple[int, int]]] = {}  # ns index -> [(applied ns, stamp)]
+    for j, ns in enumerate(names):
+        for e in _admin(store, "GET", f"/_localstore/journal?namespace={ns}")["entries"]:
+            for attrs in (e.get("docs") or {}).values():
+                if attrs is not None and "_hevlayer_upserted_at" in attrs:
+                    rows.setdefault(j, []).append((e["at_ns"], attrs["_hevlayer_upserted_at"]))
+    lo, hi = int(t0 * 1e9), int(t1 * 1e9)
+    n = injected = violations = exposed = 0
+    for o in outs:
+        for t, j, inject, mark in o["decisions"]:
+            if not lo <= t <= hi:
+                continue
+            n += 1
+            unindexed = [stamp for at, stamp in rows.get(j, ()) if at <= t < at + lag_ns]
+            if inject:
+                injected += 1
+                if any(stamp <= mark for stamp in unindexed):
+                    violations += 1
+            elif unindexed:
+                exposed += 1
+    acks = [(ack - sent) / 1e6 for o in outs for sent, ack, _, _ in o["writes"]]
+    return {"decisions": n, "filtered": injected, "violations": violations, "exposed": exposed,
+            "writes": len(acks), "write_ack_ms_p50": round(sorted(acks)[len(acks) // 2], 1) if acks else None}
+
+
+def run(tmp: Path, smoke: bool) -> dict[str, Any]:
+    seconds = 8.0 if smoke else 30.0
+    procs, workers = 4, 13
+    store = _store(tmp)
+    _create_namespaces(store.url)
+    out: dict[str, Any] = {"workers": procs * workers, "lag_ms": LAG_MS, "write_delay_ms": WRITE_DELAY_MS,
+                           "stable_ms": STABLE_MS, "updating_ms": UPDATING_MS, "namespaces": NAMESPACES}
+    runs = [("shared_skew_2s", True, 2000, True)] if smoke else [
+        ("per_worker_skew_0", False, 0, False), ("shared_skew_0", True, 0, False),
+        ("shared_skew_300ms", True, 300, False), ("shared_skew_2s", True, 2000, True),
+        ("per_worker_skew_2s", False, 2000, False), ("shared_board_down", True, 0, False)]
+    try:
+        for name, shared, skew, kill in runs:
+            try:
+                out[name] = run_one(tmp, store.url, name, shared, skew, seconds, procs, workers, kill,
+                                    down=name.endswith("board_down"))
+            except Exception as exc:  # noqa: BLE001 - reported as the scenario's status
+                out[name] = {"status": f"error: {exc!r}"}
+    finally:
+        store.stop()
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["worker"]:
+        asyncio.run(worker_main(json.loads(argv[1])))
+        return
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true")
+    args = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # unwind: stop the store and the worker processes
+    with tempfile.TemporaryDirectory(prefix="watermark-sim-") as tmp:
+        print(json.dumps(run(Path(tmp), args.smoke), indent=2))
+
+
+if __name__ == "__main__":
+    main()

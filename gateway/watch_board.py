@@ -1,0 +1,169 @@
+"""Shared watch records: one per namespace in a SQLite file under LAYER_DATA_DIR, for every worker on the host.
+
+Why: per-worker watermarks cannot see another worker's writes in flight, so with clock skew a row stamped by one
+worker can sit at or below the watermark another worker polled (and every worker polls every namespace). The record
+holds what gateway/consistency.py holds per worker (status, watermark, the highest watermark ever, generation) and the
+writes in flight, so the stamp/fence/poll rules hold across workers; and a poll slot, so one worker polls a
+namespace per interval. Every change is one short write transaction: record order replaces clock order.
+
+Soft state: an error here (locked too long, disk full) makes the watcher fall back to its own per-worker record
+(consistency.py); the file can be removed at any time (wmax restarts at 0: stamps are then bounded by the clock).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import NamedTuple
+
+FILE_NAME = "watch-v1.sqlite3"  # a new schema gets a new file (the records are soft)
+BUSY_MS = 2000
+INFLIGHT_TTL_MS = 120_000  # a write in flight longer than this (its worker died) stops capping the watermark
+SCHEMA = """
+create table if not exists watch(ns text primary key, status text not null, watermark integer, wmax integer not null,
+  gen integer not null, observed_ms integer not null, poller text, poll_until integer not null, prev_poller text)
+  without rowid;
+create table if not exists inflight(id integer primary key, ns text not null, stamp integer not null,
+  expires integer not null);
+create index if not exists inflight_ns on inflight(ns, stamp);
+"""
+
+
+def host_ms() -> int:
+    """The board's own clock for its bookkeeping (poll slots, observation ages, in-flight expiry): one clock per
+    file, whatever clocks the watchers stamp and poll with."""
+    return int(time.time() * 1000)
+
+
+class WatchRecord(NamedTuple):
+    status: str
+    watermark: int | None
+    wmax: int
+    gen: int
+    observed_ms: int
+
+
+class WatchBoard:
+    """Blocking calls (run them off the event loop, except `read`/`gen`: WAL reads never wait for writers)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._local = threading.local()
+        self.slot_changes = 0  # poll slots this process took from another worker (or first): a lease change
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        for attempt in range(50):  # workers starting together: switching a new file to WAL fails while one does
+            try:
+                self._conn().executescript(SCHEMA)
+                break
+            except sqlite3.OperationalError:
+                self._local.conn = None
+                if attempt == 49:
+                    raise
+                time.sleep(0.05 + random.random() * 0.05)
+
+    @classmethod
+    def in_dir(cls, data_dir: str) -> WatchBoard:
+        return cls(os.path.join(data_dir, FILE_NAME))
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=BUSY_MS / 1000, isolation_level=None, check_same_thread=False)
+            conn.execute("pragma journal_mode=wal")
+            conn.execute("pragma synchronous=normal")
+            self._local.conn = conn
+        return conn
+
+    def _ensure(self, conn: sqlite3.Connection, ns: str) -> None:
+        conn.execute("insert or ignore into watch values (?, 'unknown', null, 0, 0, 0, null, 0, null)", (ns,))
+
+    def read(self, names: Iterable[str]) -> dict[str, WatchRecord]:
+        names = list(names)
+        out: dict[str, WatchRecord] = {}
+        conn = self._conn()
+        for i in range(0, len(names), 500):
+            chunk = names[i:i + 500]
+            rows = conn.execute(f"select ns, status, watermark, wmax, gen, observed_ms from watch where ns in "
+                                f"({','.join('?' * len(chunk))})", chunk)
+            for ns, *rest in rows:
+                out[ns] = WatchRecord(*rest)
+        return out
+
+    # Every change below is one statement (autocommit; RETURNING rows fetched at once so the statement ends and
+    # commits): the file's write lock is held only inside SQLite, never while this thread waits for the GIL.
+    def begin_write(self, ns: str, now_ms: int) -> tuple[int, int]:
+        """(stamp, ticket): a stamp above every watermark ever published, held in flight until `end_write`."""
+        conn = self._conn()
+        self._ensure(conn, ns)
+        ticket, stamp = conn.execute(
+            "insert into inflight(ns, stamp, expires) select ?, max(?, wmax + 1), ? from watch where ns = ? "
+            "returning id, stamp", (ns, now_ms, host_ms() + INFLIGHT_TTL_MS, ns)).fetchall()[0]
+        return int(stamp), int(ticket)
+
+    def end_write(self, ns: str, ticket: int, stamp: int, landed: bool) -> int:
+        """The write's outcome; `landed`: fence (updating, watermark below the stamp, generation + 1), then the
+        in-flight entry goes (in that order: a poll between the two is voided by the generation).
+        Returns the record's generation afterwards."""
+        conn = self._conn()
+        self._ensure(conn, ns)
+        if landed:
+            row = conn.execute("update watch set status = 'updating', gen = gen + 1, watermark = case when "
+                               "watermark >= ? then ? else watermark end where ns = ? returning gen",
+                               (stamp, stamp - 1, ns)).fetchall()[0]
+        else:
+            row = conn.execute("select gen from watch where ns = ?", (ns,)).fetchone()
+        conn.execute("delete from inflight where id = ?", (ticket,))
+        return int(row[0])
+
+    def hint_updating(self, ns: str) -> int:
+        """Mark a stable namespace updating (generation + 1); returns the record's generation afterwards."""
+        conn = self._conn()
+        self._ensure(conn, ns)
+        conn.execute("update watch set status = 'updating', gen = gen + 1 where ns = ? and status = 'stable'", (ns,))
+        return int(conn.execute("select gen from watch where ns = ?", (ns,)).fetchone()[0])
+
+    def claim_poll(self, ns: str, worker: str, interval_ms: int, hold_ms: int) -> int | None:
+        """The record's generation if `worker` should poll `ns` now (last observation older than `interval_ms`
+        and nobody else holding the poll slot); None otherwise. The slot lapses after `hold_ms` (failover)."""
+        now = host_ms()
+        conn = self._conn()
+        self._ensure(conn, ns)
+        rows = conn.execute("update watch set prev_poller = poller, poller = ?, poll_until = ? where ns = ? and "
+                           "(poll_until <= ? or poller = ?) and ? - observed_ms >= ? returning gen, prev_poller",
+                           (worker, now + hold_ms, ns, now, worker, now, interval_ms)).fetchall()
+        if not rows:
+            return None
+        row = rows[0]
+        if row[1] != worker:
+            self.slot_changes += 1
+        return int(row[0])
+
+    def publish(self, ns: str, status: str, started_ms: int, margin_ms: int, gen: int) -> bool:
+        """A poll's answer, applied only if no fence or hint came since the poll read `gen`. False: voided.
+        Stable: watermark = poll start - margin, below every write in flight. Read the record afterwards."""
+        now = host_ms()
+        conn = self._conn()
+        self._ensure(conn, ns)
+        mark = ("min(:w, coalesce((select min(stamp) from inflight where ns = :ns and expires > :now) - 1, :w))"
+                if status == "stable" else "watermark")
+        row = conn.execute(f"update watch set status = :status, watermark = {mark}, wmax = max(wmax, "
+                           f"coalesce({mark}, 0)), observed_ms = :now, poll_until = 0 where ns = :ns and gen = :gen "
+                           f"returning gen", {"w": max(started_ms - margin_ms, 0), "ns": ns, "now": now,
+                                              "status": status, "gen": gen}).fetchall()
+        if not row:
+            conn.execute("update watch set poll_until = 0 where ns = ?", (ns,))
+            return False
+        return True
+
+    def release(self, ns: str, worker: str) -> None:
+        """Give the poll slot back after a failed poll (the next worker need not wait for it to lapse)."""
+        self._conn().execute("update watch set poll_until = 0 where ns = ? and poller = ?", (ns, worker))
+
+    def forget(self, ns: str) -> None:
+        conn = self._conn()
+        conn.execute("delete from watch where ns = ?", (ns,))
