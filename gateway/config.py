@@ -136,6 +136,7 @@ class Config(Struct, frozen=True):
     safety_margin_ms: int
     watch_idle_ms: int
     watch_shared: str
+    watch_fence: bool
     watch_mirror_ms: int
     watch_fallback_polls_per_s: int
     drain_grace_ms: int
@@ -315,7 +316,8 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         stable_poll_interval_ms=_int(env, "CONSISTENCY_STABLE_POLL_INTERVAL_MS", 5_000, 10),
         safety_margin_ms=_int(env, "CONSISTENCY_SAFETY_MARGIN_MS", 500, 0),
         watch_idle_ms=_int(env, "LAYER_WATCH_IDLE_MS", 600_000, 1000),
-        watch_shared=_choice(env, "LAYER_WATCH_SHARED", "sqlite", ("sqlite", "off")),
+        watch_shared=_choice(env, "LAYER_WATCH_SHARED", "off", ("sqlite", "off")),
+        watch_fence=_choice(env, "LAYER_WATCH_FENCE", "off", ("on", "off")) == "on",
         watch_mirror_ms=_int(env, "LAYER_WATCH_MIRROR_MS", 250, 10),
         watch_fallback_polls_per_s=_int(env, "LAYER_WATCH_FALLBACK_POLLS_PER_S", 20, 1),
         drain_grace_ms=_int(env, "LAYER_DRAIN_GRACE_MS", 5_000, 0),

@@ -16,6 +16,7 @@ workers (and hosts) when configured.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import sqlite3
@@ -48,6 +49,10 @@ class MetadataView(msgspec.Struct):
 
 
 metadata_view_decoder = msgspec.json.Decoder(MetadataView)
+
+
+def digest(body: bytes) -> str:
+    return hashlib.blake2b(body, digest_size=8).hexdigest()
 
 
 def now_ms() -> int:
@@ -150,7 +155,7 @@ class Watcher:
 
     def __init__(self, upstream: Upstream, poll_ms: int, stable_poll_ms: int, margin_ms: int,
                  idle_ms: int = 600_000, board: WatchBoard | None = None, mirror_ms: int = 250,
-                 concurrency: int = 16, fallback_budget: float = 20.0) -> None:
+                 concurrency: int = 16, fallback_budget: float = 20.0, fence: bool = True) -> None:
         self.upstream = upstream
         self.idle_s = idle_ms / 1000
         self.poll_s = poll_ms / 1000
@@ -158,6 +163,7 @@ class Watcher:
         self.margin_ms = margin_ms
         self.namespaces: dict[str, NamespaceWatch] = {}
         self.board = board
+        self.fence = fence  # off: writes are stamped with the clock and only make the next poll due (as before)
         self.mirror_s = mirror_ms / 1000
         self.worker_id = f"{os.getpid()}-{id(self):x}"
         self.clock_ms = now_ms  # injectable (the simulation skews it)
@@ -170,8 +176,9 @@ class Watcher:
         self._tokens, self._tokens_at = fallback_budget, time.monotonic()
         self._wake = asyncio.Event()
         self._tasks = Tasks()
-        # Called with (namespace, metadata body) after every successful poll: the query-result cache bumps the
-        # namespace's generation when the metadata changed (a write that may not have come through the gateway).
+        # Called with (namespace, digest of the metadata body) after every poll this worker learns of (its own, or
+        # through the shared record another worker's): the query-result cache bumps the namespace's generation when
+        # the metadata changed (a write that may not have come through the gateway).
         self.on_upstream_metadata: Callable[[str, bytes], None] | None = None
         self._started = False
 
@@ -236,6 +243,8 @@ class Watcher:
         if w is not None and key and self.upstream.store_key is None:
             w.key = key
         stamp, ticket = self.clock_ms(), None
+        if not self.fence:
+            return WriteTicket(ns, stamp, None, key)
         if self.board is not None:
             try:
                 stamp, ticket = await asyncio.to_thread(self.board.begin_write, ns, stamp)
@@ -249,6 +258,8 @@ class Watcher:
 
     async def end_write(self, t: WriteTicket, landed: bool) -> None:
         """After the write's outcome; `landed` (acknowledged, or no/unclear answer): fence at once."""
+        if not self.fence:
+            return
         w = self.namespaces.get(t.ns)
         was_updating = w is not None and w.status == UPDATING
         if w is not None:
@@ -359,14 +370,16 @@ class Watcher:
         # updating / unknown: the watermark is held, never advanced or cleared
 
     async def _publish(self, ns: str, w: NamespaceWatch, status: str, started_ms: int, gen: int,
-                       local_gen: int) -> None:
+                       local_gen: int, meta: str | None = None) -> None:
         """`gen`: the record's generation read before the call; `local_gen`: this worker's (they differ only while
         a local fence or hint has not reached the record yet)."""
         if self.board is None:
             self._apply(ns, w, status, started_ms, local_gen)
+            if meta is not None and self.on_upstream_metadata is not None:
+                self.on_upstream_metadata(ns, meta.encode())
             return
         try:
-            applied = await asyncio.to_thread(self.board.publish, ns, status, started_ms, self.margin_ms, gen)
+            applied = await asyncio.to_thread(self.board.publish, ns, status, started_ms, self.margin_ms, gen, meta)
             records = await asyncio.to_thread(self.board.read, [ns])
         except Exception as exc:  # noqa: BLE001 - fall back to this worker's record
             log.warning("watch board: publish for %s failed: %s", ns, exc)
@@ -378,7 +391,11 @@ class Watcher:
             self._mirror(ns, w, records[ns])
 
     def _mirror(self, ns: str, w: NamespaceWatch, rec: WatchRecord) -> None:
+        if rec.observed_ms != w.observed_ms and rec.meta is not None and self.on_upstream_metadata is not None:
+            self.on_upstream_metadata(ns, rec.meta.encode())  # a worker (maybe another) read upstream metadata
         if rec.gen < w.min_gen or (rec.gen == w.gen and rec.observed_ms == w.observed_ms):
+            if rec.observed_ms != w.observed_ms and rec.gen >= w.min_gen:
+                w.observed_ms = rec.observed_ms
             return
         if rec.status == UPDATING and w.status == STABLE and rec.gen == w.gen:
             self._upstream_write_seen(ns)  # a poll (not a fence or hint) found the namespace updating
@@ -432,9 +449,7 @@ class Watcher:
         if resp.status == 404:
             self.forget(ns)
         elif resp.ok:
-            await self._publish(ns, w, status_from_metadata(resp.body), started, gen, local_gen)
-            if self.on_upstream_metadata is not None:
-                self.on_upstream_metadata(ns, resp.body)
+            await self._publish(ns, w, status_from_metadata(resp.body), started, gen, local_gen, digest(resp.body))
         elif resp.status in (401, 403) and self.upstream.store_key is None:
             w.key = None  # the remembered caller key stopped working; wait for the next caller
 

@@ -48,7 +48,7 @@ class WorkerState:
         board = WatchBoard.in_dir(config.data_dir) if config.watch_shared == "sqlite" else None
         self.watcher = Watcher(self.upstream, config.poll_interval_ms, config.stable_poll_interval_ms,
                                config.safety_margin_ms, config.watch_idle_ms, board, config.watch_mirror_ms,
-                               fallback_budget=config.watch_fallback_polls_per_s)
+                               fallback_budget=config.watch_fallback_polls_per_s, fence=config.watch_fence)
         self.router = router
         self.bodies = BodyBudget(config.max_buffered_body_bytes)
         self.verdicts: Verdicts | None = None

@@ -21,13 +21,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
-FILE_NAME = "watch-v1.sqlite3"  # a new schema gets a new file (the records are soft)
+FILE_NAME = "watch-v2.sqlite3"  # a new schema gets a new file (the records are soft)
 BUSY_MS = 2000
 INFLIGHT_TTL_MS = 120_000  # a write in flight longer than this (its worker died) stops capping the watermark
 SCHEMA = """
 create table if not exists watch(ns text primary key, status text not null, watermark integer, wmax integer not null,
-  gen integer not null, observed_ms integer not null, poller text, poll_until integer not null, prev_poller text)
-  without rowid;
+  gen integer not null, observed_ms integer not null, poller text, poll_until integer not null, prev_poller text,
+  meta text) without rowid;
 create table if not exists inflight(id integer primary key, ns text not null, stamp integer not null,
   expires integer not null);
 create index if not exists inflight_ns on inflight(ns, stamp);
@@ -46,6 +46,7 @@ class WatchRecord(NamedTuple):
     wmax: int
     gen: int
     observed_ms: int
+    meta: str | None  # digest of the last metadata body published (readers learn "upstream metadata changed")
 
 
 class WatchBoard:
@@ -80,7 +81,7 @@ class WatchBoard:
         return conn
 
     def _ensure(self, conn: sqlite3.Connection, ns: str) -> None:
-        conn.execute("insert or ignore into watch values (?, 'unknown', null, 0, 0, 0, null, 0, null)", (ns,))
+        conn.execute("insert or ignore into watch values (?, 'unknown', null, 0, 0, 0, null, 0, null, null)", (ns,))
 
     def read(self, names: Iterable[str]) -> dict[str, WatchRecord]:
         names = list(names)
@@ -88,7 +89,7 @@ class WatchBoard:
         conn = self._conn()
         for i in range(0, len(names), 500):
             chunk = names[i:i + 500]
-            rows = conn.execute(f"select ns, status, watermark, wmax, gen, observed_ms from watch where ns in "
+            rows = conn.execute(f"select ns, status, watermark, wmax, gen, observed_ms, meta from watch where ns in "
                                 f"({','.join('?' * len(chunk))})", chunk)
             for ns, *rest in rows:
                 out[ns] = WatchRecord(*rest)
@@ -143,7 +144,7 @@ class WatchBoard:
             self.slot_changes += 1
         return int(row[0])
 
-    def publish(self, ns: str, status: str, started_ms: int, margin_ms: int, gen: int) -> bool:
+    def publish(self, ns: str, status: str, started_ms: int, margin_ms: int, gen: int, meta: str | None = None) -> bool:
         """A poll's answer, applied only if no fence or hint came since the poll read `gen`. False: voided.
         Stable: watermark = poll start - margin, below every write in flight. Read the record afterwards."""
         now = host_ms()
@@ -152,9 +153,10 @@ class WatchBoard:
         mark = ("min(:w, coalesce((select min(stamp) from inflight where ns = :ns and expires > :now) - 1, :w))"
                 if status == "stable" else "watermark")
         row = conn.execute(f"update watch set status = :status, watermark = {mark}, wmax = max(wmax, "
-                           f"coalesce({mark}, 0)), observed_ms = :now, poll_until = 0 where ns = :ns and gen = :gen "
-                           f"returning gen", {"w": max(started_ms - margin_ms, 0), "ns": ns, "now": now,
-                                              "status": status, "gen": gen}).fetchall()
+                           f"coalesce({mark}, 0)), observed_ms = :now, poll_until = 0, meta = coalesce(:meta, meta) "
+                           f"where ns = :ns and gen = :gen returning gen",
+                           {"w": max(started_ms - margin_ms, 0), "ns": ns, "now": now, "status": status, "gen": gen,
+                            "meta": meta}).fetchall()
         if not row:
             conn.execute("update watch set poll_until = 0 where ns = ?", (ns,))
             return False

@@ -18,7 +18,8 @@ Q = {"rank_by": ["id", "asc"], "top_k": 100}
 def lag(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # "off": no shared records, one worker (the fence is per worker then)
     shared = request.param
-    env = {**FAST_WATCH, "CONSISTENCY_STABLE_POLL_INTERVAL_MS": "100", "LAYER_WATCH_SHARED": shared}
+    env = {**FAST_WATCH, "CONSISTENCY_STABLE_POLL_INTERVAL_MS": "100", "LAYER_WATCH_SHARED": shared,
+           "LAYER_WATCH_FENCE": "on"}
     yield from _stack(Path(tmp_path_factory.mktemp(f"fence-{shared}")),
                       {"LOCALSTORE_INDEX_LAG_MS": str(LAG_MS), "LOCALSTORE_ENABLE_FAULTS": "1"}, env,
                       workers=2 if shared == "sqlite" else 1)
