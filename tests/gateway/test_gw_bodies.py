@@ -94,7 +94,9 @@ def test_unauthenticated_bodies_are_never_read(bodies: Stack) -> None:
     try:
         answers = [u.answer() for u in uploads]
         public, protected = answers[:SENDERS // 2], answers[SENDERS // 2:]
-        assert {s for s, _, _ in public} <= {413, 429} and [s for s, _, _ in protected] == [401] * len(protected)
+        # 503: the authenticate rate limit could not reach the key store in time (a loaded machine): refused too
+        assert {s for s, _, _ in public} <= {413, 429, 503} and [s for s, _, _ in protected] == [401] * len(protected)
+        assert all(json.loads(b)["error"] == "service_unavailable" for s, _, b in public if s == 503)
         assert all(json.loads(b)["message"] == "request body exceeds the 65536-byte limit"
                    for s, _, b in public if s == 413)
         assert all(u.closed_by_server() for u in uploads), "the unread bodies are dropped with their connections"
