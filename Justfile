@@ -8,9 +8,9 @@ run port="8080" workers="2":
 localstore port="9090" data="./.layer/localstore":
     python -m localstore serve --host 127.0.0.1 --port {{port}} --data-dir {{data}}
 
-# The whole test suite.
+# The whole test suite (pyproject's testpaths), or the paths and options given.
 test *args:
-    python -m pytest tests {{args}}
+    python -m pytest {{args}}
 
 # Benchmarks with budgets (exits non-zero when a budget in bench/budgets.toml is broken).
 bench *args:
