@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support.aerospike import AerospikeServer, start_aerospike
+from support.procs import Proc, start_localstore
 
 from gateway.cache import DocumentCache, open_cache
 
@@ -48,8 +50,25 @@ def cache_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[s
 
 
 @pytest.fixture
-def ns() -> str:
-    return f"t{uuid.uuid4().hex[:10]}"
+def ns(request: pytest.FixtureRequest) -> str:
+    """A fresh namespace named after the test (its name without the parameters), for reading logs."""
+    return f"{request.node.name.split('[')[0][5:25]}-{uuid.uuid4().hex[:10]}"
+
+
+@contextmanager
+def store_with_backend(backend: str, root: Path, key: str) -> Iterator[tuple[Proc, dict[str, str]]]:
+    """A local store with `key` under root/store, and the env that points a gateway at the cache backend (starting
+    the Aerospike wire test server for "aerospike"); both are stopped on exit."""
+    server = start_server() if backend == "aerospike" else None
+    try:
+        store = start_localstore(root / "store", LOCALSTORE_API_KEY=key)
+        try:
+            yield store, aerospike_env(server) if server else {}
+        finally:
+            store.stop()
+    finally:
+        if server:
+            server.stop()
 
 
 def run_with(env: dict[str, str], body: Callable[[DocumentCache], Awaitable[Any]]) -> Any:

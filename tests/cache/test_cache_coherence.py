@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -59,11 +58,6 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     store.stop()
     if server:
         server.stop()
-
-
-@pytest.fixture
-def ns() -> str:
-    return f"coh-{uuid.uuid4().hex[:10]}"
 
 
 async def until(check: Callable[[], Awaitable[Any]], within_s: float = 10.0) -> Any:

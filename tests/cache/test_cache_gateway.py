@@ -21,15 +21,15 @@ import turbopuffer
 from hevlayer import AsyncHevlayer
 from support.procs import Proc, start_gateway, start_localstore
 
-from .conftest import BACKENDS, aerospike_env, start_server
+from .conftest import BACKENDS, aerospike_env, start_server, store_with_backend
 
 KEY = "cache-test-key"
 CACHE_ENV = {"LAYER_CACHE_BREAKER_MS": "300", "AEROSPIKE_TIMEOUT_MS": "200"}
 
 
 class Stack:
-    def __init__(self, gw: Proc, store: Proc, server: Any) -> None:
-        self.gw, self.store, self.server = gw, store, server
+    def __init__(self, gw: Proc, store: Proc) -> None:
+        self.gw, self.store = gw, store
 
     def tpuf(self, direct: bool = False, compression: bool = False) -> turbopuffer.Turbopuffer:
         """The official client, through the gateway or (direct=True) straight at the store, bypassing the cache."""
@@ -66,26 +66,12 @@ class Stack:
 @pytest.fixture(scope="module", params=BACKENDS)
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp(f"stack-{request.param}")
-    server = start_server() if request.param == "aerospike" else None
-    env = dict(CACHE_ENV, **(aerospike_env(server) if server else {}))
-    store = start_localstore(root / "store", LOCALSTORE_API_KEY=KEY)
-    try:
-        gw = start_gateway(store.url, KEY, root / "gateway", **env)
-    except Exception:
-        store.stop()
-        if server:
-            server.stop()
-        raise
-    yield Stack(gw, store, server)
-    gw.stop()
-    store.stop()
-    if server:
-        server.stop()
-
-
-@pytest.fixture
-def ns(request: pytest.FixtureRequest) -> str:
-    return f"c-{request.node.name.split('[')[0][5:25]}-{time.monotonic_ns() % 10**8}"
+    with store_with_backend(request.param, root, KEY) as (store, backend_env):
+        gw = start_gateway(store.url, KEY, root / "gateway", **CACHE_ENV, **backend_env)
+        try:
+            yield Stack(gw, store)
+        finally:
+            gw.stop()
 
 
 def fetch(stack: Stack, ns: str, doc_id: str, include: list[str] | None = None) -> tuple[str | None, dict[str, Any]]:
@@ -267,7 +253,7 @@ def test_local_cache_outage_is_soft_and_heals(tmp_path: Path) -> None:
     cache_cold, and once the lock is gone the invalidations are replayed (no stale copy survives)."""
     store = start_localstore(tmp_path / "store", LOCALSTORE_API_KEY=KEY)
     gw = start_gateway(store.url, KEY, tmp_path / "gw", LAYER_CACHE_REACTIVE_WARM="1", **CACHE_ENV)
-    stack = Stack(gw, store, None)
+    stack = Stack(gw, store)
     try:
         gwns = stack.tpuf().namespace("outage")
         gwns.write(upsert_rows=[{"id": "s", "vector": [1.0, 0.0], "v": 1}], distance_metric="cosine_distance")
@@ -314,7 +300,7 @@ def test_aerospike_outage_is_soft_and_recovers(tmp_path: Path) -> None:
     gw = None
     try:
         gw = start_gateway(store.url, KEY, tmp_path / "gw", **CACHE_ENV, **aerospike_env(server))
-        stack = Stack(gw, store, server)
+        stack = Stack(gw, store)
         stack.tpuf().namespace("down").write(upsert_rows=[{"id": "a", "vector": [1.0, 0.0], "v": 1}],
                                              distance_metric="cosine_distance")
         assert fetch(stack, "down", "a", ["v"]) == ("hit", {"v": 1})

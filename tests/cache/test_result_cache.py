@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from support.procs import Proc, base_env, free_ports, gateway_cmd, start_gateway, start_localstore, wait_for_workers
 
-from .conftest import BACKENDS, aerospike_env, start_server
+from .conftest import BACKENDS, store_with_backend
 
 KEY = "results-test-key"
 POLL_MS, STABLE_POLL_MS = 100, 400
@@ -93,25 +93,15 @@ class Stack:
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A store and two 2-worker gateways sharing one result-cache generation store."""
     root = tmp_path_factory.mktemp(f"results-{request.param}")
-    server = start_server() if request.param == "aerospike" else None
-    env = dict(ENV, **(aerospike_env(server) if server else {}))
-    store = start_localstore(root / "store", LOCALSTORE_API_KEY=KEY)
-    gateways: list[Proc] = []
-    try:
-        for _ in range(2):  # one data dir: the embedded backend's SQLite file is shared like Aerospike is
-            gateways.append(start_gateway(store.url, KEY, root / "gateway", **env))
-        yield Stack(store, gateways)
-    finally:
-        for gw in gateways:
-            gw.stop()
-        store.stop()
-        if server:
-            server.stop()
-
-
-@pytest.fixture
-def ns(request: pytest.FixtureRequest) -> str:
-    return f"r-{request.node.name.split('[')[0][5:25]}-{time.monotonic_ns() % 10**8}"
+    with store_with_backend(request.param, root, KEY) as (store, backend_env):
+        gateways: list[Proc] = []
+        try:
+            for _ in range(2):  # one data dir: the embedded backend's SQLite file is shared like Aerospike is
+                gateways.append(start_gateway(store.url, KEY, root / "gateway", **ENV, **backend_env))
+            yield Stack(store, gateways)
+        finally:
+            for gw in gateways:
+                gw.stop()
 
 
 def test_hit_and_miss(stack: Stack, ns: str) -> None:
