@@ -16,8 +16,7 @@ JOURNAL = {"namespace": "ok"}
 
 
 def test_hooks_exist_only_with_enable_faults(tmp_path: Path) -> None:
-    proc = start_localstore(tmp_path / "d", faults=False, LOCALSTORE_API_KEY="sekret")
-    try:
+    with start_localstore(tmp_path / "d", faults=False, LOCALSTORE_API_KEY="sekret") as proc:
         client = Client(proc.url, key="sekret")
         for method in ("GET", "POST", "DELETE"):
             for rule in (RULE, APPLIED_FAILURE):
@@ -26,13 +25,10 @@ def test_hooks_exist_only_with_enable_faults(tmp_path: Path) -> None:
         assert client.call("GET", "/_localstore/journal?namespace=ok")[0] == 404
         client.write("ok", {"upsert_rows": [{"id": 1}]})
         assert client.ids("ok", {"rank_by": ["id", "asc"]}) == [1], "nothing was injected"
-    finally:
-        proc.stop()
 
 
 def test_faults_need_the_stores_key(tmp_path: Path) -> None:
-    proc = start_localstore(tmp_path / "d", LOCALSTORE_API_KEY="sekret")
-    try:
+    with start_localstore(tmp_path / "d", LOCALSTORE_API_KEY="sekret") as proc:
         client = Client(proc.url, key="sekret")
         assert client.call("POST", "/_localstore/faults", RULE, key=None)[0] == 401
         assert client.call("POST", "/_localstore/faults", RULE, key="sekreT")[0] == 403
@@ -40,13 +36,10 @@ def test_faults_need_the_stores_key(tmp_path: Path) -> None:
         assert client.ok("GET", "/_localstore/faults") == {"faults": []}, "no rule was added"
         client.ok("POST", "/_localstore/faults", RULE)
         assert client.ok("GET", "/_localstore/faults")["faults"][0]["remaining"] == 1
-    finally:
-        proc.stop()
 
 
 def test_journal_needs_the_stores_key(tmp_path: Path) -> None:
-    proc = start_localstore(tmp_path / "d", LOCALSTORE_API_KEY="sekret")
-    try:
+    with start_localstore(tmp_path / "d", LOCALSTORE_API_KEY="sekret") as proc:
         client = Client(proc.url, key="sekret")
         assert client.call("POST", "/_localstore/journal", JOURNAL, key=None)[0] == 401
         assert client.call("POST", "/_localstore/journal", JOURNAL, key="sekreT")[0] == 403
@@ -57,13 +50,10 @@ def test_journal_needs_the_stores_key(tmp_path: Path) -> None:
         client.write("ok", {"upsert_rows": [{"id": 2, "a": "x"}]})
         entries = client.ok("GET", "/_localstore/journal?namespace=ok")["entries"]
         assert [e["docs"] for e in entries] == [{"2": {"a": "x"}}]
-    finally:
-        proc.stop()
 
 
 def test_bodies_are_bounded_raw_and_inflated(tmp_path: Path) -> None:
-    proc = start_localstore(tmp_path / "d", LOCALSTORE_MAX_BODY_BYTES=str(1 << 20))
-    try:
+    with start_localstore(tmp_path / "d", LOCALSTORE_MAX_BODY_BYTES=str(1 << 20)) as proc:
         client = Client(proc.url)
         bomb = gzip.compress(b'{"upsert_rows": [{"id": 1, "s": "' + b"x" * (8 << 20) + b'"}]}')
         assert len(bomb) < 64 << 10
@@ -79,5 +69,3 @@ def test_bodies_are_bounded_raw_and_inflated(tmp_path: Path) -> None:
                                       headers={"Content-Encoding": "gzip"})
         assert status == 400 and "gzip" in body["error"], body
         assert client.call("POST", "/v2/namespaces/b", raw=small, headers={"Content-Encoding": "gzip"})[0] == 200
-    finally:
-        proc.stop()

@@ -11,9 +11,8 @@ from support.procs import start_localstore
 
 
 def test_each_org_has_its_own_namespaces_under_the_same_names(tmp_path: Path) -> None:
-    proc = start_localstore(tmp_path / "d", LOCALSTORE_API_KEY="default-key",
-                            LOCALSTORE_API_KEYS="a-key=org-a,a-key-2=org-a,b-key=org-b")
-    try:
+    with start_localstore(tmp_path / "d", LOCALSTORE_API_KEY="default-key",
+                          LOCALSTORE_API_KEYS="a-key=org-a,a-key-2=org-a,b-key=org-b") as proc:
         a, a2, b = Client(proc.url, key="a-key"), Client(proc.url, key="a-key-2"), Client(proc.url, key="b-key")
         default = Client(proc.url, key="default-key")
         a.write("docs", {"upsert_rows": [{"id": 1, "who": "a"}]})
@@ -29,18 +28,12 @@ def test_each_org_has_its_own_namespaces_under_the_same_names(tmp_path: Path) ->
         assert Client(proc.url, key="c-key").call("GET", "/v2/namespaces/docs/metadata")[0] == 403
         b.call("DELETE", "/v2/namespaces/docs")
         assert a.query("docs", q)["rows"] == [{"id": 1, "who": "a"}], "org b's delete left org a's namespace"
-    finally:
-        proc.stop()
-    proc = start_localstore(tmp_path / "d", LOCALSTORE_API_KEYS="a-key=org-a,b-key=org-b")
-    try:
+    with start_localstore(tmp_path / "d", LOCALSTORE_API_KEYS="a-key=org-a,b-key=org-b") as proc:
         assert Client(proc.url, key="a-key").ids("docs", {"rank_by": ["id", "asc"]}) == [1], "durable per org"
-    finally:
-        proc.stop()
 
 
 def test_received_counts_requests_per_bearer_whatever_the_answer(tmp_path: Path) -> None:
-    proc = start_localstore(tmp_path / "d", LOCALSTORE_API_KEY="sekret")
-    try:
+    with start_localstore(tmp_path / "d", LOCALSTORE_API_KEY="sekret") as proc:
         client = Client(proc.url, key="sekret")
         client.write("ok", {"upsert_rows": [{"id": 1}]})
         assert client.call("GET", "/v2/namespaces/ok/metadata", key="wrong")[0] == 403
@@ -49,5 +42,3 @@ def test_received_counts_requests_per_bearer_whatever_the_answer(tmp_path: Path)
         assert (counts[digest["sekret"]], counts[digest["wrong"]]) == (1, 1)
         assert digest["never"] not in counts
         assert client.call("GET", "/_localstore/received", key="wrong")[0] == 403, "behind the store's key"
-    finally:
-        proc.stop()

@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Self
 
 READY_TIMEOUT_S = 30.0
 # Process logs of the latest test run and of benches (tests/conftest.py empties it when a test run starts).
@@ -52,7 +53,7 @@ def http_status(url: str, headers: dict[str, str] | None = None, timeout: float 
 
 class Proc:
     """A child process in its own session with its output in a log file, started and waited for until `url +
-    ready_path` answers 200; stop() always reaps it. Used by the tests and by bench/."""
+    ready_path` answers 200; stop() (or leaving a `with` block) always reaps it. Used by the tests and by bench/."""
 
     def __init__(self, name: str, cmd: list[str], env: dict[str, str] | None, url: str, ready_path: str,
                  cwd: str | None = None) -> None:
@@ -77,6 +78,12 @@ class Proc:
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"{self.name} not ready within {READY_TIMEOUT_S}s:\n{self.log()}")
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def log(self) -> str:
         if not self._log.closed:  # stop() closes it; a start-up failure reads the log after stopping
