@@ -46,12 +46,19 @@ class CachedResult(msgspec.Struct, frozen=True):
     cursor: str | None
 
 
-def canonical(body: bytes) -> bytes:
-    """The body with object keys sorted and no whitespace: equal queries, equal keys."""
+def canonical(body: bytes, decoded: Any = None) -> bytes:
+    """The body with object keys sorted and no whitespace: equal queries, equal keys. `decoded`, when the caller
+    has the body decoded already, is encoded instead of decoding the body again."""
+    if decoded is not None:
+        return _canonical_encode(decoded)
     try:
         return _canonical_encode(_decode(body))
     except msgspec.DecodeError:
         return body
+
+
+def _size(key: tuple[Any, ...], result: CachedResult) -> int:
+    return ENTRY_OVERHEAD + len(key[3]) + len(result.body) + sum(len(h) + len(v) for h, v in result.headers)
 
 
 class ResultCache:
@@ -62,7 +69,6 @@ class ResultCache:
         self.store = store
         self.fresh_s = fresh_s
         self._entries: OrderedDict[tuple[Any, ...], CachedResult] = OrderedDict()
-        self._sizes: dict[tuple[Any, ...], int] = {}
         self.bytes = 0
         self._inflight: dict[tuple[Any, ...], asyncio.Task[Any]] = {}
         self._seen: dict[str, tuple[int, float]] = {}  # ns -> (metadata fingerprint, when it was read: monotonic)
@@ -76,9 +82,10 @@ class ResultCache:
 
     # -- lookups ---------------------------------------------------------------------------------------------------
 
-    async def key(self, ns: str, watermark: int | None, body: bytes) -> tuple[Any, ...] | None:
-        """The cache key of a query about to be sent, or None when the cache cannot be used for it now (the
-        generation cannot be read, a bump is still owed, or upstream metadata was not read recently enough)."""
+    async def key(self, ns: str, watermark: int | None, body: bytes, decoded: Any = None) -> tuple[Any, ...] | None:
+        """The cache key of a query about to be sent (`decoded`: the body's decoded form, if at hand), or None when
+        the cache cannot be used for it now (the generation cannot be read, a bump is still owed, or upstream
+        metadata was not read recently enough)."""
         if ns in self._unbumped:
             return None
         seen = self._seen.get(ns)
@@ -88,7 +95,7 @@ class ResultCache:
             gen = await self.store.result_generation(ns)
         except CacheError:
             return None
-        return (ns, gen, watermark, canonical(body))
+        return (ns, gen, watermark, canonical(body, decoded))
 
     def get(self, key: tuple[Any, ...]) -> CachedResult | None:
         found = self._entries.get(key)
@@ -111,15 +118,13 @@ class ResultCache:
         return result, leader
 
     def put(self, key: tuple[Any, ...], result: CachedResult) -> None:
-        size = ENTRY_OVERHEAD + len(key[3]) + len(result.body) + sum(len(h) + len(v) for h, v in result.headers)
+        size = _size(key, result)
         if size > self.settings.max_bytes // MAX_ENTRY_SHARE or key in self._entries:
             return
         self._entries[key] = result
-        self._sizes[key] = size
         self.bytes += size
         while self.bytes > self.settings.max_bytes:
-            old, _ = self._entries.popitem(last=False)
-            self.bytes -= self._sizes.pop(old)
+            self.bytes -= _size(*self._entries.popitem(last=False))
 
     def health(self) -> dict[str, Any]:
         """This worker's figures for the ops listener's /health."""

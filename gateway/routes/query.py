@@ -85,6 +85,7 @@ class Plan:
         "multi",
         "offset",
         "page_size",
+        "sent",
         "strong",
         "watermark",
     )
@@ -92,6 +93,7 @@ class Plan:
     def __init__(self) -> None:
         self.doc: dict[str, Any] | None = None  # decoded body, only when it must be rewritten
         self.body = b""
+        self.sent: dict[str, Any] | None = None  # what `body` encodes, when built here from `doc`
         self.watermark: int | None = None
         self.inject = False
         self.layer = False  # the Layer query shape (vector / nearest_to_id / cursor ...), not a native body
@@ -269,7 +271,8 @@ async def plan_query(ctx: Ctx, state: WorkerState) -> Plan:
             hide_stamp(sub)
         if view.consistency is UNSET:
             plan.doc["consistency"] = {"level": "eventual"}
-        plan.body = json_encode(with_watermark(plan.doc, plan.watermark) if plan.inject else plan.doc)  # type: ignore[arg-type]
+        plan.sent = with_watermark(plan.doc, plan.watermark) if plan.inject else plan.doc
+        plan.body = json_encode(plan.sent)
     elif view.consistency is UNSET:
         # Only the consistency level changes: splice it in instead of re-encoding the body.
         head = ctx.body.rstrip()[:-1].rstrip()
@@ -354,7 +357,7 @@ async def cached_query(ctx: Ctx, state: WorkerState, plan: Plan, path: str, trac
         if not verdict:  # upstream showed no identity: nothing may be shared
             return _answer_upstream(ctx, state, plan, trace, await send_with_retry(ctx, state, plan, path))
         identity = verdict
-    key = await results.key(ns, plan.watermark if plan.inject else None, plan.body)
+    key = await results.key(ns, plan.watermark if plan.inject else None, plan.body, plan.sent)
     if key is not None and identity:
         key = (*key, identity)
     if key is None:  # the cache cannot vouch for a hit now: a plain query
