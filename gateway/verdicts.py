@@ -60,7 +60,7 @@ class Verdicts:
         # bearer digest -> namespace -> (expiry (monotonic), fingerprint)
         self._accepted: dict[bytes, dict[str, tuple[float, str]]] = {}
         self._size = 0
-        self._pending: dict[tuple[bytes, str], asyncio.Task[UpstreamResponse | GatewayError]] = {}
+        self._pending: dict[tuple[bytes, str], asyncio.Task[tuple[UpstreamResponse, str] | GatewayError]] = {}
         self._tasks = Tasks()
 
     async def check(self, bearer: str, ns: str) -> str | UpstreamResponse:
@@ -76,20 +76,23 @@ class Verdicts:
         if pending is None:
             pending = self._pending[key] = self._tasks.spawn("access check", self._ask(digest, bearer, ns))
             pending.add_done_callback(lambda _: self._pending.pop(key, None))
-        resp = await asyncio.shield(pending)
-        if isinstance(resp, GatewayError):
-            raise resp
-        return fingerprint(resp.body) if resp.ok else resp
+        answer = await asyncio.shield(pending)
+        if isinstance(answer, GatewayError):
+            raise answer
+        resp, fp = answer
+        return fp if resp.ok else resp
 
-    async def _ask(self, digest: bytes, bearer: str, ns: str) -> UpstreamResponse | GatewayError:
+    async def _ask(self, digest: bytes, bearer: str, ns: str) -> tuple[UpstreamResponse, str] | GatewayError:
+        """Upstream's answer and, for a 2xx, the fingerprint it shows (decoded once for every waiter)."""
         path = f"/v2/namespaces/{quote(ns, safe='')}/metadata"
         try:
             resp = await self.upstream.request("GET", path, bearer, None, "access check")
         except GatewayError as exc:  # upstream unreachable: each waiter answers it (a 502), not a task failure
             return exc
+        fp = fingerprint(resp.body) if resp.ok else ""
         if resp.ok and self.ttl_s > 0:
-            self._accept(digest, ns, fingerprint(resp.body))
-        return resp
+            self._accept(digest, ns, fp)
+        return resp, fp
 
     async def stop(self) -> None:
         """Cancel and await the checks still running (before the upstream client closes)."""
