@@ -118,7 +118,7 @@ async def drive(ctx: Ctx, state: WorkerState, chunks: AsyncIterator[bytes]) -> R
 
 
 async def results_bumped_after(ctx: Ctx, state: WorkerState, write: Awaitable[Response]) -> Response:
-    """A write-class request on a namespace, with the result cache on: the namespace's result generation is bumped
+    """A write-class request on a namespace: the namespace's result generation (shared cache backend) is bumped
     before the answer goes out, whatever it is (a failed or timed-out write may have landed), except upstream's
     refusal of the caller's key (nothing was written; anyone could send it)."""
     refused = False

@@ -51,7 +51,7 @@ async def worker_health(state: WorkerState) -> dict[str, Any]:
         **up.stats(),
     }
     body.update(await cache_health(state))
-    if state.results is not None:
+    if state.results is not None and state.results.settings.on:
         body["result_cache"] = state.results.health()
     body["inflight"] = state.inflight
     body["watched_namespaces"] = len(state.watcher.namespaces)

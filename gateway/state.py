@@ -20,7 +20,8 @@ class WorkerState:
     Slots other modules fill after construction (both None until then):
     - `cache`: the document cache (gateway/cache); every cache phase is a no-op while it is None.
     - `key_verifier`: verifies minted `hvl_` bearers (gateway/keys); minted keys are rejected while it is None.
-    - `results`: the query-result cache (gateway/cache/results.py), only while LAYER_RESULT_CACHE is on.
+    - `results`: the query-result cache (gateway/cache/results.py), set with the cache: it bumps the shared
+      generations on every write, and serves only the namespaces LAYER_RESULT_CACHE names.
     - `queue`: pipelines and functions (gateway/queue); its routes answer 503 and write triggers are off while None.
     `verdicts` is set only in derive-from-request mode (no store key): upstream's word on each caller's bearer.
     """

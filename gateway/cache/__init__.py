@@ -36,11 +36,13 @@ async def attach(state: Any) -> None:
     await service.start()
     state.cache = service
     config = state.config
-    if config.results.on:
-        from gateway.cache.results import ResultCache
+    from gateway.cache.results import ResultCache
 
-        fresh_s = (config.stable_poll_interval_ms + 2 * config.poll_interval_ms) / 1000
-        state.results = ResultCache(config.results, service.store, fresh_s)
+    # Also with LAYER_RESULT_CACHE off (it then serves nothing): every write bumps the shared generation, since
+    # another gateway on this backend may have the cache on.
+    fresh_s = (config.stable_poll_interval_ms + 2 * config.poll_interval_ms) / 1000
+    state.results = ResultCache(config.results, service.store, fresh_s)
+    if config.results.on:
         state.watcher.on_upstream_metadata = state.results.upstream_metadata
 
 

@@ -135,9 +135,8 @@ class ResultCache:
 
     async def written(self, ns: str) -> None:
         """A write to `ns` was answered (or not: it may still land). Bump the shared generation before the write
-        is acknowledged; if the cache cannot take it now, this worker serves no hit for `ns` until it does."""
-        if not self.enabled(ns):
-            return
+        is acknowledged, whether or not this gateway caches `ns` (another one on the backend may); if the cache
+        cannot take it now, this worker serves no hit for `ns` until it does."""
         try:
             await self.store.bump_results(ns)
         except CacheError as exc:

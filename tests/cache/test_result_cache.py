@@ -129,6 +129,27 @@ def test_write_through_any_gateway_invalidates(stack: Stack, ns: str, writer: in
                 assert stack.query(ns, gw=gw)[1] == list(range(1, n + 1))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("writer_setting", ["off", "other-namespaces"])
+def test_write_through_a_gateway_without_the_result_cache_invalidates(tmp_path: Path, ns: str, backend: str,
+                                                                      writer_setting: str) -> None:
+    """A mixed fleet on one shared cache: the writer's LAYER_RESULT_CACHE does not name the namespace, the reader's
+    does. Slow polls keep the reader's watcher from noticing the write; only the shared generation can."""
+    slow = dict(ENV, CONSISTENCY_POLL_INTERVAL_MS="3000", CONSISTENCY_STABLE_POLL_INTERVAL_MS="6000")
+    writer_env = {k: v for k, v in slow.items() if k != "LAYER_RESULT_CACHE"}
+    if writer_setting == "other-namespaces":
+        writer_env["LAYER_RESULT_CACHE"] = "some-other-namespace"
+    with store_with_backend(backend, tmp_path, KEY) as (store, backend_env), \
+            start_gateway(store.url, KEY, tmp_path / "gateway", workers=1, **slow, **backend_env) as reader, \
+            start_gateway(store.url, KEY, tmp_path / "gateway", workers=1, **writer_env, **backend_env) as writer:
+        stack = Stack(store, [reader, writer])
+        stack.write(ns, [1], gw=1)
+        assert stack.warm(ns) == [1]
+        stack.write(ns, [2], gw=1)
+        for _ in range(4):
+            assert stack.query(ns)[1] == [1, 2]
+
+
 def test_failed_write_still_invalidates(stack: Stack, ns: str) -> None:
     stack.write(ns, [1])
     assert stack.warm(ns) == [1]
