@@ -30,13 +30,19 @@ SCAN_S = 0.2  # between two looks for idle connections (each reads every socket 
 
 
 class _Chunks:
-    """The body chunks of one RSGI request; b"" at the end."""
+    """The body chunks of one RSGI request; b"" at the end. `complete` once a Content-Length body has all its bytes:
+    asking Granian for the end of the body is one more hand-off between its runtime and the loop (~10 µs)."""
 
-    __slots__ = ("_it", "_proto")
+    __slots__ = ("_it", "_left", "_proto")
 
-    def __init__(self, proto: Any) -> None:
+    def __init__(self, proto: Any, length: str | None) -> None:
         self._proto = proto
         self._it: Any = None
+        self._left = int(length) if length is not None and length.isascii() and length.isdigit() else -1
+
+    @property
+    def complete(self) -> bool:
+        return self._left == 0
 
     async def __call__(self) -> bytes:
         if self._it is None:
@@ -45,6 +51,8 @@ class _Chunks:
             chunk: bytes = await self._it.__anext__()
         except StopAsyncIteration:
             return b""
+        if self._left > 0:
+            self._left = max(0, self._left - len(chunk))
         return chunk
 
 
@@ -128,7 +136,8 @@ class RsgiApp:
     async def __rsgi__(self, scope: Any, proto: Any) -> None:
         ctx = Ctx(scope.method, scope.path, scope.query_string, scope.headers)
         ctx.scope = scope
-        resp = await self.gateway.handle(ctx, BodyStream(_Chunks(proto), self.settings))
+        chunks = _Chunks(proto, scope.headers.get("content-length"))
+        resp = await self.gateway.handle(ctx, BodyStream(chunks, self.settings))
         proto.response_bytes(resp.status, resp.headers, resp.body)
         self.gateway.observe(ctx, resp.status)
 
