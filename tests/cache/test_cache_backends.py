@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import time
+from array import array
 from pathlib import Path
 
 import pytest
@@ -332,3 +333,9 @@ def test_warm_pages_fill_only_ids_untouched_since_the_page_token(cache_env: dict
         assert not await c.update(ns, {d.id: co.fill_absent(page, d, encode_attrs(d.attrs), 60_000) for d in stale})
 
     run_with(cache_env, body)
+
+
+def test_pack_vector_takes_numbers_only() -> None:
+    assert pack_vector([1, 2.5]) == array("f", [1.0, 2.5]).tobytes()
+    for bad in ([True, 1.0], [1.0, None], ["1"], [[1.0]], [], None, 3):
+        assert pack_vector(bad) is None

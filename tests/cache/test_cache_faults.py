@@ -143,6 +143,36 @@ def test_local_evicts_old_records_whole(tmp_path: Path) -> None:
     run_with(env, body)
 
 
+def test_local_small_writes_commit_on_the_loop_and_the_byte_total_holds(tmp_path: Path) -> None:
+    """A few ids commit inline (no pool call); past the bound, or with many ids, the pool does it. Whatever path
+    and whatever statement changed sizes (write, eviction, collection), the byte total is the records' sum."""
+    env = env_for(tmp_path, LAYER_CACHE_MAX_BYTES=str(64 * 1024))
+
+    async def body(c: Any) -> None:
+        await upsert(c, "ns", [doc("first", v=0)])  # the first call connects, in the pool
+        calls: list[str] = []
+        c.runner.observe = lambda op, set_, status, seconds: calls.append(op)
+        for i in range(5):
+            await upsert(c, "ns", [doc(f"one-{i}", v=i)])
+        assert calls == []
+        c.runner.observe = None
+        assert await get(c, "ns", "one-4") == {"v": 4}
+        for batch in range(12):
+            await upsert(c, "ns", [doc(f"b{batch}-{i}", pad="x" * 900) for i in range(10)])
+        assert c.evicted_total > 0 and c.stored_bytes() <= 64 * 1024
+        await upsert(c, "ns", [doc(f"many-{i}", pad="y" * 40) for i in range(50)])
+        await delete(c, "ns", ["many-0", "many-1"])
+        await c.reset("ns", 0)
+        assert await c.collect("ns") > 0
+        conn = sqlite3.connect(c.path)
+        try:
+            assert c.stored_bytes() == conn.execute("select total(size) from docs").fetchone()[0]
+        finally:
+            conn.close()
+
+    run_with(env, body)
+
+
 # -- Aerospike ---------------------------------------------------------------------------------------------------
 
 @pytest.fixture
