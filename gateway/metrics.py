@@ -220,6 +220,15 @@ def request_counter(route: str, method: str, code: int) -> Any:
     return found[0]
 
 
+def mirror_counter(op: str, status: str) -> Any:
+    """The CACHE_MIRROR child for (op, status), for `inc` (two per write: batched, not one mmap write each)."""
+    key = ("mirror", op, status)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = (CACHE_MIRROR.labels(op, status),)
+    return found[0]
+
+
 def op_children(kind: str, ns: str, status: str, *shape: str) -> tuple[Any, ...]:
     """(duration, upstream, overhead[, shape counter]) children for a query ("q") or write ("w")."""
     key = (kind, ns, status, *shape)

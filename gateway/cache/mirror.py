@@ -96,11 +96,11 @@ async def before_write(cache: DocumentCache, ns: str, doc: dict[str, Any]) -> Wr
     begin = co.begin(plan.write_id, until)
     try:
         plan.fenced = await cache.update(ns, dict.fromkeys(plan.effects, begin), fence=True)
-        metrics.CACHE_MIRROR.labels("begin", "ok").inc(len(plan.effects))
+        metrics.inc(metrics.mirror_counter("begin", "ok"), len(plan.effects))
     except CacheError as exc:
         # Unfenced: other workers may serve the old version until the replay lands (docs/cache.md). The replay
         # keeps the ids unfillable for as long as this write could still land upstream.
-        metrics.CACHE_MIRROR.labels("begin", "error").inc(len(plan.effects))
+        metrics.inc(metrics.mirror_counter("begin", "error"), len(plan.effects))
         log.warning("cache fence of %d id(s) in %s failed: %s", len(plan.effects), ns, exc)
         cache.runner.remember(ns, dict.fromkeys(plan.effects, until))
     return plan
@@ -177,11 +177,11 @@ async def apply(cache: DocumentCache, ns: str, changes: dict[str, Change], reset
     try:
         if reset is not None:
             await cache.reset(ns, reset)
-            metrics.CACHE_MIRROR.labels("reset", "ok").inc()
+            metrics.inc(metrics.mirror_counter("reset", "ok"))
         if changes:
             await cache.update(ns, changes, fence=True)
-            metrics.CACHE_MIRROR.labels("finish", "ok").inc(len(changes))
+            metrics.inc(metrics.mirror_counter("finish", "ok"), len(changes))
     except CacheError as exc:
-        metrics.CACHE_MIRROR.labels("finish", "error").inc(max(len(changes), 1))
+        metrics.inc(metrics.mirror_counter("finish", "error"), max(len(changes), 1))
         log.warning("cache fences for %d id(s) in %s did not land (replayed later): %s", len(changes), ns, exc)
         cache.runner.remember(ns, dict.fromkeys(changes, unknown_until), reset)
