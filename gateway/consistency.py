@@ -283,16 +283,18 @@ class Watcher:
             await self._board_change(t.ns, w if landed else None, self.board.end_write, t.ns, t.board_ticket,
                                      t.stamp, landed)
         if answer is not None and w is not None:
-            status, started, local_gen = answer
+            status, started, local_gen, meta = answer
             await self._publish(t.ns, w, status, started, w.min_gen if self.board is not None else local_gen,
-                                local_gen)
+                                local_gen, meta)
 
-    async def _settle_poll(self, ns: str, w: NamespaceWatch) -> tuple[str, int, int] | None:
+    async def _settle_poll(self, ns: str, w: NamespaceWatch) -> tuple[str, int, int, str] | None:
         """The namespace was not updating before this write: ask upstream once before the write is answered, so a
         store that indexes at once does not leave the next reads filtered until the next poll. It is the poll the
         fence asks for anyway, and it starts after the write was acknowledged, so its answer is current (it is
         published with the generation of this write's own fence). Returns (status, poll start, this worker's
-        generation before the call) or None."""
+        generation before the call, digest of the metadata) or None. The digest goes into the record too: with
+        writes coming faster than the stable poll interval, settling polls are the only metadata reads, and the
+        query-result cache serves hits only while some worker read the metadata recently."""
         key = self.upstream.store_key or w.key
         if key is None:
             return None
@@ -308,7 +310,7 @@ class Watcher:
             log.debug("watermark poll for %s after a write failed: %s", ns, exc)
             w.due = True
             return None
-        return (status_from_metadata(resp.body), started, local_gen) if resp.ok else None
+        return (status_from_metadata(resp.body), started, local_gen, digest(resp.body)) if resp.ok else None
 
     async def _board_change(self, ns: str, w: NamespaceWatch | None, fn: Callable[..., int], *args: Any) -> None:
         """A change made locally first (`w`), then in the shared record; until the record has it, the mirror

@@ -13,10 +13,11 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from support.procs import Proc, base_env, free_ports, gateway_cmd, start_gateway, start_localstore, wait_for_workers
@@ -246,23 +247,38 @@ def test_derive_mode_hit_needs_the_callers_verdict(tmp_path: Path) -> None:
         store.stop()
 
 
-def test_randomized_no_hit_older_than_an_acknowledged_write(stack: Stack, ns: str) -> None:
-    """Writers through both gateways, readers through both: every answer (hit or miss) holds every row whose
-    write was acknowledged before the query started."""
+class Seen(NamedTuple):
+    before: frozenset[int]  # ids whose write was acknowledged before the query started
+    strong: bool
+    outcome: str | None
+    ids: frozenset[int]
+    watermark: int | None  # x-layer-stable-as-of when the watermark filter was applied
+
+
+def test_randomized_no_hit_older_than_an_uncached_read(stack: Stack, ns: str) -> None:
+    """Writers through both gateways, readers through both. Every answer, hit or miss, holds what an uncached query
+    at the same consistency level must show of the writes acknowledged before the query started:
+    * `consistency: strong`: all of them (read-your-writes: turbopuffer.md §6.6);
+    * default (eventual + stable reads): all of them, unless the gateway applied the watermark filter; then exactly
+      those stamped at or below the watermark it reports. The write fence makes a namespace `updating` on every
+      write, so a stable read may leave out a write acknowledged after its watermark (docs/architecture.md) -- but
+      never one below it, and never a row stamped above it.
+    Then, with the writers stopped, the namespace leaves `updating` everywhere: a fence is never stuck."""
     acked: set[int] = set()
     lock = threading.Lock()
     next_id = iter(range(1, 10**6))
     stop = time.monotonic() + 6.0
-    errors: list[str] = []
-    hits = [0]
+    seen: list[Seen] = []
+    failed: list[str] = []
     bodies = [{"rank_by": ["id", "asc"], "top_k": 1000 - k} for k in range(3)]
+    bodies += [dict(b, consistency={"level": "strong"}) for b in bodies]
     stack.write(ns, [0])
     with lock:
         acked.add(0)
 
     def writer(seed: int) -> None:
         rnd = random.Random(seed)
-        while time.monotonic() < stop and not errors:
+        while time.monotonic() < stop:
             with lock:
                 ids = [next(next_id) for _ in range(rnd.randint(1, 3))]
             stack.write(ns, ids, gw=rnd.randrange(2))
@@ -272,14 +288,19 @@ def test_randomized_no_hit_older_than_an_acknowledged_write(stack: Stack, ns: st
 
     def reader(seed: int) -> None:
         rnd = random.Random(seed)
-        while time.monotonic() < stop and not errors:
+        while time.monotonic() < stop:
             with lock:
-                before = set(acked)
-            outcome, ids = stack.query(ns, rnd.choice(bodies), gw=rnd.randrange(2))
-            missing = before - set(ids)
-            if missing:
-                errors.append(f"{outcome}: missing acknowledged ids {sorted(missing)[:10]}")
-            hits[0] += outcome == "hit"
+                before = frozenset(acked)
+            body = rnd.choice(bodies)
+            status, headers, out = call(stack.gateways[rnd.randrange(2)].url, "POST", f"/v2/namespaces/{ns}/query",
+                                        body)
+            if status != 200:
+                failed.append(f"{status}: {out}")
+                return
+            applied = headers.get("x-layer-watermark-applied") == "true"
+            seen.append(Seen(before, "consistency" in body, headers.get("x-layer-cache"),
+                             frozenset(row["id"] for row in out["rows"]),
+                             int(headers["x-layer-stable-as-of"]) if applied else None))
 
     seed = random.randrange(10**6)
     threads = [threading.Thread(target=writer, args=(seed + i,)) for i in range(2)]
@@ -288,9 +309,39 @@ def test_randomized_no_hit_older_than_an_acknowledged_write(stack: Stack, ns: st
         t.start()
     for t in threads:
         t.join(60)
-    assert not errors, f"seed {seed}: {errors[:3]}"
-    print(f"randomized result cache: seed {seed}, {hits[0]} hits")
-    assert hits[0] > 0, "no hit at all: the test proved nothing"
+    assert not failed, failed[:3]
+    # Each id is written once: its stamp, read from the store itself, is the one every query filtered on.
+    status, _, out = call(stack.store.url, "POST", f"/v2/namespaces/{ns}/query",
+                          {"rank_by": ["id", "asc"], "top_k": 10_000, "include_attributes": ["_hevlayer_upserted_at"],
+                           "consistency": {"level": "strong"}})
+    assert status == 200, out
+    stamps = {row["id"]: row["_hevlayer_upserted_at"] for row in out["rows"]}
+    assert acked <= stamps.keys()
+    errors = []
+    for s in seen:
+        owed = s.before if s.watermark is None else {i for i in s.before if stamps[i] <= s.watermark}
+        above = set() if s.watermark is None else {i for i in s.ids if stamps[i] > s.watermark}
+        if owed - s.ids or above:
+            level = "strong" if s.strong else f"stable (watermark {s.watermark})"
+            errors.append(f"{s.outcome} {level}: missing {sorted(owed - s.ids)[:10]}, above the watermark "
+                          f"{sorted(above)[:10]}")
+    assert not errors, f"seed {seed}: {len(errors)} of {len(seen)} answers wrong: {errors[:3]}"
+    count = Counter((s.strong, s.outcome, s.watermark is not None) for s in seen)
+    print(f"randomized result cache: seed {seed}, (strong, outcome, filtered) -> answers: {dict(count)}")
+    for strong in (True, False):  # hits at both levels, and filtered answers: else the test proved little
+        assert any(n for (st, outcome, _), n in count.items() if st == strong and outcome == "hit"), count
+    assert any(n for (_, _, filtered), n in count.items() if filtered), count
+
+    everything = sorted(acked)
+
+    def settled(gw: int) -> bool:
+        status, headers, out = call(stack.gateways[gw].url, "POST", f"/v2/namespaces/{ns}/query", bodies[0])
+        return (status == 200 and "x-layer-watermark-applied" not in headers
+                and [row["id"] for row in out["rows"]] == everything)
+
+    bound_s = (STABLE_POLL_MS + 2 * POLL_MS) / 1000
+    for gw in (0, 1):
+        assert wait_for(lambda gw=gw: all(settled(gw) for _ in range(8)), 10 * bound_s + 5), "stuck updating"
 
 
 def test_scoped_keys_are_checked_before_the_cache(stack: Stack, ns: str) -> None:
