@@ -298,6 +298,13 @@ def _url(env: Mapping[str, str]) -> str | None:
     return None
 
 
+def _watch_shared(env: Mapping[str, str]) -> str:
+    shared = _choice(env, "LAYER_WATCH_SHARED", "sqlite", ("sqlite", "aerospike", "off"))
+    if shared == "aerospike" and not parse_hosts(env.get("AEROSPIKE_HOSTS", "")):
+        raise ConfigError("LAYER_WATCH_SHARED=aerospike needs AEROSPIKE_HOSTS")
+    return shared
+
+
 def load_config(env: Mapping[str, str] | None = None) -> Config:
     """Read and validate every setting; raises ConfigError naming the first bad variable."""
     env = os.environ if env is None else env
@@ -316,7 +323,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         stable_poll_interval_ms=_int(env, "CONSISTENCY_STABLE_POLL_INTERVAL_MS", 5_000, 10),
         safety_margin_ms=_int(env, "CONSISTENCY_SAFETY_MARGIN_MS", 500, 0),
         watch_idle_ms=_int(env, "LAYER_WATCH_IDLE_MS", 600_000, 1000),
-        watch_shared=_choice(env, "LAYER_WATCH_SHARED", "sqlite", ("sqlite", "off")),
+        watch_shared=_watch_shared(env),
         watch_fence=_choice(env, "LAYER_WATCH_FENCE", "on", ("on", "off")) == "on",
         watch_mirror_ms=_int(env, "LAYER_WATCH_MIRROR_MS", 250, 10),
         watch_fallback_polls_per_s=_int(env, "LAYER_WATCH_FALLBACK_POLLS_PER_S", 20, 1),

@@ -31,7 +31,7 @@ import msgspec
 from gateway import metrics
 from gateway.tasks import Tasks
 from gateway.upstream import Upstream
-from gateway.watch_board import WatchBoard, WatchRecord, host_ms
+from gateway.watch_board import Settle, WatchBoard, WatchRecord, host_ms
 
 STABLE, UPDATING, UNKNOWN = "stable", "updating", "unknown"
 POLL_HOLD_S = 15.0
@@ -272,26 +272,43 @@ class Watcher:
                 self._wake.set()
         if landed:
             metrics.inc(metrics.watch_children(t.ns)[2])
-        answer = None
+        answer, record_gen, shared = None, None, self.board is not None and t.board_ticket is not None
         if landed and not was_updating:
             if w is None:
                 self.watch(t.ns, t.key)
                 w = self.namespaces[t.ns]
+            if shared:  # read before the call: only this write's own fence may come between it and the answer
+                record_gen = await self._record_gen(t.ns)
             answer = await self._settle_poll(t.ns, w)
-        if self.board is not None and t.board_ticket is not None:
-            # The fence and the settling answer reach the record back to back (a mirror refresh seldom falls between)
-            await self._board_change(t.ns, w if landed else None, self.board.end_write, t.ns, t.board_ticket,
-                                     t.stamp, landed)
-        if answer is not None and w is not None:
+        if shared:
+            # The fence and the settling answer reach the record in one change: no worker sees one without the other
+            settle = None
+            if answer is not None and record_gen is not None:
+                settle = Settle(record_gen, answer[0], answer[1], self.margin_ms, answer[3])
+            await self._board_change(t.ns, w if landed else None, self.board.end_write,  # type: ignore[union-attr]
+                                     t.ns, t.board_ticket, t.stamp, landed, settle)
+            if settle is not None and w is not None:
+                await self.refresh_mirror([t.ns])  # this worker answers from the record at once
+        elif answer is not None and w is not None:
             status, started, local_gen, meta = answer
-            await self._publish(t.ns, w, status, started, w.min_gen if self.board is not None else local_gen,
-                                local_gen, meta)
+            self._apply(t.ns, w, status, started, local_gen)
+            if self.on_upstream_metadata is not None:
+                self.on_upstream_metadata(t.ns, meta.encode())
+
+    async def _record_gen(self, ns: str) -> int | None:
+        assert self.board is not None
+        try:
+            rec = (await asyncio.to_thread(self.board.read, [ns])).get(ns)
+        except Exception as exc:  # noqa: BLE001 - no settling answer then; the regular poll follows
+            log.warning("watch board: read for %s failed: %s", ns, exc)
+            return None
+        return rec.gen if rec is not None else 0
 
     async def _settle_poll(self, ns: str, w: NamespaceWatch) -> tuple[str, int, int, str] | None:
         """The namespace was not updating before this write: ask upstream once before the write is answered, so a
         store that indexes at once does not leave the next reads filtered until the next poll. It is the poll the
         fence asks for anyway, and it starts after the write was acknowledged, so its answer is current (it is
-        published with the generation of this write's own fence). Returns (status, poll start, this worker's
+        published only if no fence but this write's own came since the call started). Returns (status, poll start, this worker's
         generation before the call, digest of the metadata) or None. The digest goes into the record too: with
         writes coming faster than the stable poll interval, settling polls are the only metadata reads, and the
         query-result cache serves hits only while some worker read the metadata recently."""

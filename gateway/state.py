@@ -46,7 +46,13 @@ class WorkerState:
     def __init__(self, config: Config, router: Any) -> None:
         self.config = config
         self.upstream = Upstream(config)
-        board = WatchBoard.in_dir(config.data_dir) if config.watch_shared == "sqlite" else None
+        board: Any = None
+        if config.watch_shared == "sqlite":
+            board = WatchBoard.in_dir(config.data_dir)
+        elif config.watch_shared == "aerospike":
+            from gateway.watch_board_aerospike import AerospikeWatchBoard  # the client loads only when used
+
+            board = AerospikeWatchBoard(config.cache)
         self.watcher = Watcher(self.upstream, config.poll_interval_ms, config.stable_poll_interval_ms,
                                config.safety_margin_ms, config.watch_idle_ms, board, config.watch_mirror_ms,
                                fallback_budget=config.watch_fallback_polls_per_s, fence=config.watch_fence)

@@ -49,6 +49,16 @@ class WatchRecord(NamedTuple):
     meta: str | None  # digest of the last metadata body published (readers learn "upstream metadata changed")
 
 
+class Settle(NamedTuple):
+    """A settling poll's answer for `end_write`; `gen`: the record's generation read before the call."""
+
+    gen: int
+    status: str
+    started_ms: int
+    margin_ms: int
+    meta: str | None
+
+
 class WatchBoard:
     """Blocking calls (run them off the event loop, except `read`/`gen`: WAL reads never wait for writers)."""
 
@@ -96,7 +106,8 @@ class WatchBoard:
         return out
 
     # Every change below is one statement (autocommit; RETURNING rows fetched at once so the statement ends and
-    # commits): the file's write lock is held only inside SQLite, never while this thread waits for the GIL.
+    # commits): the file's write lock is held only inside SQLite, never while this thread waits for the GIL. The
+    # exception is `end_write`, a few statements in one short transaction.
     def begin_write(self, ns: str, now_ms: int) -> tuple[int, int]:
         """(stamp, ticket): a stamp above every watermark ever published, held in flight until `end_write`."""
         conn = self._conn()
@@ -106,19 +117,29 @@ class WatchBoard:
             "returning id, stamp", (ns, now_ms, host_ms() + INFLIGHT_TTL_MS, ns)).fetchall()[0]
         return int(stamp), int(ticket)
 
-    def end_write(self, ns: str, ticket: int, stamp: int, landed: bool) -> int:
+    def end_write(self, ns: str, ticket: int, stamp: int, landed: bool, settle: Settle | None = None) -> int:
         """The write's outcome; `landed`: fence (updating, watermark below the stamp, generation + 1), then the
         in-flight entry goes (in that order: a poll between the two is voided by the generation).
-        Returns the record's generation afterwards."""
+        `settle`: the answer of a metadata call made after the write was acknowledged, published in the same
+        transaction if no other fence or hint came since `settle.gen` was read before that call (so other workers
+        never see this write's fence without its settling answer). Returns the record's generation afterwards."""
         conn = self._conn()
         self._ensure(conn, ns)
-        if landed:
-            row = conn.execute("update watch set status = 'updating', gen = gen + 1, watermark = case when "
-                               "watermark >= ? then ? else watermark end where ns = ? returning gen",
-                               (stamp, stamp - 1, ns)).fetchall()[0]
-        else:
-            row = conn.execute("select gen from watch where ns = ?", (ns,)).fetchone()
-        conn.execute("delete from inflight where id = ?", (ticket,))
+        conn.execute("begin immediate")
+        try:
+            if landed:
+                row = conn.execute("update watch set status = 'updating', gen = gen + 1, watermark = case when "
+                                   "watermark >= ? then ? else watermark end where ns = ? returning gen",
+                                   (stamp, stamp - 1, ns)).fetchall()[0]
+            else:
+                row = conn.execute("select gen from watch where ns = ?", (ns,)).fetchone()
+            conn.execute("delete from inflight where id = ?", (ticket,))
+            if settle is not None and int(row[0]) == settle.gen + landed:
+                self._publish(conn, ns, settle.status, settle.started_ms, settle.margin_ms, int(row[0]), settle.meta)
+            conn.execute("commit")
+        except BaseException:
+            conn.execute("rollback")
+            raise
         return int(row[0])
 
     def hint_updating(self, ns: str) -> int:
@@ -147,9 +168,17 @@ class WatchBoard:
     def publish(self, ns: str, status: str, started_ms: int, margin_ms: int, gen: int, meta: str | None = None) -> bool:
         """A poll's answer, applied only if no fence or hint came since the poll read `gen`. False: voided.
         Stable: watermark = poll start - margin, below every write in flight. Read the record afterwards."""
-        now = host_ms()
         conn = self._conn()
         self._ensure(conn, ns)
+        if self._publish(conn, ns, status, started_ms, margin_ms, gen, meta):
+            return True
+        conn.execute("update watch set poll_until = 0 where ns = ?", (ns,))
+        return False
+
+    @staticmethod
+    def _publish(conn: sqlite3.Connection, ns: str, status: str, started_ms: int, margin_ms: int, gen: int,
+                 meta: str | None) -> bool:
+        now = host_ms()
         mark = ("min(:w, coalesce((select min(stamp) from inflight where ns = :ns and expires > :now) - 1, :w))"
                 if status == "stable" else "watermark")
         row = conn.execute(f"update watch set status = :status, watermark = {mark}, wmax = max(wmax, "
@@ -157,10 +186,7 @@ class WatchBoard:
                            f"where ns = :ns and gen = :gen returning gen",
                            {"w": max(started_ms - margin_ms, 0), "ns": ns, "now": now, "status": status, "gen": gen,
                             "meta": meta}).fetchall()
-        if not row:
-            conn.execute("update watch set poll_until = 0 where ns = ?", (ns,))
-            return False
-        return True
+        return bool(row)
 
     def release(self, ns: str, worker: str) -> None:
         """Give the poll slot back after a failed poll (the next worker need not wait for it to lapse)."""

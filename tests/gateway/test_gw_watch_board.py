@@ -1,21 +1,48 @@
-"""The shared watch record's ordering rules (gateway/watch_board.py), on a real SQLite file shared by two handles."""
+"""The shared watch record's ordering rules, on a real SQLite file shared by two handles (two workers of a host,
+gateway/watch_board.py) and on the Aerospike wire test server with two clients (two hosts,
+gateway/watch_board_aerospike.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from gateway.watch_board import WatchBoard, host_ms
+import pytest
+from support.aerospike import start_aerospike
+
+from gateway.config import load_cache_settings
+from gateway.watch_board import Settle, WatchBoard, host_ms
+from gateway.watch_board_aerospike import AerospikeWatchBoard
 
 MARGIN = 500
 
 
-def _boards(tmp_path: Path) -> tuple[WatchBoard, WatchBoard]:
-    path = str(tmp_path / "watch.sqlite3")
-    return WatchBoard(path), WatchBoard(path)  # two workers of one host
+@pytest.fixture(scope="module")
+def aerospike_hosts() -> Iterator[str]:
+    server = start_aerospike()
+    yield server.hosts_env
+    server.stop()
 
 
-def test_a_fence_voids_a_poll_that_started_before_it(tmp_path: Path) -> None:
-    a, b = _boards(tmp_path)
+@pytest.fixture(params=["sqlite", "aerospike"])
+def boards(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Any, Any]]:
+    if request.param == "sqlite":
+        path = str(tmp_path / "watch.sqlite3")
+        yield WatchBoard(path), WatchBoard(path)
+        return
+    settings = load_cache_settings({"AEROSPIKE_HOSTS": request.getfixturevalue("aerospike_hosts"),
+                                    "AEROSPIKE_TIMEOUT_MS": "1000"})
+    pair = AerospikeWatchBoard(settings), AerospikeWatchBoard(settings)
+    for board in pair:  # records of an earlier test (same server) start over
+        board.forget("ns")
+    yield pair
+    for board in pair:
+        board.close()
+
+
+def test_a_fence_voids_a_poll_that_started_before_it(boards: tuple[Any, Any]) -> None:
+    a, b = boards
     now = host_ms()
     gen = a.claim_poll("ns", "a", 0, 10_000)
     assert gen is not None
@@ -26,8 +53,8 @@ def test_a_fence_voids_a_poll_that_started_before_it(tmp_path: Path) -> None:
     assert rec.status == "updating" and rec.gen == gen + 1
 
 
-def test_stamps_stay_above_every_watermark_and_in_flight_writes_cap_it(tmp_path: Path) -> None:
-    a, b = _boards(tmp_path)
+def test_stamps_stay_above_every_watermark_and_in_flight_writes_cap_it(boards: tuple[Any, Any]) -> None:
+    a, b = boards
     now = host_ms()
     gen = a.claim_poll("ns", "a", 0, 10_000)
     assert gen is not None and a.publish("ns", "stable", now + 5000, MARGIN, gen)  # a poller 5 s ahead
@@ -44,8 +71,8 @@ def test_stamps_stay_above_every_watermark_and_in_flight_writes_cap_it(tmp_path:
     assert rec.status == "updating" and rec.watermark == stamp - 1
 
 
-def test_one_poller_per_interval_and_failover_when_the_slot_lapses(tmp_path: Path) -> None:
-    a, b = _boards(tmp_path)
+def test_one_poller_per_interval_and_failover_when_the_slot_lapses(boards: tuple[Any, Any]) -> None:
+    a, b = boards
     gen = a.claim_poll("ns", "a", 60_000, 200)
     assert gen is not None
     assert b.claim_poll("ns", "b", 60_000, 200) is None  # a holds the slot
@@ -58,3 +85,25 @@ def test_one_poller_per_interval_and_failover_when_the_slot_lapses(tmp_path: Pat
     while a.claim_poll("ns", "a", 0, 200) is None:
         assert host_ms() < deadline, "the poll slot never lapsed"
     assert a.slot_changes == 2 and b.slot_changes == 1
+
+
+def test_a_settling_answer_lands_with_its_fence_unless_another_fence_came(boards: tuple[Any, Any]) -> None:
+    a, b = boards
+    now = host_ms()
+    gen = a.claim_poll("ns", "a", 0, 10_000)
+    assert gen is not None and a.publish("ns", "stable", now, MARGIN, gen)
+    # a's write: acknowledged upstream, then the record's generation is read and the settling call made
+    stamp, ticket = a.begin_write("ns", now + 10)
+    before = a.read(["ns"])["ns"].gen
+    after = a.end_write("ns", ticket, stamp, True, Settle(before, "stable", now + 20, MARGIN, "m1"))
+    rec = b.read(["ns"])["ns"]
+    assert after == before + 1 and rec.status == "stable" and rec.gen == after and rec.meta == "m1"
+    assert rec.watermark == now + 20 - MARGIN
+    # b's write is fenced between a's read of the generation and a's fence: a's answer may predate b's write
+    stamp, ticket = a.begin_write("ns", now + 30)
+    before = a.read(["ns"])["ns"].gen
+    stamp_b, ticket_b = b.begin_write("ns", now + 40)
+    b.end_write("ns", ticket_b, stamp_b, landed=True)
+    after = a.end_write("ns", ticket, stamp, True, Settle(before, "stable", now + 50, MARGIN, "m2"))
+    rec = b.read(["ns"])["ns"]
+    assert after == before + 2 and rec.status == "updating" and rec.meta == "m1" and rec.watermark < stamp

@@ -8,21 +8,35 @@ from pathlib import Path
 
 import pytest
 from gw_support import FAST_WATCH, KEY, Reply, Stack, _stack, call, wait_for, wait_until
+from support.aerospike import start_aerospike
+
+from gateway.config import load_cache_settings
+from gateway.watch_board_aerospike import AerospikeWatchBoard
 
 LAG_MS = 5000
 WRITE_DELAY_MS = 1200  # the write waits this long before the store applies it (polls meanwhile say up-to-date)
 Q = {"rank_by": ["id", "asc"], "top_k": 100}
 
 
-@pytest.fixture(scope="module", params=["sqlite", "off"])
+@pytest.fixture(scope="module", params=["sqlite", "aerospike", "off"])
 def lag(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    # "off": no shared records, one worker (the fence is per worker then)
+    # "off": no shared records, one worker (the fence is per worker then); "aerospike": the records on the wire test
+    # server, one client per worker (as two hosts would)
     shared = request.param
     env = {**FAST_WATCH, "CONSISTENCY_STABLE_POLL_INTERVAL_MS": "100", "LAYER_WATCH_SHARED": shared,
            "LAYER_WATCH_FENCE": "on"}
-    yield from _stack(Path(tmp_path_factory.mktemp(f"fence-{shared}")),
-                      {"LOCALSTORE_INDEX_LAG_MS": str(LAG_MS), "LOCALSTORE_ENABLE_FAULTS": "1"}, env,
-                      workers=2 if shared == "sqlite" else 1)
+    server = start_aerospike() if shared == "aerospike" else None
+    if server is not None:
+        env["AEROSPIKE_HOSTS"] = server.hosts_env
+    try:
+        for stack in _stack(Path(tmp_path_factory.mktemp(f"fence-{shared}")),
+                            {"LOCALSTORE_INDEX_LAG_MS": str(LAG_MS), "LOCALSTORE_ENABLE_FAULTS": "1"}, env,
+                            workers=1 if shared == "off" else 2):
+            stack.watch_board = AerospikeWatchBoard(load_cache_settings(env)) if server is not None else None  # type: ignore[attr-defined]
+            yield stack
+    finally:
+        if server is not None:
+            server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +89,9 @@ def test_a_slow_write_is_fenced_whatever_polls_said_meanwhile(lag: Stack) -> Non
     # The fence reaches every worker: the writer's at once, the others with their next mirror refresh (250 ms).
     wait_for(ten_filtered_in_a_row, timeout=3, interval=0.01)
     assert _store_status(lag, ns) == "updating"  # all of the above happened while the rows were unindexed
+    if lag.watch_board is not None:  # type: ignore[attr-defined]
+        record = lag.watch_board.read([ns])[ns]  # type: ignore[attr-defined]
+        assert record.status == "updating" and record.watermark < stamp, record
     for r in seen + replies:
         assert r.status == 200, r
         if r.headers.get("x-layer-watermark-applied"):
