@@ -308,10 +308,10 @@ class Watcher:
         """The namespace was not updating before this write: ask upstream once before the write is answered, so a
         store that indexes at once does not leave the next reads filtered until the next poll. It is the poll the
         fence asks for anyway, and it starts after the write was acknowledged, so its answer is current (it is
-        published only if no fence but this write's own came since the call started). Returns (status, poll start, this worker's
-        generation before the call, digest of the metadata) or None. The digest goes into the record too: with
-        writes coming faster than the stable poll interval, settling polls are the only metadata reads, and the
-        query-result cache serves hits only while some worker read the metadata recently."""
+        published only if no fence but this write's own came since the call started). Returns (status, poll start,
+        this worker's generation before the call, digest of the metadata) or None. The digest goes into the record
+        too: with writes coming faster than the stable poll interval, settling polls are the only metadata reads,
+        and the query-result cache serves hits only while some worker read the metadata recently."""
         key = self.upstream.store_key or w.key
         if key is None:
             return None
