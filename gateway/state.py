@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sqlite3
 from typing import Any
 
 from gateway.auth import KeyVerifier
@@ -12,6 +14,8 @@ from gateway.consistency import Watcher
 from gateway.upstream import Upstream
 from gateway.verdicts import Verdicts
 from gateway.watch_board import WatchBoard
+
+log = logging.getLogger("gateway.state")
 
 
 class WorkerState:
@@ -48,7 +52,10 @@ class WorkerState:
         self.upstream = Upstream(config)
         board: Any = None
         if config.watch_shared == "sqlite":
-            board = WatchBoard.in_dir(config.data_dir)
+            try:
+                board = WatchBoard.in_dir(config.data_dir)
+            except (OSError, sqlite3.Error) as exc:  # soft state (the default): per-worker records then
+                log.warning("watch board: %s unusable, watch records stay per worker: %s", config.data_dir, exc)
         elif config.watch_shared == "aerospike":
             from gateway.watch_board_aerospike import AerospikeWatchBoard  # the client loads only when used
 

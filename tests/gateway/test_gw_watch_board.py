@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from support.aerospike import start_aerospike
 
-from gateway.config import load_cache_settings
+from gateway.config import load_cache_settings, load_config
+from gateway.state import WorkerState
 from gateway.watch_board import Settle, WatchBoard, host_ms
 from gateway.watch_board_aerospike import AerospikeWatchBoard
 
@@ -107,3 +108,12 @@ def test_a_settling_answer_lands_with_its_fence_unless_another_fence_came(boards
     after = a.end_write("ns", ticket, stamp, True, Settle(before, "stable", now + 50, MARGIN, "m2"))
     rec = b.read(["ns"])["ns"]
     assert after == before + 2 and rec.status == "updating" and rec.meta == "m1" and rec.watermark < stamp
+
+
+def test_an_unusable_data_dir_leaves_the_watch_records_per_worker(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    config = load_config({"TURBOPUFFER_API_URL": "http://127.0.0.1:9", "TURBOPUFFER_API_KEY": "k",
+                          "LAYER_DATA_DIR": str(blocker / "data")})
+    assert config.watch_shared == "sqlite" and config.watch_fence  # the defaults
+    assert WorkerState(config, None).watcher.board is None
