@@ -203,12 +203,16 @@ class Watcher:
             w.due = True
             self._wake.set()
 
-    def generation(self, ns: str) -> int:
+    async def generation(self, ns: str) -> int:
         """Read before a metadata fetch on a request path; passed back to `observe`. With a board, the record's
-        (a WAL read: never waits for writers)."""
+        (inline for the SQLite board: a WAL read never waits for writers; in a thread for a networked one)."""
         if self.board is not None:
             try:
-                rec = self.board.read([ns]).get(ns)
+                if self.board.reads_inline:
+                    records = self.board.read([ns])
+                else:
+                    records = await asyncio.to_thread(self.board.read, [ns])
+                rec = records.get(ns)
                 return rec.gen if rec is not None else 0
             except Exception as exc:  # noqa: BLE001 - the publish then falls back too
                 log.debug("watch board: read for %s failed: %s", ns, exc)

@@ -60,7 +60,9 @@ class Settle(NamedTuple):
 
 
 class WatchBoard:
-    """Blocking calls (run them off the event loop, except `read`/`gen`: WAL reads never wait for writers)."""
+    """Blocking calls (run them off the event loop, except `read`: a WAL read never waits for writers)."""
+
+    reads_inline = True
 
     def __init__(self, path: str) -> None:
         self.path = path

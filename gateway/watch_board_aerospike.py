@@ -54,7 +54,9 @@ def _publish(r: dict[str, Any], status: str, started_ms: int, margin_ms: int, me
 
 
 class AerospikeWatchBoard:
-    """Blocking calls, like WatchBoard: the watcher runs them off the event loop (except `read` in `generation`)."""
+    """Blocking calls, like WatchBoard; all of them (`read` too: a network round trip) run off the event loop."""
+
+    reads_inline = False
 
     def __init__(self, settings: CacheSettings) -> None:
         self._s = settings

@@ -271,7 +271,7 @@ def layer_block(w: NamespaceWatch, index: Any) -> dict[str, Any]:
 
 
 async def fetch_metadata(ctx: Ctx, state: WorkerState, ns: str) -> tuple[UpstreamResponse, dict[str, Any] | None]:
-    started, gen = now_ms(), state.watcher.generation(ns)
+    started, gen = now_ms(), await state.watcher.generation(ns)
     path = f"/v2/namespaces/{quote(ns, safe='')}/metadata"
     resp = await state.upstream.request("GET", path, ctx.upstream_key, None, "metadata", ctx)
     if not resp.ok:
