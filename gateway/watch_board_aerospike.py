@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import aerospike
 from aerospike import exception as aex
 
+from gateway.cache.aerospike import cluster_config, connect
 from gateway.config import CacheSettings
 from gateway.watch_board import INFLIGHT_TTL_MS, Settle, WatchRecord, host_ms
 
@@ -72,14 +73,7 @@ class AerospikeWatchBoard:
         if self._client is None:
             with self._lock:
                 if self._client is None:
-                    cfg: dict[str, Any] = {"hosts": list(self._s.hosts), "connect_timeout": max(self._s.timeout_ms, 250),
-                                           "tend_interval": self._s.tend_ms}
-                    if self._s.cluster_name:
-                        cfg["cluster_name"] = self._s.cluster_name
-                    client = aerospike.client(cfg)
-                    if not client.is_connected():
-                        client.connect()
-                    self._client = client
+                    self._client = connect(cluster_config(self._s))
         return self._client
 
     def _key(self, ns: str) -> tuple[str, str, str]:

@@ -61,6 +61,22 @@ _job_decode = msgspec.json.Decoder(WarmJob).decode
 _job_encode = msgspec.json.encode
 
 
+def cluster_config(settings: CacheSettings, **extra: Any) -> dict[str, Any]:
+    """Client settings for the cluster of `settings` (shared by the cache and the watch records)."""
+    cfg: dict[str, Any] = {"hosts": list(settings.hosts), "connect_timeout": max(settings.timeout_ms, 250),
+                           "tend_interval": settings.tend_ms, **extra}
+    if settings.cluster_name:
+        cfg["cluster_name"] = settings.cluster_name
+    return cfg
+
+
+def connect(config: dict[str, Any]) -> Any:
+    client = aerospike.client(config)
+    if not client.is_connected():
+        client.connect()
+    return client
+
+
 class AerospikeCache:
     backend = "aerospike"
 
@@ -90,18 +106,9 @@ class AerospikeCache:
         return self.runner.status()
 
     def _config(self) -> dict[str, Any]:
-        t = self._s.timeout_ms
-        cfg: dict[str, Any] = {
-            "hosts": list(self._s.hosts),
-            "connect_timeout": max(t, 250),
-            "tend_interval": self._s.tend_ms,
-            "thread_pool_size": 2,
-            "policies": {"read": self._read, "write": self._write, "batch": self._batch,
-                         "remove": self._write, "operate": self._write, "info": {"timeout": max(t, 250)}},
-        }
-        if self._s.cluster_name:
-            cfg["cluster_name"] = self._s.cluster_name
-        return cfg
+        policies = {"read": self._read, "write": self._write, "batch": self._batch, "remove": self._write,
+                    "operate": self._write, "info": {"timeout": max(self._s.timeout_ms, 250)}}
+        return cluster_config(self._s, thread_pool_size=2, policies=policies)
 
     def _conn(self) -> Any:
         """The worker's client, created lazily in a pool thread (after fork); a failed connect is retried later."""
@@ -110,10 +117,7 @@ class AerospikeCache:
             return client
         with self._lock:
             if self._client is None:
-                client = aerospike.client(self._config())
-                if not client.is_connected():
-                    client.connect()
-                self._client = client
+                self._client = connect(self._config())
             return self._client
 
     async def start(self) -> None:
