@@ -76,6 +76,7 @@ class ResultCache:
         self._unbumped: set[str] = set()  # bumps that could not land yet: no hits here until they do
         self._tasks = Tasks()
         self.hits = self.misses = self.upstream_calls = 0
+        self.bypassed = 0  # queries sent without the cache: it could not vouch for a hit then (see `key`)
 
     def enabled(self, ns: str) -> bool:
         return self.settings.enabled(ns)
@@ -129,7 +130,8 @@ class ResultCache:
     def health(self) -> dict[str, Any]:
         """This worker's figures for the ops listener's /health."""
         return {"entries": len(self._entries), "bytes": self.bytes, "max_bytes": self.settings.max_bytes,
-                "hits": self.hits, "misses": self.misses, "upstream_calls": self.upstream_calls}
+                "hits": self.hits, "misses": self.misses, "upstream_calls": self.upstream_calls,
+                "bypassed": self.bypassed}
 
     # -- invalidation ----------------------------------------------------------------------------------------------
 

@@ -355,12 +355,14 @@ async def cached_query(ctx: Ctx, state: WorkerState, plan: Plan, path: str, trac
         if not isinstance(verdict, str):
             return relay(verdict)
         if not verdict:  # upstream showed no identity: nothing may be shared
+            results.bypassed += 1
             return _answer_upstream(ctx, state, plan, trace, await send_with_retry(ctx, state, plan, path))
         identity = verdict
     key = await results.key(ns, plan.watermark if plan.inject else None, plan.body, plan.sent)
     if key is not None and identity:
         key = (*key, identity)
     if key is None:  # the cache cannot vouch for a hit now: a plain query
+        results.bypassed += 1
         resp = await send_with_retry(ctx, state, plan, path)
         return _answer_upstream(ctx, state, plan, trace, resp)
     found = results.get(key)

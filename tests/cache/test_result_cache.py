@@ -185,11 +185,23 @@ def test_singleflight_one_upstream_call(stack: Stack, ns: str) -> None:
     for w in range(8):  # make every worker fresh (it has read the namespace's metadata)
         stack.warm(ns, {"rank_by": ["id", "asc"], "top_k": 100 + w})
     stack.count_queries(ns, delay_ms=1500)
-    body = {"rank_by": ["id", "asc"], "top_k": 7}
-    with ThreadPoolExecutor(16) as pool:
-        answers = list(pool.map(lambda _: stack.query(ns, body), range(16)))
-    assert all(ids == [1, 2, 3] for _, ids in answers)
-    calls = stack.queries_counted()
+
+    def bypassed() -> int:
+        return sum(w["result_cache"]["bypassed"] for w in stack.health())
+
+    # A query that finds this worker's metadata reading too old (a late poll on a busy machine) bypasses the cache
+    # on purpose; such a round does not measure sharing, so count the bypasses and try again with a new body.
+    for attempt in range(5):
+        before, counted_before = bypassed(), stack.queries_counted()
+        body = {"rank_by": ["id", "asc"], "top_k": 7 + attempt}
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda _, body=body: stack.query(ns, body), range(16)))
+        assert all(ids == [1, 2, 3] for _, ids in answers)
+        calls = stack.queries_counted() - counted_before
+        if bypassed() == before:
+            break
+    else:
+        pytest.fail("every round had queries that bypassed the cache")
     # one call per worker of the gateway at most (each worker has its own memory), however many callers
     assert 1 <= calls <= 2, calls
     assert sorted(h for h, _ in answers).count("miss") == calls
