@@ -231,10 +231,22 @@ class Watcher:
         await self._publish(ns, w, status, started_ms, gen, gen)
         return w
 
-    def forget(self, ns: str) -> None:
-        self.namespaces.pop(ns, None)
+    async def forget(self, ns: str, gen: int, local_gen: int) -> None:
+        """Upstream has no namespace `ns` (a poll's 404); `gen`/`local_gen`: the record's and this worker's
+        generations read before that call. Unless a fence or hint came since, the record says `unknown` and this
+        worker stops watching `ns` (but not while a write of its own to it is in flight). The record itself stays,
+        and with it its generation, highest watermark and writes in flight: a write creating the namespace (again)
+        may be in flight through any worker, and a stable poll must keep the watermark below its stamp, new stamps
+        must stay above every watermark held, and a generation must never come back for a poll still in flight."""
+        applied = True
         if self.board is not None:
-            self._board_soon("forget", self.board.forget, ns)
+            try:
+                applied = await asyncio.to_thread(self.board.forget, ns, gen)
+            except Exception as exc:  # noqa: BLE001 - soft: this worker's own state decides
+                log.warning("watch board: forget for %s failed: %s", ns, exc)
+        w = self.namespaces.get(ns)
+        if applied and w is not None and w.gen == local_gen and not w.inflight:
+            del self.namespaces[ns]
 
     def state(self, ns: str) -> NamespaceWatch | None:
         return self.namespaces.get(ns)
@@ -470,7 +482,7 @@ class Watcher:
                 self._board_soon("release", self.board.release, ns, self.worker_id)
             return
         if resp.status == 404:
-            self.forget(ns)
+            await self.forget(ns, gen, local_gen)
         elif resp.ok:
             await self._publish(ns, w, status_from_metadata(resp.body), started, gen, local_gen, digest(resp.body))
         elif resp.status in (401, 403) and self.upstream.store_key is None:
@@ -512,7 +524,7 @@ class Watcher:
             now = time.monotonic()
             due = []
             for ns, w in list(self.namespaces.items()):
-                if now - w.last_used > self.idle_s:
+                if now - w.last_used > self.idle_s and not w.inflight:
                     del self.namespaces[ns]  # not used through this worker for a while: stop polling it
                 elif self._is_due(w, now):
                     due.append(self._poll_current(ns, w))

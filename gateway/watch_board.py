@@ -8,6 +8,7 @@ namespace per interval. Every change is one short write transaction: record orde
 
 Soft state: an error here (locked too long, disk full) makes the watcher fall back to its own per-worker record
 (consistency.py); the file can be removed at any time (wmax restarts at 0: stamps are then bounded by the clock).
+Records are never deleted otherwise (a namespace gone upstream keeps its record: `forget`), one small row each.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ class WatchBoard:
             "returning id, stamp", (ns, now_ms, host_ms() + INFLIGHT_TTL_MS, ns)).fetchall()[0]
         return int(stamp), int(ticket)
 
-    def end_write(self, ns: str, ticket: int, stamp: int, landed: bool, settle: Settle | None = None) -> int:
+    def end_write(self, ns: str, ticket: int | None, stamp: int, landed: bool, settle: Settle | None = None) -> int:
         """The write's outcome; `landed`: fence (updating, watermark below the stamp, generation + 1), then the
         in-flight entry goes (in that order: a poll between the two is voided by the generation).
         `settle`: the answer of a metadata call made after the write was acknowledged, published in the same
@@ -194,6 +195,10 @@ class WatchBoard:
         """Give the poll slot back after a failed poll (the next worker need not wait for it to lapse)."""
         self._conn().execute("update watch set poll_until = 0 where ns = ? and poller = ?", (ns, worker))
 
-    def forget(self, ns: str) -> None:
-        conn = self._conn()
-        conn.execute("delete from watch where ns = ?", (ns,))
+    def forget(self, ns: str, gen: int) -> bool:
+        """A poll that read `gen` found no namespace upstream: `unknown` and the poll slot free, unless a fence or
+        hint came since (False: voided). Never a delete: the generation, wmax and writes in flight stay (a write
+        creating the namespace may be in flight; consistency.Watcher.forget)."""
+        rows = self._conn().execute("update watch set poll_until = 0, status = case when gen = ? then 'unknown' "
+                                    "else status end where ns = ? returning gen", (gen, ns)).fetchall()
+        return bool(rows) and int(rows[0][0]) == gen

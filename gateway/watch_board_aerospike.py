@@ -132,7 +132,7 @@ class AerospikeWatchBoard:
 
         return self._change(ns, fn), ticket
 
-    def end_write(self, ns: str, ticket: int, stamp: int, landed: bool, settle: Settle | None = None) -> int:
+    def end_write(self, ns: str, ticket: int | None, stamp: int, landed: bool, settle: Settle | None = None) -> int:
         def fn(r: dict[str, Any]) -> int:
             if landed:  # the fence, the in-flight entry's removal and the settling answer are one change here
                 r["status"], r["gen"] = "updating", r["gen"] + 1
@@ -187,11 +187,15 @@ class AerospikeWatchBoard:
 
         self._change(ns, fn)
 
-    def forget(self, ns: str) -> None:
-        try:
-            self._conn().remove(self._key(ns), policy=self._wpolicy)
-        except aex.RecordNotFound:
-            pass
+    def forget(self, ns: str, gen: int) -> bool:
+        def fn(r: dict[str, Any]) -> bool:
+            r["poll_until"] = 0
+            if r["gen"] != gen:
+                return False  # a fence or hint came since the poll read `gen`: voided
+            r["status"] = "unknown"  # the record stays: generation, wmax and writes in flight outlive the namespace
+            return True
+
+        return self._change(ns, fn)
 
     def close(self) -> None:
         if self._client is not None:

@@ -237,7 +237,8 @@ async def delete(ctx: Ctx, state: WorkerState) -> Response:
         await asyncio.shield(cache_after_namespace_delete(state, cache_ns, None))
         raise
     if resp.ok:
-        state.watcher.forget(ns)
+        if state.watcher.state(ns) is not None:
+            state.watcher.watch(ns, ctx.upstream_key, due=True)  # the next poll's 404 forgets it (Watcher.forget)
         if state.verdicts is not None:  # a namespace created again under this name is another one
             state.verdicts.forget_namespace(ns)
     await cache_after_namespace_delete(state, cache_ns, resp.status)

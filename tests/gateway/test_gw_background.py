@@ -109,7 +109,7 @@ def test_watcher_keeps_polling_after_a_namespace_is_forgotten_during_a_poll(tmp_
                 while _fault(store, None)["faults"]:  # the poll of "held" is inside the store now
                     assert time.monotonic() < deadline
                     await asyncio.sleep(0.01)
-                watcher.forget("idle")  # e.g. the namespace was deleted meanwhile
+                await watcher.forget("idle", 0, 0)  # e.g. the namespace was deleted meanwhile
                 watcher.watch("fresh", None, due=True)
                 while (w := watcher.state("fresh")) is None or w.status != STABLE:
                     assert time.monotonic() < deadline, "the watcher stopped polling"

@@ -4,15 +4,22 @@ gateway/watch_board_aerospike.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aerospike import exception as aex
+from gw_support import call
 from support.aerospike import start_aerospike
+from support.procs import STORE_KEY, Proc, start_localstore
 
 from gateway.config import load_cache_settings, load_config
+from gateway.consistency import Watcher, now_ms
 from gateway.state import WorkerState
+from gateway.upstream import Upstream
 from gateway.watch_board import Settle, WatchBoard, host_ms
 from gateway.watch_board_aerospike import AerospikeWatchBoard
 
@@ -35,8 +42,10 @@ def boards(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Any
     settings = load_cache_settings({"AEROSPIKE_HOSTS": request.getfixturevalue("aerospike_hosts"),
                                     "AEROSPIKE_TIMEOUT_MS": "1000"})
     pair = AerospikeWatchBoard(settings), AerospikeWatchBoard(settings)
-    for board in pair:  # records of an earlier test (same server) start over
-        board.forget("ns")
+    try:  # the record of an earlier test (same server) starts over
+        pair[0]._conn().remove(pair[0]._key("ns"))
+    except aex.RecordNotFound:
+        pass
     yield pair
     for board in pair:
         board.close()
@@ -117,3 +126,87 @@ def test_an_unusable_data_dir_leaves_the_watch_records_per_worker(tmp_path: Path
                           "LAYER_DATA_DIR": str(blocker / "data")})
     assert config.watch_shared == "sqlite" and config.watch_fence  # the defaults
     assert WorkerState(config, None).watcher.board is None
+
+
+def test_a_namespace_gone_upstream_keeps_its_record_unless_a_fence_came_since(boards: tuple[Any, Any]) -> None:
+    """A poll's 404 can race with the write creating the namespace (again): the record, its generation, highest
+    watermark and writes in flight stay; a 404 answered before a fence changes nothing but the poll slot."""
+    a, b = boards
+    now = host_ms()
+    gen = a.claim_poll("ns", "a", 0, 10_000)
+    assert gen is not None and a.publish("ns", "stable", now + 5000, MARGIN, gen)  # a poller 5 s ahead
+    w = a.read(["ns"])["ns"].watermark
+    stamp, ticket = b.begin_write("ns", now)  # the write creating the namespace: in flight
+    gen = a.claim_poll("ns", "a", 0, 10_000)
+    assert gen is not None and a.forget("ns", gen)  # a's poll found no namespace
+    rec = b.read(["ns"])["ns"]
+    assert (rec.status, rec.wmax, rec.gen) == ("unknown", w, gen)
+    gen = a.claim_poll("ns", "a", 0, 10_000)  # the slot was given back
+    assert gen is not None and a.publish("ns", "stable", now + 9000, MARGIN, gen)  # the write landed, not answered
+    assert a.read(["ns"])["ns"].watermark == stamp - 1
+    gen = a.claim_poll("ns", "a", 0, 10_000)
+    assert gen is not None
+    b.end_write("ns", ticket, stamp, landed=True)
+    assert not a.forget("ns", gen)  # this 404 may predate the write: voided
+    rec = b.read(["ns"])["ns"]
+    assert rec.status == "updating" and rec.gen == gen + 1 and rec.watermark == stamp - 1
+    assert a.claim_poll("ns", "a", 0, 10_000) == gen + 1  # the slot was given back all the same
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    proc = start_localstore(tmp_path_factory.mktemp("gone") / "store", LOCALSTORE_API_KEY=STORE_KEY)
+    yield proc
+    proc.stop()
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_a_poll_finding_no_namespace_forgets_neither_writes_in_flight_nor_the_highest_watermark(
+        boards: tuple[Any, Any], store: Proc, shared: bool) -> None:
+    """Through Watcher.poll: a poll's 404 while the write (re)creating the namespace is in flight must keep that
+    write capping the watermark, and new stamps above every watermark held (here a poller's clock 5 s ahead).
+    `shared`: poller and writer are two workers sharing the record; otherwise one worker without a board."""
+    ns = f"gone-{uuid.uuid4().hex[:8]}"
+    config = load_config({"TURBOPUFFER_API_URL": store.url, "TURBOPUFFER_API_KEY": STORE_KEY})
+
+    def put() -> None:
+        assert call(store.url, "POST", f"/v2/namespaces/{ns}", {"upsert_rows": [{"id": 1}]},
+                    key=STORE_KEY).status == 200
+
+    async def main() -> None:
+        upstream = Upstream(config)
+        poller = Watcher(upstream, 0, 0, MARGIN, board=boards[0] if shared else None)
+        writer = Watcher(upstream, 0, 0, MARGIN, board=boards[1]) if shared else poller
+        skew = {"poller": 5000, "writer": 0}
+        poller.clock_ms = lambda: now_ms() + skew["poller"]
+        try:
+            put()
+            poller.watch(ns, None)
+            await poller.poll(ns, poller.namespaces[ns])
+            held = poller.namespaces[ns].watermark
+            assert held is not None and held > now_ms() + 4000
+            assert call(store.url, "DELETE", f"/v2/namespaces/{ns}", key=STORE_KEY).status == 200
+
+            skew["poller"] = 0  # (one worker: its writes are stamped by the clock as it is now)
+            ticket = await writer.begin_write(ns, None)  # the write creating the namespace again: not sent yet
+            skew["poller"] = 5000
+            assert ticket.stamp > held
+            await poller.poll(ns, poller.namespaces[ns])  # 404
+            await asyncio.sleep(0.2)  # whatever the poll left to a task has landed
+            skew["poller"] = 0
+            again = await writer.begin_write(ns, None)
+            skew["poller"] = 5000
+            assert again.stamp > held, "a stamp below a watermark held before the namespace was forgotten"
+            await writer.end_write(again, landed=False)
+
+            put()  # the write lands upstream; its answer is not back yet
+            poller.watch(ns, None)
+            await poller.poll(ns, poller.namespaces[ns])  # up-to-date, 5 s ahead
+            assert poller.namespaces[ns].watermark < ticket.stamp, "the watermark passed a write in flight"
+            await writer.end_write(ticket, landed=True)
+        finally:
+            await poller.stop()
+            await writer.stop()
+            await upstream.close()
+
+    asyncio.run(main())
