@@ -2,7 +2,10 @@
 
 A namespace is watched after its first write, metadata call or query through this worker. The background loop
 polls watched namespaces (fast while updating, slowly while stable); the hot path only reads `decision()`.
-In derive-from-request mode the poll uses the last valid caller key seen for that namespace (memory only).
+Watch state is keyed by the namespace's cache name (gateway/cache/partition.py): the namespace name with a store key;
+in derive-from-request mode `name@fingerprint`, since two organisations may each own a namespace of one name and
+one's writes must neither fence the other's nor its polls judge it. The poll asks upstream for the bare name with the
+last valid key seen for that name (memory only): a key of a caller upstream showed that very namespace.
 
 Write fence (why the filter is exact whatever the write latency and the clocks): a write's stamp is taken by
 `begin_write`, never at or below a watermark this watcher ever held (`wmax`), and while the write is in flight no
@@ -29,6 +32,7 @@ from urllib.parse import quote
 import msgspec
 
 from gateway import metrics
+from gateway.cache.partition import namespace_of
 from gateway.tasks import Tasks
 from gateway.upstream import Upstream
 from gateway.watch_board import Settle, WatchBoard, WatchRecord, host_ms
@@ -110,8 +114,16 @@ def shows_unindexed(body: bytes) -> bool:
     return n > 0 and int(rest[:n]) > 0
 
 
+def _metadata_path(ns: str) -> str:
+    return f"/v2/namespaces/{quote(namespace_of(ns), safe='')}/metadata"
+
+
+def _counters(ns: str) -> tuple[Any, ...]:
+    return metrics.watch_children(namespace_of(ns))
+
+
 class WriteTicket(NamedTuple):
-    ns: str
+    ns: str | None  # None: the namespace had no identity yet (derive mode: the write may create it), no fence
     stamp: int
     board_ticket: int | None  # the shared record's in-flight entry (None: this worker's record only)
     key: str | None
@@ -226,7 +238,7 @@ class Watcher:
         w = self.namespaces[ns]
         w.due = False
         w.last_polled = time.monotonic()
-        metrics.inc(metrics.watch_children(ns)[1])
+        metrics.inc(_counters(ns)[1])
         gen = w.gen if gen is None else gen
         await self._publish(ns, w, status, started_ms, gen, gen)
         return w
@@ -252,14 +264,15 @@ class Watcher:
         return self.namespaces.get(ns)
 
     # ---- write fence ----
-    async def begin_write(self, ns: str, key: str | None) -> WriteTicket:
+    async def begin_write(self, ns: str | None, key: str | None) -> WriteTicket:
         """The stamp for a write about to be sent: above every watermark held, and held as in flight until
-        `end_write` (a stable poll meanwhile keeps the watermark below it)."""
-        w = self.namespaces.get(ns)
+        `end_write` (a stable poll meanwhile keeps the watermark below it). `ns` None: the namespace has no
+        identity yet (derive mode, it does not exist for this caller): name the ticket before `end_write`."""
+        w = self.namespaces.get(ns) if ns is not None else None
         if w is not None and key and self.upstream.store_key is None:
             w.key = key
         stamp, ticket = self.clock_ms(), None
-        if not self.fence:
+        if not self.fence or ns is None:
             return WriteTicket(ns, stamp, None, key)
         if self.board is not None:
             try:
@@ -274,7 +287,7 @@ class Watcher:
 
     async def end_write(self, t: WriteTicket, landed: bool) -> None:
         """After the write's outcome; `landed` (acknowledged, or no/unclear answer): fence at once."""
-        if not self.fence:
+        if not self.fence or t.ns is None:
             return
         w = self.namespaces.get(t.ns)
         was_updating = w is not None and w.status == UPDATING
@@ -287,8 +300,10 @@ class Watcher:
                 w.due = True
                 self._wake.set()
         if landed:
-            metrics.inc(metrics.watch_children(t.ns)[2])
-        answer, record_gen, shared = None, None, self.board is not None and t.board_ticket is not None
+            metrics.inc(_counters(t.ns)[2])
+        # The record is fenced also when the write has no entry in it (begin_write failed, or the ticket was named
+        # only after the write): board_ticket None removes nothing.
+        answer, record_gen, shared = None, None, self.board is not None
         if landed and not was_updating:
             if w is None:
                 self.watch(t.ns, t.key)
@@ -335,9 +350,9 @@ class Watcher:
         w.due = False
         w.last_polled = time.monotonic()
         started = self.clock_ms()
-        metrics.inc(metrics.watch_children(ns)[0])
+        metrics.inc(_counters(ns)[0])
         try:
-            resp = await self.upstream.request("GET", f"/v2/namespaces/{quote(ns, safe='')}/metadata", key,
+            resp = await self.upstream.request("GET", _metadata_path(ns), key,
                                                what="metadata poll")
         except Exception as exc:  # noqa: BLE001 - the regular poll follows
             log.debug("watermark poll for %s after a write failed: %s", ns, exc)
@@ -369,7 +384,7 @@ class Watcher:
         w.gen += 1
         w.due = True
         self._wake.set()
-        metrics.inc(metrics.watch_children(ns)[3])
+        metrics.inc(_counters(ns)[3])
         if self.board is not None:
             self._tasks.spawn("watch board hint", self._board_change(ns, w, self.board.hint_updating, ns))
         self._upstream_write_seen(ns)
@@ -471,10 +486,10 @@ class Watcher:
                 return  # another worker polls it (or polled it recently): the mirror brings its answer
             gen = claimed
         started = self.clock_ms()
-        metrics.inc(metrics.watch_children(ns)[0])
+        metrics.inc(_counters(ns)[0])
         try:
             async with self._polls:
-                resp = await self.upstream.request("GET", f"/v2/namespaces/{quote(ns, safe='')}/metadata", key,
+                resp = await self.upstream.request("GET", _metadata_path(ns), key,
                                                    what="metadata poll")
         except Exception as exc:  # noqa: BLE001 - a failed poll changes nothing (§3.2)
             log.debug("watermark poll for %s failed: %s", ns, exc)

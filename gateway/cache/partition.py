@@ -5,6 +5,7 @@ derive-from-request mode each caller brings its own Turbopuffer key, and namespa
 organisations may each own a `docs`, and a namespace deleted and created again keeps its name. The cache name is
 then `name@fingerprint`, the fingerprint of the namespace upstream showed this caller (gateway/verdicts.py: its
 `created_at`), so documents, fences and warm jobs of one namespace are never those of another of the same name.
+The watermark watcher (gateway/consistency.py) keeps its watch state under the same name.
 `@` cannot occur in a Turbopuffer namespace name, so the two forms never meet.
 """
 

@@ -1,7 +1,10 @@
 """The query-result cache (opt-in, LAYER_RESULT_CACHE; docs/cache.md "Query results").
 
-A query's 200 answer is kept in this worker's memory under (namespace, the namespace's write generation, the
-watermark the query was sent with, the canonical upstream body). The generation lives in the shared cache backend
+A query's 200 answer is kept in this worker's memory under (the namespace's watch name, its write generation, the
+watermark the query was sent with, the canonical upstream body). The watch name is the watermark watcher's (in
+derive-from-request mode `name@fingerprint`, gateway/cache/partition.py: another organisation's namespace of the same
+name, or an earlier one deleted since, never answers); the generation is the namespace name's, bumped by a write to
+any namespace of that name. The generation lives in the shared cache backend
 (SQLite per host, Aerospike across hosts): every write through any worker or gateway bumps it after upstream
 answered and before the write is acknowledged (also when the write failed or timed out: it may have landed), so a
 query that starts after a write was acknowledged reads the new generation and cannot find an entry filled before
@@ -25,6 +28,7 @@ from typing import Any
 import msgspec
 
 from gateway.cache.base import CacheError
+from gateway.cache.partition import namespace_of
 from gateway.config import ResultCacheSettings
 from gateway.tasks import Tasks
 
@@ -71,8 +75,9 @@ class ResultCache:
         self._entries: OrderedDict[tuple[Any, ...], CachedResult] = OrderedDict()
         self.bytes = 0
         self._inflight: dict[tuple[Any, ...], asyncio.Task[Any]] = {}
-        self._seen: dict[str, tuple[int, float]] = {}  # ns -> (metadata fingerprint, when it was read: monotonic)
-        self._bumping: dict[str, int] = {}  # ns -> bumps for upstream changes still under way
+        # watch name -> (metadata fingerprint, when it was read: monotonic)
+        self._seen: dict[str, tuple[int, float]] = {}
+        self._bumping: dict[str, int] = {}  # watch name -> bumps for upstream changes still under way
         self._unbumped: set[str] = set()  # bumps that could not land yet: no hits here until they do
         self._tasks = Tasks()
         self.hits = self.misses = self.upstream_calls = 0
@@ -83,20 +88,21 @@ class ResultCache:
 
     # -- lookups ---------------------------------------------------------------------------------------------------
 
-    async def key(self, ns: str, watermark: int | None, body: bytes, decoded: Any = None) -> tuple[Any, ...] | None:
-        """The cache key of a query about to be sent (`decoded`: the body's decoded form, if at hand), or None when
-        the cache cannot be used for it now (the generation cannot be read, a bump is still owed, or upstream
-        metadata was not read recently enough)."""
+    async def key(self, name: str, watermark: int | None, body: bytes, decoded: Any = None) -> tuple[Any, ...] | None:
+        """The cache key of a query about to be sent to the namespace of watch name `name` (`decoded`: the body's
+        decoded form, if at hand), or None when the cache cannot be used for it now (the generation cannot be read,
+        a bump is still owed, or upstream metadata was not read recently enough)."""
+        ns = namespace_of(name)
         if ns in self._unbumped:
             return None
-        seen = self._seen.get(ns)
+        seen = self._seen.get(name)
         if seen is None or time.monotonic() - seen[1] > self.fresh_s:
             return None
         try:
             gen = await self.store.result_generation(ns)
         except CacheError:
             return None
-        return (ns, gen, watermark, canonical(body, decoded))
+        return (name, gen, watermark, canonical(body, decoded))
 
     def get(self, key: tuple[Any, ...]) -> CachedResult | None:
         found = self._entries.get(key)
@@ -157,32 +163,32 @@ class ResultCache:
             self._unbumped.discard(ns)
             return
 
-    def upstream_metadata(self, ns: str, body: bytes) -> None:
-        """The watermark watcher read `ns`'s metadata upstream: if it changed since this worker last read it (a
-        write that may not have come through the gateway, or indexing progress that changes eventual reads), bump
-        the generation; hits resume once the bump landed. A first reading only starts the clock: nothing can have
-        been cached here before it."""
-        if not self.enabled(ns):
+    def upstream_metadata(self, name: str, body: bytes) -> None:
+        """The watermark watcher read the metadata of the namespace of watch name `name` upstream: if it changed
+        since this worker last read it (a write that may not have come through the gateway, or indexing progress
+        that changes eventual reads), bump the generation; hits resume once the bump landed. A first reading only
+        starts the clock: nothing can have been cached here before it."""
+        if not self.enabled(namespace_of(name)):
             return
         fingerprint, now = hash(body), time.monotonic()
-        seen = self._seen.get(ns)
+        seen = self._seen.get(name)
         if seen is not None and seen[0] != fingerprint:
-            self._seen[ns] = (fingerprint, NEVER)
-            self._bumping[ns] = self._bumping.get(ns, 0) + 1
-            self._tasks.spawn("result cache: upstream write", self._bump_then_fresh(ns, now))
-        elif not self._bumping.get(ns):
-            self._seen[ns] = (fingerprint, now)
+            self._seen[name] = (fingerprint, NEVER)
+            self._bumping[name] = self._bumping.get(name, 0) + 1
+            self._tasks.spawn("result cache: upstream write", self._bump_then_fresh(name, now))
+        elif not self._bumping.get(name):
+            self._seen[name] = (fingerprint, now)
 
-    async def _bump_then_fresh(self, ns: str, read_at: float) -> None:
+    async def _bump_then_fresh(self, name: str, read_at: float) -> None:
         try:
-            await self.written(ns)  # if it fails, `_unbumped` keeps the hits off
+            await self.written(namespace_of(name))  # if it fails, `_unbumped` keeps the hits off
         finally:
-            left = self._bumping[ns] - 1
+            left = self._bumping[name] - 1
             if left:
-                self._bumping[ns] = left
+                self._bumping[name] = left
             else:
-                del self._bumping[ns]
-                self._seen[ns] = (self._seen[ns][0], read_at)
+                del self._bumping[name]
+                self._seen[name] = (self._seen[name][0], read_at)
 
     async def stop(self) -> None:
         await self._tasks.stop()

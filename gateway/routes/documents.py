@@ -192,7 +192,7 @@ async def get_documents(ctx: Ctx, state: WorkerState) -> Response:
 
 
 def _reactive_warm(ctx: Ctx, state: WorkerState, svc: CacheService, ns: str, cache_ns: str) -> None:
-    w = state.watcher.state(ns)
+    w = state.watcher.state(cache_ns)  # the cache name is the watch name
     maybe_reactive_warm(svc, state.upstream, ctx.upstream_key, cache_ns, w.watermark if w is not None else None)
 
 

@@ -162,11 +162,12 @@ async def write_rows(state: WorkerState, ns: str, doc: dict[str, Any], upstream_
     """The one write path (routes and the queue's write-backs): reserved attributes -> stamp -> cache fences ->
     upstream -> cache fences finished -> watch -> write triggers. `system` writes (UDF results) may set the
     `_hevlayer_udf_*` markers and never fire triggers. Returns (upstream response, rows stamped)."""
-    ticket = await state.watcher.begin_write(ns, upstream_key)
+    name = await cache_namespace(state, ns, upstream_key, ctx)  # the watch state's name too (and the cache's)
+    ticket = await state.watcher.begin_write(name, upstream_key)
     landed = False  # the watermark fence (gateway/consistency.py) is set unless upstream surely refused the write
     try:
         rows = stamp_write(doc, ticket.stamp, system=system)
-        cache_ns = await cache_name(state, ns, upstream_key, ctx)
+        cache_ns = name if state.cache is not None else None
         plan = await cache_before_write(state, cache_ns, doc)
         trigger = None if system else queue_trigger_before_write(state, ns, doc)
         path = path or f"/v2/namespaces/{quote(ns, safe='')}"
@@ -175,14 +176,26 @@ async def write_rows(state: WorkerState, ns: str, doc: dict[str, Any], upstream_
                                   accept_encoding)
         landed = not 400 <= resp.status < 500
     finally:
+        if landed and ticket.ns is None:  # the write may have created the namespace: fence the one there now
+            ticket = ticket._replace(ns=await identity_after_write(state, ns, upstream_key))
         await state.watcher.end_write(ticket, landed)
     if resp.ok:
         if cache_ns is None and state.cache is not None and state.verdicts is not None:
             await cache_after_unnamed_write(state, ns, upstream_key)
-        state.watcher.watch(ns, upstream_key, due=True)
+        if ticket.ns is not None:
+            state.watcher.watch(ticket.ns, upstream_key, due=True)
         if trigger is not None:
             trigger.fire(doc, identity_body(resp) or b"", upstream_key)
     return resp, rows
+
+
+async def identity_after_write(state: WorkerState, ns: str, key: str | None) -> str | None:
+    """Derive mode: the cache name of `ns` after a write sent while it had none (None: still none, or upstream
+    could not be asked; the namespace's polls will then see the write)."""
+    try:
+        return await cache_namespace(state, ns, key)
+    except GatewayError:
+        return None
 
 
 async def fenced_write(state: WorkerState, ns: str, cache_ns: str | None, plan: WritePlan | None, path: str,
@@ -229,7 +242,8 @@ def _observe_write(ctx: Ctx, ns: str, status: int, rows: int) -> None:
 # ---- delete ----
 async def delete(ctx: Ctx, state: WorkerState) -> Response:
     ns = ctx.params["ns"]
-    cache_ns = await cache_name(state, ns, ctx.upstream_key, ctx)  # before: afterwards the identity is gone
+    name = await cache_namespace(state, ns, ctx.upstream_key, ctx)  # before: afterwards the identity is gone
+    cache_ns = name if state.cache is not None else None
     try:
         resp = await state.upstream.request("DELETE", upstream_path(ctx), ctx.upstream_key, None, "namespace delete",
                                             ctx, accept_encoding=forwarded_encoding(ctx))
@@ -237,8 +251,8 @@ async def delete(ctx: Ctx, state: WorkerState) -> Response:
         await asyncio.shield(cache_after_namespace_delete(state, cache_ns, None))
         raise
     if resp.ok:
-        if state.watcher.state(ns) is not None:
-            state.watcher.watch(ns, ctx.upstream_key, due=True)  # the next poll's 404 forgets it (Watcher.forget)
+        if name is not None and state.watcher.state(name) is not None:
+            state.watcher.watch(name, ctx.upstream_key, due=True)  # the next poll's 404 forgets it (Watcher.forget)
         if state.verdicts is not None:  # a namespace created again under this name is another one
             state.verdicts.forget_namespace(ns)
     await cache_after_namespace_delete(state, cache_ns, resp.status)
@@ -271,31 +285,35 @@ def layer_block(w: NamespaceWatch, index: Any) -> dict[str, Any]:
     }
 
 
-async def fetch_metadata(ctx: Ctx, state: WorkerState, ns: str) -> tuple[UpstreamResponse, dict[str, Any] | None]:
-    started, gen = now_ms(), await state.watcher.generation(ns)
+async def fetch_metadata(ctx: Ctx, state: WorkerState, ns: str) -> tuple[UpstreamResponse, dict[str, Any] | None,
+                                                                          NamespaceWatch | None]:
+    """Upstream's metadata of `ns` for this caller, observed by the watcher (a free poll), and the watch state of
+    the namespace (None: derive mode and no identity known for it)."""
+    name = await cache_namespace(state, ns, ctx.upstream_key, ctx)
+    started, gen = now_ms(), await state.watcher.generation(name) if name is not None else 0
     path = f"/v2/namespaces/{quote(ns, safe='')}/metadata"
     resp = await state.upstream.request("GET", path, ctx.upstream_key, None, "metadata", ctx)
     if not resp.ok:
-        return resp, None
+        return resp, None, None
     try:
         doc = json_decode(resp.body)
     except msgspec.DecodeError:
         raise upstream_error(f"Turbopuffer metadata for '{ns}' was not JSON") from None
     doc = doc if isinstance(doc, dict) else {"raw": doc}
     without_stamp(doc.get("schema"))
-    await state.watcher.observe(ns, status_from_metadata(doc), started, ctx.upstream_key, gen)
-    return resp, doc
+    if name is None:
+        return resp, doc, None
+    return resp, doc, await state.watcher.observe(name, status_from_metadata(doc), started, ctx.upstream_key, gen)
 
 
 async def metadata(ctx: Ctx, state: WorkerState) -> Response:
     ns = ctx.params["ns"]
-    resp, doc = await fetch_metadata(ctx, state, ns)
+    resp, doc, w = await fetch_metadata(ctx, state, ns)
     metrics.HEAD_DURATION.labels(metrics.ns_label(ns), metrics.status_label(resp.status)).observe(
         time.perf_counter() - ctx.started)
     if doc is None:
         return relay(resp)
     doc.setdefault("id", ns)
-    w = state.watcher.state(ns)
     doc["layer"] = layer_block(w if w is not None else NamespaceWatch(), doc.get("index"))
     return json_response(200, doc)
 
@@ -338,9 +356,9 @@ async def _entry(ctx: Ctx, state: WorkerState, ns: str, sem: asyncio.Semaphore) 
     base: dict[str, Any] = {"name": ns}
     async with sem:
         try:
-            resp, doc = await fetch_metadata(ctx, state, ns)
+            resp, doc, w = await fetch_metadata(ctx, state, ns)
         except GatewayError as exc:
-            resp, doc, error = None, None, exc.message
+            resp, doc, w, error = None, None, None, exc.message
         else:
             error = None if doc is not None else f"upstream returned {resp.status}: {resp.body[:160].decode(errors='replace')}"
     if doc is None:
@@ -348,7 +366,6 @@ async def _entry(ctx: Ctx, state: WorkerState, ns: str, sem: asyncio.Semaphore) 
         base.update(cache_state=cache_state(state, ns), shadow=ns.endswith("-shadow"), labels={},
                     metadata_error=msg if len(msg) <= 200 else msg[:200] + "…")
         return base
-    w = state.watcher.state(ns)
     status = w.status if w is not None else UNKNOWN
     base.update(row_count=doc.get("approx_row_count", 0), size_bytes=doc.get("approx_logical_bytes"))
     if w is not None and w.watermark is not None:

@@ -16,6 +16,7 @@ from msgspec import UNSET, Struct, UnsetType
 
 from gateway import metrics
 from gateway.auth import READ, WRITE, authorize, can_read
+from gateway.cache.partition import cache_namespace
 from gateway.http import Ctx, GatewayError, Response, json_response, validation_error
 from gateway.queue import documents
 from gateway.queue.api import decode, in_range, not_found, now_ms, rfc3339, service, worker_id
@@ -170,8 +171,10 @@ async def pipeline_status(ctx: Ctx, state: WorkerState) -> Response:
     status = "pending" if pending + processing else "idle"
     last = row["last_vectors_at"]
     if status == "idle" and last is not None:
-        state.watcher.watch(row["target_namespace"], ctx.upstream_key)
-        w = state.watcher.state(row["target_namespace"])
+        name = await cache_namespace(state, row["target_namespace"], ctx.upstream_key)
+        if name is not None:
+            state.watcher.watch(name, ctx.upstream_key)
+        w = state.watcher.state(name) if name is not None else None
         if w is None or w.watermark is None or w.watermark < last:
             status = "waiting_on_upstream"
     return json_response(200, {

@@ -18,6 +18,7 @@ from msgspec import UNSET, Raw, UnsetType
 
 from gateway import metrics
 from gateway.auth import BEARER_CALLER
+from gateway.cache.partition import cache_namespace, partitioned
 from gateway.cache.results import CachedResult
 from gateway.compression import forwarded_encoding, identity_body
 from gateway.consistency import EXHAUSTIVE_KEY, STABLE, TAIL_BYTES, shows_unindexed
@@ -87,6 +88,7 @@ class Plan:
         "page_size",
         "sent",
         "strong",
+        "watch",
         "watermark",
     )
 
@@ -94,6 +96,7 @@ class Plan:
         self.doc: dict[str, Any] | None = None  # decoded body, only when it must be rewritten
         self.body = b""
         self.sent: dict[str, Any] | None = None  # what `body` encodes, when built here from `doc`
+        self.watch: str | None = None  # the namespace's watch name (None: derive mode, no identity known)
         self.watermark: int | None = None
         self.inject = False
         self.layer = False  # the Layer query shape (vector / nearest_to_id / cursor ...), not a native body
@@ -260,7 +263,11 @@ async def plan_query(ctx: Ctx, state: WorkerState) -> Plan:
     consistency = raw_value(view.consistency)
     plan.strong = isinstance(consistency, dict) and consistency.get("level") == "strong"
     ns = ctx.params["ns"]
-    plan.watermark, inject = state.watcher.decision(ns)
+    plan.watch = await cache_namespace(state, ns, ctx.upstream_key, ctx)
+    if plan.watch is not None:
+        plan.watermark, inject = state.watcher.decision(plan.watch)
+    else:
+        inject = False
     plan.inject = inject and not plan.strong
     plan.layer = any(getattr(view, k) is not UNSET for k in LAYER_KEYS)
     if plan.inject or plan.multi or plan.layer or _shows_stamp(view):
@@ -323,10 +330,10 @@ async def run_query(ctx: Ctx, state: WorkerState, path: str) -> Response:
     if state.results is not None and state.results.enabled(ns):
         return await cached_query(ctx, state, plan, path, trace)
     resp = await send_with_retry(ctx, state, plan, path)
-    if resp.ok:
-        state.watcher.watch(ns, ctx.upstream_key)
+    if resp.ok and plan.watch is not None:
+        state.watcher.watch(plan.watch, ctx.upstream_key)
         if not plan.inject:
-            hint_unindexed(state, ns, resp)
+            hint_unindexed(state, plan.watch, resp)
     _observe(ctx, ns, plan, resp.status)
     return relay(resp, layer_headers(plan, trace, next_cursor(resp, plan)))
 
@@ -347,7 +354,7 @@ async def cached_query(ctx: Ctx, state: WorkerState, plan: Plan, path: str, trac
     that fills the cache. In derive-from-request mode the cache is used only by a bearer upstream accepts for the
     namespace (gateway/verdicts.py), and only for answers about the namespace identity upstream showed it."""
     results, ns = state.results, ctx.params["ns"]
-    identity = ""
+    name = ns
     if ctx.principal is BEARER_CALLER and state.verdicts is not None:
         # Derive mode: answers are kept per namespace identity (gateway/cache/partition.py): another
         # organisation's namespace of this name, or an earlier one deleted since, never answers this caller.
@@ -357,10 +364,8 @@ async def cached_query(ctx: Ctx, state: WorkerState, plan: Plan, path: str, trac
         if not verdict:  # upstream showed no identity: nothing may be shared
             results.bypassed += 1
             return _answer_upstream(ctx, state, plan, trace, await send_with_retry(ctx, state, plan, path))
-        identity = verdict
-    key = await results.key(ns, plan.watermark if plan.inject else None, plan.body, plan.sent)
-    if key is not None and identity:
-        key = (*key, identity)
+        name = partitioned(ns, verdict)
+    key = await results.key(name, plan.watermark if plan.inject else None, plan.body, plan.sent)
     if key is None:  # the cache cannot vouch for a hit now: a plain query
         results.bypassed += 1
         resp = await send_with_retry(ctx, state, plan, path)
@@ -392,8 +397,8 @@ async def _fill(ctx: Ctx, state: WorkerState, plan: Plan, path: str,
 
 def _answer_upstream(ctx: Ctx, state: WorkerState, plan: Plan, trace: str, resp: UpstreamResponse) -> Response:
     ns = ctx.params["ns"]
-    if resp.ok:
-        state.watcher.watch(ns, ctx.upstream_key)
+    if resp.ok and plan.watch is not None:
+        state.watcher.watch(plan.watch, ctx.upstream_key)
     _observe(ctx, ns, plan, resp.status)
     return relay(resp, [*layer_headers(plan, trace, next_cursor(resp, plan)), ("x-layer-cache", "miss")])
 
@@ -401,14 +406,16 @@ def _answer_upstream(ctx: Ctx, state: WorkerState, plan: Plan, trace: str, resp:
 def _answer_cached(ctx: Ctx, state: WorkerState, plan: Plan, trace: str, found: CachedResult,
                    outcome: str) -> Response:
     ns = ctx.params["ns"]
-    state.watcher.watch(ns, ctx.upstream_key)  # keeps the namespace polled: hits need fresh upstream metadata
+    if plan.watch is not None:  # keeps the namespace polled: hits need fresh upstream metadata
+        state.watcher.watch(plan.watch, ctx.upstream_key)
     _observe(ctx, ns, plan, 200)
     return Response(200, found.body, [*found.headers, *layer_headers(plan, trace, found.cursor),
                                       ("x-layer-cache", outcome)])
 
 
 def hint_unindexed(state: WorkerState, ns: str, resp: UpstreamResponse) -> None:
-    """While this worker thinks `ns` is stable, a response that searched unindexed documents says otherwise."""
+    """While this worker thinks `ns` (a watch name) is stable, a response that searched unindexed documents says
+    otherwise."""
     w = state.watcher.state(ns)
     if w is None or w.status != STABLE:
         return

@@ -51,7 +51,7 @@ def _job_body(job: WarmJob) -> bytes:
 
 
 async def _start(ctx: Ctx, state: WorkerState, svc: CacheService, ns: str, cache_ns: str, page_size: int) -> WarmJob:
-    w = state.watcher.state(ns)
+    w = state.watcher.state(cache_ns)  # the cache name is the watch name
     try:
         return await start_warm_job(svc, state.upstream, ctx.upstream_key, cache_ns, page_size,
                                     w.watermark if w is not None else None)

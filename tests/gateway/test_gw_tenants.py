@@ -4,13 +4,14 @@ nor those of a namespace deleted and created again under the same name (gateway/
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from gw_support import KEY, Reply, Stack, call, derive_stack, wait_until
+from gw_support import FAST_WATCH, KEY, Reply, Stack, call, derive_stack, wait_for, wait_until
 
 ORG_A, ORG_B = "org-a-key", "org-b-key"
 
@@ -124,3 +125,52 @@ def test_the_query_result_cache_keeps_each_orgs_namespace_apart(tmp_path: Path) 
         assert rows(wait_until(lambda: ask(ORG_B), lambda r: r.headers.get("x-layer-cache") == "hit")) == [2]
         assert rows(ask(ORG_A)) == [1]
         assert ask("wrong-key").status == 403
+
+
+def test_one_orgs_writes_and_polls_never_decide_another_orgs_stable_reads(tmp_path: Path) -> None:
+    """Watch state (status, watermark, fences) is kept per namespace identity, like the cache: org a's write fences
+    org a's namespace only, and polls made with org a's key never judge org b's namespace of the same name. The
+    store indexes LAG_MS after a write, so each step below runs while the write it follows is unindexed."""
+    lag_ms = 8000
+    store_env = {"LOCALSTORE_API_KEYS": f"{ORG_A}=org-a,{ORG_B}=org-b", "LOCALSTORE_INDEX_LAG_MS": str(lag_ms)}
+    env = {**FAST_WATCH, "CONSISTENCY_STABLE_POLL_INTERVAL_MS": "100", "LAYER_AUTH_VERDICT_TTL_S": "60"}
+    for stack in derive_stack(tmp_path, workers=2, store_env=store_env, **env):
+        ns, query = f"t{uuid.uuid4().hex[:8]}", {"rank_by": ["id", "asc"], "top_k": 10}
+
+        def write(key: str, i: int) -> None:
+            body = {"upsert_rows": [{"id": i}]}
+            assert stack("POST", f"/v2/namespaces/{ns}", body, key=key).status == 200  # noqa: B023 - used at once
+
+        def ask(key: str) -> Reply:
+            r = stack("POST", f"/v2/namespaces/{ns}/query", query, key=key)  # noqa: B023 - used at once
+            assert r.status == 200, r
+            return r
+
+        def store_status(key: str) -> str:
+            return call(stack.store.url, "GET", f"/v2/namespaces/{ns}/metadata", key=key).json()["index"]["status"]  # noqa: B023
+
+        def stable(key: str) -> None:  # (a watermark is known: the first write made the namespace)
+            wait_for(lambda: store_status(key) == "up-to-date", timeout=lag_ms / 1000 + 10)
+            wait_for(lambda: all(stack("GET", f"/v2/namespaces/{ns}/metadata", key=key).json()["layer"]["is_stable"]  # noqa: B023
+                                 for _ in range(10)), timeout=10)
+
+        write(ORG_A, 1)
+        write(ORG_B, 2)
+        stable(ORG_A)
+        stable(ORG_B)
+
+        write(ORG_A, 3)  # fences org a's namespace
+        wait_until(lambda: ask(ORG_A), lambda r: r.headers.get("x-layer-watermark-applied"))  # every worker's
+        for r in [ask(ORG_B) for _ in range(10)]:
+            assert "x-layer-watermark-applied" not in r.headers, "org a's write fenced org b's namespace"
+            assert [row["id"] for row in r.json()["rows"]] == [2]
+        assert store_status(ORG_A) == "updating"
+
+        write(ORG_B, 4)  # org b's namespace is updating now; org a's keeps being polled and queried meanwhile
+        for _ in range(10):
+            ask(ORG_A)
+            time.sleep(0.1)
+        r = ask(ORG_B)
+        assert r.headers.get("x-layer-watermark-applied") == "true", "a poll of org a's namespace judged org b's"
+        assert [row["id"] for row in r.json()["rows"]] == [2]
+        assert store_status(ORG_B) == "updating"
