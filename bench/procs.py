@@ -67,8 +67,8 @@ def start_gateway(upstream_url: str, key: str, data_dir: str, workers: int, tran
     return proc, proc.url
 
 
-# The floors (no gateway logic), each over one of the gateway's own upstream transports (BARE_TRANSPORT): by default
-# Granian RSGI + pyreqwest, uvicorn + the httptools client, a raw uvloop Protocol server + the httptools client.
+# The floors (no gateway logic): Granian RSGI, uvicorn, a raw uvloop Protocol server, each over one of the gateway's
+# own upstream transports (BARE_TRANSPORT, the caller's choice).
 BARE = {
     "granian": ["-m", "granian", "--interface", "rsgi", "--loop", "uvloop", "--http", "1", "--workers", "1",
                 "--host", "127.0.0.1", "--port", "{port}", "bench.bare_proxy:app"],
@@ -78,15 +78,11 @@ BARE = {
 }
 
 
-BARE_TRANSPORTS = {"granian": "pyreqwest", "uvicorn": "httptools", "raw": "httptools"}
-
-
-def start_bare(kind: str, upstream_url: str, cpu: str = PROXY_CPU, transport: str | None = None,
+def start_bare(kind: str, upstream_url: str, transport: str, cpu: str = PROXY_CPU,
                ca_file: str | None = None) -> tuple[Proc, str]:
-    """One floor from BARE, one process, pinned like the gateway."""
+    """One floor from BARE over the given upstream transport, one process, pinned like the gateway."""
     port = free_port()
     cmd = [sys.executable, *(a.format(port=port) for a in BARE[kind])]
-    transport = transport or BARE_TRANSPORTS[kind]
     env = base_env(BARE_UPSTREAM=upstream_url, BARE_TRANSPORT=transport, BARE_CA_FILE=ca_file or "")
     proc = Proc(f"bench-bare-{kind}-{transport}", pinned(cmd, cpu), env, f"http://127.0.0.1:{port}", "/ready",
                 cwd=str(TESTS.parent))

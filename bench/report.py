@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.config import SERVERS
+
 
 def _get(d: Any, *path: str) -> Any:
     for p in path:
@@ -23,12 +25,26 @@ def check_budgets(report: dict[str, Any], b: dict[str, Any]) -> list[dict[str, A
 
     t, m, s = b["throughput"], b["mix"], b["soak"]
     for transport, res in report.get("throughput", {}).items():
-        add(f"{transport}: passthrough gateway/nginx rps", _get(res, "query_passthrough", "gateway_over_nginx_rps"),
-            t["passthrough_vs_nginx_min"], True)
+        add(f"{transport}: passthrough CPU/req nginx / gateway", _get(res, "query_passthrough", "x_nginx_cpu"),
+            t["passthrough_cpu_vs_nginx_min"], True)
         add(f"{transport}: added p50 ms @ {t['fixed_rate_rps']} rps",
             _get(res, "added_latency_fixed_rate", "added_p50_ms"), t["added_p50_ms_max"], False)
         add(f"{transport}: fetch cache hit rps", _get(res, "fetch_cache_hit", "gateway", "rps"),
             t["fetch_hit_rps_min"], True)
+        add(f"{transport}: 100-row write gateway CPU µs", _get(res, "write_100_rows", "gateway", "cpu_us_per_req"),
+            t["write_100_rows_cpu_us_max"], False)
+        w1 = _get(res, "write_1_rows", "gateway", "cpu_us_per_req")
+        q = _get(res, "query_passthrough", "gateway", "cpu_us_per_req")
+        add(f"{transport}: 1-row write CPU / passthrough query CPU", round(w1 / q, 3) if w1 and q else None,
+            t["write_1_row_vs_query_cpu_max"], False)
+    if "servers" in report:
+        srv = report["servers"]
+        for server in SERVERS:
+            label = f"servers {server} ({srv.get('transport', '?')})"
+            add(f"{label}: passthrough CPU/req nginx / gateway", _get(srv, f"gateway_{server}", "x_nginx_cpu"),
+                t["passthrough_cpu_vs_nginx_min"], True)
+            add(f"{label}: gateway CPU µs/req over its floor", _get(srv, f"gateway_{server}", "over_floor_cpu_us"),
+                t["over_floor_cpu_us_max"], False)
     if "mix" in report:
         add("mix gateway p50 ms", _get(report, "mix", "gateway", "all", "p50_ms"), m["p50_ms_max"], False)
         add("mix gateway p99 ms", _get(report, "mix", "gateway", "all", "p99_ms"), m["p99_ms_max"], False)
@@ -124,13 +140,15 @@ def markdown(report: dict[str, Any]) -> str:
                          f"{_f(sc[k].get('cpu_us_per_req'))} | ok |")
     srv = report.get("servers") or {}
     if srv.get("status") == "ok":
-        lines += ["", (f"servers (query passthrough, one pinned core, interleaved; default by CPU/req: "
-                       f"{srv['default']}, configured {srv['configured_default']})"), "",
-                  "| target | req/s | p50 ms | CPU µs/req | x nginx (CPU) | ctx switches/req |", "|---|---|---|---|---|---|"]
+        lines += ["", (f"servers (query passthrough, {srv['transport']} transport, one pinned core, interleaved; "
+                       f"default by CPU/req: {srv['default']}, configured {srv['configured_default']})"), "",
+                  "| target | req/s | p50 ms | CPU µs/req | x nginx (CPU) | CPU µs/req over own floor | ctx switches/req |",
+                  "|---|---|---|---|---|---|---|"]
         for k, x in srv.items():
             if isinstance(x, dict):
                 lines.append(f"| {k} | {_f(x.get('rps'), 0)} | {_f(x.get('p50_ms'), 3)} | {_f(x.get('cpu_us_per_req'))}"
-                             f" | {_f(x.get('x_nginx_cpu'), 3)} | {_f(x.get('ctx_switches_per_req'), 2)} |")
+                             f" | {_f(x.get('x_nginx_cpu'), 3)} | {_f(x.get('over_floor_cpu_us'))} "
+                             f"| {_f(x.get('ctx_switches_per_req'), 2)} |")
     elif srv:
         lines.append(f"servers: {srv.get('status')}")
     mix = report.get("mix", {})

@@ -111,6 +111,8 @@ def compare(r: Runner, targets: Mapping[str, tuple[str, list[int] | None]], req:
         for base in ("nginx", "direct", "bare"):
             if base in res and res[base].rps:
                 out[f"gateway_over_{base}_rps"] = round(res["gateway"].rps / res[base].rps, 4)
+        if "nginx" in res and res["nginx"].cpu_us_per_req and res["gateway"].cpu_us_per_req:
+            out["x_nginx_cpu"] = round(res["nginx"].cpu_us_per_req / res["gateway"].cpu_us_per_req, 4)
     return out
 
 
@@ -147,9 +149,10 @@ def added_latency(r: Runner, direct: str, nginx: str, gw_url: str, gw_pids: list
 
 def servers(r: Runner, canned: str, nginx: str, nginx_pids: list[int], data_dir: str, transport: str,
             repeats: int) -> dict[str, Any]:
-    """The full gateway under each server and the floors, on the same pinned core, interleaved in one run: query
-    passthrough req/s, CPU µs and context switches per request. `default` is the server whose gateway costs the least
-    CPU per request (the README quotes it)."""
+    """The full gateway under each server and the floors, on the same pinned core and the same upstream transport,
+    interleaved in one run: query passthrough req/s, CPU µs and context switches per request, and each gateway's CPU
+    µs per request over its own server's floor (`over_floor_cpu_us`). `default` is the server whose gateway costs the
+    least CPU per request (the README quotes it)."""
     from gateway.config import SERVERS
 
     targets: dict[str, tuple[str, list[int] | None]] = {"nginx": (nginx, nginx_pids)}
@@ -160,7 +163,7 @@ def servers(r: Runner, canned: str, nginx: str, nginx_pids: list[int], data_dir:
             procs.append(gw)
             targets[f"gateway_{server}"] = (url, gw.pids())
         for kind in BARE:
-            bare, url = start_bare(kind, canned)
+            bare, url = start_bare(kind, canned, transport)
             procs.append(bare)
             targets[f"bare_{kind}"] = (url, bare.pids())
         req = query("bench-pass")
@@ -170,13 +173,17 @@ def servers(r: Runner, canned: str, nginx: str, nginx_pids: list[int], data_dir:
     finally:
         for proc in procs:
             proc.stop()
-    out: dict[str, Any] = {k: v.as_dict() for k, v in res.items()}
+    out: dict[str, Any] = {"transport": transport, **{k: v.as_dict() for k, v in res.items()}}
     if any(v.errors for v in res.values()):
         raise RuntimeError(f"errors: { {k: v.bad_statuses for k, v in res.items() if v.errors} }")
     nginx_cpu = res["nginx"].cpu_us_per_req
     for k, v in res.items():
         if nginx_cpu and v.cpu_us_per_req:
             out[k]["x_nginx_cpu"] = round(nginx_cpu / v.cpu_us_per_req, 3)
+    for s in SERVERS:
+        gw_cpu, floor_cpu = res[f"gateway_{s}"].cpu_us_per_req, res[f"bare_{s}"].cpu_us_per_req
+        if gw_cpu and floor_cpu:
+            out[f"gateway_{s}"]["over_floor_cpu_us"] = round(gw_cpu - floor_cpu, 1)
     cpu = {s: res[f"gateway_{s}"].cpu_us_per_req or float("inf") for s in SERVERS}
     out["default"] = min(cpu, key=lambda s: cpu[s])
     out["configured_default"] = SERVERS[0]
