@@ -55,6 +55,10 @@ def check_budgets(report: dict[str, Any], b: dict[str, Any]) -> list[dict[str, A
     wm = report.get("watermarks") or {}
     if wm and "watermarks" in b:
         for name, r in wm.items():
+            if isinstance(r, dict) and r.get("shared") is False and r.get("status") == "ok":  # the model holds
+                for limit, at_least in ((b["watermarks"]["per_worker_calls_vs_model_min"], True),
+                                        (b["watermarks"]["per_worker_calls_vs_model_max"], False)):
+                    add(f"watermarks {name}: metadata calls / model", r["calls_vs_model"], limit, at_least)
             if isinstance(r, dict) and r.get("shared") and r.get("status") == "ok":
                 add(f"watermarks {name}: rows served unindexed through the filter", r["violations"],
                     b["watermarks"]["violations_max"], False)

@@ -12,16 +12,20 @@ every decision is judged against the store's truth: a row is unindexed from its 
 * exposure: no filter while some row was unindexed (stale "stable"; bounded by fences, not a correctness failure);
 * calls: metadata calls per second at the store vs the model (per worker: each worker polls its namespaces; shared:
   queried namespaces / stable interval + updating namespaces / updating interval, per host);
+* polls: the watchers' own record of their metadata calls: settling polls a second, and the period between two
+  calls for a namespace (by one worker; shared: by any worker of the host), by status;
 * failover: the process polling most namespaces is SIGKILLed; the time until each of its namespaces is polled by
   another worker.
 
-`python -m bench.watermark_sim [--smoke]`; `just bench` runs it as the `watermarks` part.
+`python -m bench.watermark_sim [--smoke] [--only SCENARIO ...] [--seconds S]`; `just bench` runs it as the
+`watermarks` part.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextvars
 import json
 import os
 import random
@@ -64,12 +68,14 @@ async def worker_main(spec: dict[str, Any]) -> None:
     names = [f"sim-{i:03d}" for i in range(NAMESPACES)]
     weights = zipf_weights(NAMESPACES)
     watchers: list[Watcher] = []
+    polls: list[tuple[int, int, int, str, bool]] = []
     for i in range(spec["workers"]):
         w = Watcher(Upstream(config), UPDATING_MS, STABLE_MS, MARGIN_MS, 60_000, board, 250)
         offset = rnd.choice((-1, 1)) * spec["skew_ms"] if i % 2 == 0 else 0
         w.clock_ms = lambda off=offset: now_ms() + off  # type: ignore[misc]
         w.start()
         watchers.append(w)
+        _trace(w, i, names, polls)
     decisions: list[tuple[int, int, int, int]] = []  # (monotonic ns, ns index, inject, watermark or -1)
     samples: list[tuple[int, int, int]] = []  # (second, watched stable, watched other) summed over workers
     writes: list[tuple[int, int, int, int]] = []  # (sent ns, acked ns, ns index, stamp)
@@ -129,7 +135,32 @@ async def worker_main(spec: dict[str, Any]) -> None:
     for w in watchers:
         await w.stop()
     Path(spec["out"]).write_text(json.dumps({"decisions": decisions, "samples": samples,
-                                             "writes": writes}))
+                                             "writes": writes, "polls": polls}))
+
+
+SETTLING: contextvars.ContextVar[bool] = contextvars.ContextVar("settling", default=False)
+
+
+def _trace(w: Any, i: int, names: list[str], polls: list[tuple[int, int, int, str, bool]]) -> None:
+    """Record every metadata call of watcher `i`: (monotonic ns, worker, ns index, its status then, settling)."""
+    index = {n: j for j, n in enumerate(names)}
+    request, settle_poll = w.upstream.request, w._settle_poll
+
+    async def traced(method: str, path: str, key: Any, body: Any = None, what: str = "request", **kw: Any) -> Any:
+        if what == "metadata poll":
+            ns = path.split("/")[3]
+            st = w.namespaces[ns].status if ns in w.namespaces else "-"
+            polls.append((time.monotonic_ns(), i, index[ns], st, SETTLING.get()))
+        return await request(method, path, key, body, what, **kw)
+
+    async def settling(*args: Any) -> Any:
+        token = SETTLING.set(True)
+        try:
+            return await settle_poll(*args)
+        finally:
+            SETTLING.reset(token)
+
+    w.upstream.request, w._settle_poll = traced, settling
 
 
 class DownBoard:
@@ -236,9 +267,8 @@ def _measure(tmp: Path, store: str, name: str, shared: bool, skew_ms: int, secon
     res = _judge(store, names, outs, t0, t0 + elapsed, t_start)
     res.update(name=name, shared=shared, skew_ms=skew_ms, workers=procs * workers, processes=procs,
                seconds=round(elapsed, 1), metadata_calls_per_s=round(calls / elapsed, 1))
-    res["model_calls_per_s"] = round(_model(outs, t0, t0 + elapsed) if not shared else
-                                     sum(q / (STABLE_MS / 1000) + u * (1 / (UPDATING_MS / 1000) - 1 / (STABLE_MS / 1000))
-                                         for q, u in board_samples) / max(len(board_samples), 1), 1)
+    res["model_calls_per_s"] = round(_shared_model(board_samples) if shared else _model(outs, t0, t0 + elapsed), 1)
+    res["polls"] = _polls(outs, t0, t0 + elapsed, shared)
     res["calls_vs_model"] = round(res["metadata_calls_per_s"] / max(res["model_calls_per_s"], 1e-9), 2)
     if failover is not None:
         res["failover"] = failover
@@ -294,7 +324,15 @@ def _sample_board(board: str, out: list[tuple[int, int]], stop: threading.Event)
 
 
 def _model(outs: list[dict[str, Any]], t0: float, t1: float) -> float:
-    """Per-worker polling: every worker polls each namespace it watches at its own interval (from its samples)."""
+    """Per-worker polling (design 1, G·W·N_q/T_s): every worker polls each namespace it watches once per interval,
+    T_s while stable, T_u otherwise; the sum, from each second's sample of the watchers' namespaces, averaged.
+
+    Once per interval holds because the watcher keeps each namespace on a fixed-rate schedule (`Watcher._schedule`:
+    due one interval after the previous poll was due, ticks one tick after the previous tick started). Before, the
+    interval ran from the late tick that found the namespace due and the next tick from the end of the tick's polls,
+    so the period was T plus the round trip plus the rest of a tick (2.2 s for T_s = 2 s: 0.85-0.9 of the model).
+    Not in the model: settling polls after writes (`polls.settling_per_s`, a few a second), the poll when a worker
+    starts watching a namespace, and a schedule restarted after the loop stalled longer than an interval."""
     lo, hi = int(t0) + 1, int(t1) - 1
     per_sec: dict[int, float] = {}
     for o in outs:
@@ -302,6 +340,40 @@ def _model(outs: list[dict[str, Any]], t0: float, t1: float) -> float:
             if lo <= sec <= hi:
                 per_sec[sec] = per_sec.get(sec, 0.0) + st / (STABLE_MS / 1000) + other / (UPDATING_MS / 1000)
     return sum(per_sec.values()) / max(len(per_sec), 1)
+
+
+def _shared_model(board_samples: list[tuple[int, int]]) -> float:
+    """Shared records (design 5): each namespace the host watches once per interval, by whichever worker claims it:
+    queried namespaces / T_s + updating namespaces / T_u, from the board's records sampled twice a second.
+
+    A claim needs the last observation to be an interval old, and the observation is stamped when the poll is
+    published, so the period is the interval plus the round trip plus the wait for the next watching worker's
+    check (short when many workers watch the namespace): the polls come slightly below the model, the settling
+    polls (`polls.settling_per_s`) slightly above it."""
+    stable_s, updating_s = STABLE_MS / 1000, UPDATING_MS / 1000
+    rates = [q / stable_s + u * (1 / updating_s - 1 / stable_s) for q, u in board_samples]
+    return sum(rates) / max(len(rates), 1)
+
+
+def _polls(outs: list[dict[str, Any]], t0: float, t1: float, shared: bool) -> dict[str, Any]:
+    """Metadata calls as the watchers made them: settling polls a second, and the period between two calls for the
+    same namespace by the same worker (shared: by any worker), by the namespace's status at the later call."""
+    last: dict[tuple[int, ...], int] = {}
+    gaps: dict[str, list[float]] = {}
+    settling = 0
+    for t, p, i, j, st, settle in sorted((t, p, *rest) for p, o in enumerate(outs) for t, *rest in o["polls"]):
+        key = (j,) if shared else (p, i, j)
+        if t0 * 1e9 <= t <= t1 * 1e9:
+            settling += settle
+            if key in last:
+                gaps.setdefault(st, []).append((t - last[key]) / 1e9)
+        last[key] = t
+    out: dict[str, Any] = {"settling_per_s": round(settling / (t1 - t0), 1)}
+    for st, g in sorted(gaps.items()):
+        g.sort()
+        out[f"period_s_{st}"] = {"mean": round(sum(g) / len(g), 3), "p50": round(g[len(g) // 2], 3),
+                                 "p90": round(g[len(g) * 9 // 10], 3)}
+    return out
 
 
 def _judge(store: str, names: list[str], outs: list[dict[str, Any]], t0: float, t1: float,
@@ -332,8 +404,8 @@ def _judge(store: str, names: list[str], outs: list[dict[str, Any]], t0: float, 
             "writes": len(acks), "write_ack_ms_p50": round(sorted(acks)[len(acks) // 2], 1) if acks else None}
 
 
-def run(tmp: Path, smoke: bool) -> dict[str, Any]:
-    seconds = 8.0 if smoke else 30.0
+def run(tmp: Path, smoke: bool, only: list[str] | None = None, seconds: float | None = None) -> dict[str, Any]:
+    seconds = seconds or (8.0 if smoke else 30.0)
     procs, workers = 4, 13
     store = _store(tmp)
     _create_namespaces(store.url)
@@ -343,6 +415,8 @@ def run(tmp: Path, smoke: bool) -> dict[str, Any]:
         ("per_worker_skew_0", False, 0, False), ("shared_skew_0", True, 0, False),
         ("shared_skew_300ms", True, 300, False), ("shared_skew_2s", True, 2000, True),
         ("per_worker_skew_2s", False, 2000, False), ("shared_board_down", True, 0, False)]
+    if only:
+        runs = [r for r in runs if r[0] in only]
     try:
         for name, shared, skew, kill in runs:
             try:
@@ -362,10 +436,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--only", nargs="*")
+    ap.add_argument("--seconds", type=float)
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # unwind: stop the store and the worker processes
     with tempfile.TemporaryDirectory(prefix="watermark-sim-") as tmp:
-        print(json.dumps(run(Path(tmp), args.smoke), indent=2))
+        print(json.dumps(run(Path(tmp), args.smoke, args.only, args.seconds), indent=2))
 
 
 if __name__ == "__main__":

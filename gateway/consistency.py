@@ -454,23 +454,32 @@ class Watcher:
         w.watermark = rec.watermark if not w.inflight or rec.watermark is None else \
             min(rec.watermark, min(w.inflight) - 1)
 
+    def _interval(self, w: NamespaceWatch) -> float:
+        return self.stable_poll_s if w.status == STABLE else self.poll_s
+
     def _is_due(self, w: NamespaceWatch, now: float) -> bool:
-        if w.due:
-            return True
-        interval = self.stable_poll_s if w.status == STABLE else self.poll_s
-        return now - w.last_polled >= interval
+        return w.due or now - w.last_polled >= self._interval(w)
+
+    def _schedule(self, w: NamespaceWatch) -> None:
+        """A poll starts: the next one is due one interval after this one was due, not after the tick that found it
+        (ticks come up to one tick late, plus the loop's latency: measured from the poll, every interval would grow
+        by that). After a stall longer than an interval, or a poll asked for (`due`), the schedule starts over."""
+        now = time.monotonic()
+        was_due = w.last_polled + self._interval(w)
+        w.last_polled = was_due if not w.due and now - was_due < self._interval(w) else now
+        w.due = False
 
     async def poll(self, ns: str, w: NamespaceWatch) -> None:
         key = self.upstream.store_key or w.key
         if key is None:
             return  # derive-from-request mode and no caller key seen yet
         gen = local_gen = w.gen
-        w.due, previous_poll = False, w.last_polled
-        w.last_polled = time.monotonic()
+        previous_poll = w.last_polled
+        self._schedule(w)
         if self.board is not None:
             if w.observed_ms == 0:  # new here: learn the record's status first (its interval decides the claim)
                 await self.refresh_mirror([ns])
-            interval_ms = int((self.stable_poll_s if w.status == STABLE else self.poll_s) * 1000)
+            interval_ms = int(self._interval(w) * 1000)
             if host_ms() - w.observed_ms < interval_ms:
                 return  # the mirror shows a recent poll by some worker: no need to ask the record
             try:
@@ -546,8 +555,8 @@ class Watcher:
             if due:  # concurrently, at most `concurrency` metadata calls in flight
                 await asyncio.gather(*due)
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_s)
+            try:  # the next tick one tick after this one started (after its polls, their round trips would add up)
+                await asyncio.wait_for(self._wake.wait(), timeout=max(now + self.poll_s - time.monotonic(), 0))
             except TimeoutError:
                 pass
 
