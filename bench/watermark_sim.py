@@ -17,8 +17,8 @@ every decision is judged against the store's truth: a row is unindexed from its 
 * failover: the process polling most namespaces is SIGKILLed; the time until each of its namespaces is polled by
   another worker.
 
-`python -m bench.watermark_sim [--smoke] [--only SCENARIO ...] [--seconds S]`; `just bench` runs it as the
-`watermarks` part.
+`python -m bench.watermark_sim [--smoke] [--only SCENARIO ...] [--seconds S] [--board sqlite|aerospike]`; `just bench`
+runs it as the `watermarks` part (SQLite records).
 """
 
 from __future__ import annotations
@@ -59,11 +59,10 @@ async def worker_main(spec: dict[str, Any]) -> None:
     from gateway.config import load_config
     from gateway.consistency import STABLE, Watcher, now_ms
     from gateway.upstream import Upstream
-    from gateway.watch_board import WatchBoard
 
     config = load_config({"TURBOPUFFER_API_URL": spec["store"], "TURBOPUFFER_API_KEY": KEY,
                           "LAYER_DATA_DIR": spec["dir"]})
-    board = WatchBoard(spec["board"]) if spec["board"] else None
+    board = _open_board(spec["board"])
     rnd = random.Random(spec["seed"])
     names = [f"sim-{i:03d}" for i in range(NAMESPACES)]
     weights = zipf_weights(NAMESPACES)
@@ -163,6 +162,63 @@ def _trace(w: Any, i: int, names: list[str], polls: list[tuple[int, int, int, st
     w.upstream.request, w._settle_poll = traced, settling
 
 
+def _open_board(board: dict[str, str] | None) -> Any:
+    """The shared watch records of a run: None (per worker), a SQLite file, or an Aerospike namespace."""
+    if board is None:
+        return None
+    if board["kind"] == "sqlite":
+        from gateway.watch_board import WatchBoard
+
+        return WatchBoard(board["path"])
+    from gateway.watch_board_aerospike import AerospikeWatchBoard
+
+    return AerospikeWatchBoard(_aerospike_settings(board))
+
+
+def _aerospike_settings(board: dict[str, str]) -> Any:
+    from gateway.config import load_cache_settings
+
+    return load_cache_settings({"AEROSPIKE_HOSTS": board["hosts"], "AEROSPIKE_NAMESPACE": board["namespace"]})
+
+
+class Records:
+    """The coordinator's view of the shared records: (ns, status, poller) of each namespace's record."""
+
+    def __init__(self, board: dict[str, str]) -> None:
+        self.board = board
+        self.client: Any = None
+        if board["kind"] == "aerospike":
+            from gateway.cache.aerospike import cluster_config, connect
+
+            self.client = connect(cluster_config(_aerospike_settings(board)))
+
+    def rows(self) -> list[tuple[str, str, str | None]]:
+        if self.client is None:
+            import sqlite3
+
+            conn = sqlite3.connect(self.board["path"], timeout=5)
+            try:
+                return conn.execute("select ns, status, poller from watch").fetchall()
+            except sqlite3.OperationalError:
+                return []  # not created yet by the workers
+            finally:
+                conn.close()
+        from gateway.watch_board_aerospike import SET
+
+        names = [f"sim-{i:03d}" for i in range(NAMESPACES)]
+        res = self.client.batch_read([(self.board["namespace"], SET, ns) for ns in names], ["w"])
+        out = []
+        for ns, rec in zip(names, res.batch_records, strict=True):
+            if rec.result == 0 and rec.record and "w" in (rec.record[2] or {}):
+                r = json.loads(rec.record[2]["w"])
+                out.append((ns, r["status"], r["poller"]))
+        return out
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+
+
 class DownBoard:
     """The shared watch records unavailable (every call fails, as with a broken disk)."""
 
@@ -201,7 +257,9 @@ def _admin(store: str, method: str, path: str, body: Any = None) -> Any:
 
 
 def run_one(tmp: Path, store: str, name: str, shared: bool, skew_ms: int, seconds: float, procs: int,
-            workers: int, kill: bool = False, down: bool = False) -> dict[str, Any]:
+            workers: int, kill: bool = False, down: bool = False,
+            aerospike_hosts: str | None = None) -> dict[str, Any]:
+    """`aerospike_hosts`: the shared records in Aerospike (namespace `name`), else in a SQLite file."""
     d = tmp / name
     d.mkdir(parents=True)
     names = [f"sim-{i:03d}" for i in range(NAMESPACES)]
@@ -209,7 +267,10 @@ def run_one(tmp: Path, store: str, name: str, shared: bool, skew_ms: int, second
     for ns in names:
         _admin(store, "POST", "/_localstore/journal", {"namespace": ns})
     _admin(store, "POST", "/_localstore/faults", {"route": "write", "delay_ms": WRITE_DELAY_MS})
-    board = str(d / "watch.sqlite3") if shared else ""
+    board: dict[str, str] | None = None
+    if shared:
+        board = {"kind": "aerospike", "hosts": aerospike_hosts, "namespace": name} if aerospike_hosts else \
+            {"kind": "sqlite", "path": str(d / "watch.sqlite3")}
     children = []
     for p in range(procs):
         spec = {"store": store, "dir": str(d), "board": board, "seed": p + 1, "workers": workers,
@@ -227,7 +288,7 @@ def run_one(tmp: Path, store: str, name: str, shared: bool, skew_ms: int, second
 
 
 def _measure(tmp: Path, store: str, name: str, shared: bool, skew_ms: int, seconds: float, procs: int,
-             workers: int, kill: bool, down: bool, d: Path, board: str,
+             workers: int, kill: bool, down: bool, d: Path, board: dict[str, str] | None,
              children: list[subprocess.Popen[bytes]]) -> dict[str, Any]:
     names = [f"sim-{i:03d}" for i in range(NAMESPACES)]
     t_start = time.monotonic()
@@ -236,10 +297,10 @@ def _measure(tmp: Path, store: str, name: str, shared: bool, skew_ms: int, secon
     t0 = time.monotonic()
     board_samples: list[tuple[int, int]] = []  # (records, updating) in the shared board, twice a second
     stop_sampling = threading.Event()
-    if shared:
+    if board is not None:
         threading.Thread(target=_sample_board, args=(board, board_samples, stop_sampling), daemon=True).start()
     failover: dict[str, Any] | None = None
-    if kill and shared:
+    if kill and board is not None:
         time.sleep(seconds / 3)
         failover = _kill_top_poller(board, children, t0 + seconds)
     down_calls: dict[str, Any] | None = None
@@ -265,8 +326,9 @@ def _measure(tmp: Path, store: str, name: str, shared: bool, skew_ms: int, secon
     outs = [json.loads(p.read_text()) for p in sorted(d.glob("out-*.json"))]
     calls = sum(counters.get("metadata", {}).values())
     res = _judge(store, names, outs, t0, t0 + elapsed, t_start)
-    res.update(name=name, shared=shared, skew_ms=skew_ms, workers=procs * workers, processes=procs,
-               seconds=round(elapsed, 1), metadata_calls_per_s=round(calls / elapsed, 1))
+    res.update(name=name, shared=shared, board=board["kind"] if board else None, skew_ms=skew_ms,
+               workers=procs * workers, processes=procs, seconds=round(elapsed, 1),
+               metadata_calls_per_s=round(calls / elapsed, 1))
     res["model_calls_per_s"] = round(_shared_model(board_samples) if shared else _model(outs, t0, t0 + elapsed), 1)
     res["polls"] = _polls(outs, t0, t0 + elapsed, shared)
     res["calls_vs_model"] = round(res["metadata_calls_per_s"] / max(res["model_calls_per_s"], 1e-9), 2)
@@ -278,14 +340,12 @@ def _measure(tmp: Path, store: str, name: str, shared: bool, skew_ms: int, secon
     return res
 
 
-def _kill_top_poller(board: str, children: list[subprocess.Popen[bytes]], until: float) -> dict[str, Any]:
-    import sqlite3
-
-    conn = sqlite3.connect(board, timeout=5)
-    rows = conn.execute("select ns, poller from watch where poller is not null").fetchall()
+def _kill_top_poller(board: dict[str, str], children: list[subprocess.Popen[bytes]], until: float) -> dict[str, Any]:
+    records = Records(board)
     by_pid: dict[int, list[str]] = {}
-    for ns, poller in rows:
-        by_pid.setdefault(int(poller.split("-")[0]), []).append(ns)
+    for ns, _, poller in records.rows():
+        if poller is not None:
+            by_pid.setdefault(int(poller.split("-")[0]), []).append(ns)
     pids = {c.pid: c for c in children}
     top = max((p for p in by_pid if p in pids), key=lambda p: len(by_pid[p]))
     mine = set(by_pid[top])
@@ -294,11 +354,11 @@ def _kill_top_poller(board: str, children: list[subprocess.Popen[bytes]], until:
     killed = time.monotonic()
     taken: dict[str, float] = {}
     while time.monotonic() < until and len(taken) < len(mine):
-        for ns, poller in conn.execute("select ns, poller from watch where poller is not null").fetchall():
-            if ns in mine and ns not in taken and int(poller.split("-")[0]) != top:
+        for ns, _, poller in records.rows():
+            if ns in mine and ns not in taken and poller is not None and int(poller.split("-")[0]) != top:
                 taken[ns] = time.monotonic() - killed
         time.sleep(0.05)
-    conn.close()
+    records.close()
     from gateway.consistency import POLL_HOLD_S
 
     waits = sorted(taken.values())
@@ -309,18 +369,15 @@ def _kill_top_poller(board: str, children: list[subprocess.Popen[bytes]], until:
             "within_bound": bool(waits) and len(taken) == len(mine) and waits[-1] <= bound}
 
 
-def _sample_board(board: str, out: list[tuple[int, int]], stop: threading.Event) -> None:
-    import sqlite3
-
-    while not stop.wait(0.5):
-        conn = sqlite3.connect(board, timeout=5)
-        try:
-            out.append(conn.execute("select count(*), count(*) filter (where status = 'updating') from watch")
-                       .fetchone())
-        except sqlite3.OperationalError:
-            pass  # not created yet by the workers
-        finally:
-            conn.close()
+def _sample_board(board: dict[str, str], out: list[tuple[int, int]], stop: threading.Event) -> None:
+    records = Records(board)
+    try:
+        while not stop.wait(0.5):
+            rows = records.rows()
+            if rows:
+                out.append((len(rows), sum(status == "updating" for _, status, _ in rows)))
+    finally:
+        records.close()
 
 
 def _model(outs: list[dict[str, Any]], t0: float, t1: float) -> float:
@@ -404,28 +461,40 @@ def _judge(store: str, names: list[str], outs: list[dict[str, Any]], t0: float, 
             "writes": len(acks), "write_ack_ms_p50": round(sorted(acks)[len(acks) // 2], 1) if acks else None}
 
 
-def run(tmp: Path, smoke: bool, only: list[str] | None = None, seconds: float | None = None) -> dict[str, Any]:
+def run(tmp: Path, smoke: bool, only: list[str] | None = None, seconds: float | None = None,
+        board: str = "sqlite") -> dict[str, Any]:
+    """`board`: where the shared runs keep the watch records, `sqlite` (one host) or `aerospike` (the project's
+    Aerospike wire test server, tests/support/aerospike_server.py)."""
     seconds = seconds or (8.0 if smoke else 30.0)
     procs, workers = 4, 13
-    store = _store(tmp)
-    _create_namespaces(store.url)
     out: dict[str, Any] = {"workers": procs * workers, "lag_ms": LAG_MS, "write_delay_ms": WRITE_DELAY_MS,
-                           "stable_ms": STABLE_MS, "updating_ms": UPDATING_MS, "namespaces": NAMESPACES}
+                           "stable_ms": STABLE_MS, "updating_ms": UPDATING_MS, "namespaces": NAMESPACES,
+                           "board": board}
     runs = [("shared_skew_2s", True, 2000, True)] if smoke else [
         ("per_worker_skew_0", False, 0, False), ("shared_skew_0", True, 0, False),
         ("shared_skew_300ms", True, 300, False), ("shared_skew_2s", True, 2000, True),
         ("per_worker_skew_2s", False, 2000, False), ("shared_board_down", True, 0, False)]
     if only:
         runs = [r for r in runs if r[0] in only]
+    store = _store(tmp)
+    server = None
     try:
+        _create_namespaces(store.url)
+        if board == "aerospike":
+            from support.aerospike import start_aerospike  # the wire test server; bench.procs put tests/ on sys.path
+
+            server = start_aerospike(namespaces=[r[0] for r in runs])  # one namespace per run: fresh records
         for name, shared, skew, kill in runs:
             try:
                 out[name] = run_one(tmp, store.url, name, shared, skew, seconds, procs, workers, kill,
-                                    down=name.endswith("board_down"))
+                                    down=name.endswith("board_down"),
+                                    aerospike_hosts=server.hosts_env if server is not None else None)
             except Exception as exc:  # noqa: BLE001 - reported as the scenario's status
                 out[name] = {"status": f"error: {exc!r}"}
     finally:
         store.stop()
+        if server is not None:
+            server.stop()
     return out
 
 
@@ -438,10 +507,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--only", nargs="*")
     ap.add_argument("--seconds", type=float)
+    ap.add_argument("--board", choices=("sqlite", "aerospike"), default="sqlite")
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # unwind: stop the store and the worker processes
     with tempfile.TemporaryDirectory(prefix="watermark-sim-") as tmp:
-        print(json.dumps(run(Path(tmp), args.smoke, args.only, args.seconds), indent=2))
+        print(json.dumps(run(Path(tmp), args.smoke, args.only, args.seconds, args.board), indent=2))
 
 
 if __name__ == "__main__":
