@@ -442,23 +442,33 @@ def _judge(store: str, names: list[str], outs: list[dict[str, Any]], t0: float, 
             for attrs in (e.get("docs") or {}).values():
                 if attrs is not None and "_hevlayer_upserted_at" in attrs:
                     rows.setdefault(j, []).append((e["at_ns"], attrs["_hevlayer_upserted_at"]))
+    written = {(j, stamp): (p, sent, ack) for p, o in enumerate(outs) for sent, ack, j, stamp in o["writes"]}
     lo, hi = int(t0 * 1e9), int(t1 * 1e9)
     n = injected = violations = exposed = 0
-    for o in outs:
+    examples: list[dict[str, Any]] = []
+    for p, o in enumerate(outs):
         for t, j, inject, mark in o["decisions"]:
             if not lo <= t <= hi:
                 continue
             n += 1
-            unindexed = [stamp for at, stamp in rows.get(j, ()) if at <= t < at + lag_ns]
+            unindexed = [(at, stamp) for at, stamp in rows.get(j, ()) if at <= t < at + lag_ns]
             if inject:
                 injected += 1
-                if any(stamp <= mark for stamp in unindexed):
-                    violations += 1
+                passed = [(at, stamp) for at, stamp in unindexed if stamp <= mark]
+                violations += bool(passed)
+                if passed and len(examples) < 5:  # what a violation was, to explain it
+                    at, stamp = passed[0]
+                    wp, sent, ack = written.get((j, stamp), (None, None, None))
+                    examples.append({"at_s": round(t / 1e9 - t0, 3), "process": p, "ns": j, "watermark": mark,
+                                     "stamp": stamp, "applied_s": round(at / 1e9 - t0, 3),
+                                     "writer_process": wp,  # None: a process that was killed
+                                     "sent_s": sent and round(sent / 1e9 - t0, 3),
+                                     "acked_s": ack and round(ack / 1e9 - t0, 3)})
             elif unindexed:
                 exposed += 1
     acks = [(ack - sent) / 1e6 for o in outs for sent, ack, _, _ in o["writes"]]
-    return {"decisions": n, "filtered": injected, "violations": violations, "exposed": exposed,
-            "writes": len(acks), "write_ack_ms_p50": round(sorted(acks)[len(acks) // 2], 1) if acks else None}
+    return {"decisions": n, "filtered": injected, "violations": violations, "violation_examples": examples,
+            "exposed": exposed, "writes": len(acks), "write_ack_ms_p50": round(sorted(acks)[len(acks) // 2], 1) if acks else None}
 
 
 def run(tmp: Path, smoke: bool, only: list[str] | None = None, seconds: float | None = None,
