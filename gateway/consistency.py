@@ -14,6 +14,12 @@ watermark capped at `stamp - 1`, generation + 1. A poll publishes only if the ge
 still current, so a poll that started before a fence can never undo it. A row the upstream has not indexed can then
 only pass the filter if it was stamped by another worker: gateway/watch_board.py shares the same record across
 workers (and hosts) when configured.
+
+Voided up-to-date answers still raise the watermark (writes faster than a poll's round trip would void every answer
+and stall it): to min(poll start - margin, lowest stamp fenced since the poll read its generation - 1, lowest stamp
+in flight - 1), status unchanged. The record ends as if the answer had been published just before the first of those
+fences, which the rules above allow: a row at or below it was acknowledged before the poll's call (the answer covers
+it); any later row's fence or in-flight entry is above it; a write that begins later is stamped above it (`wmax`).
 """
 
 from __future__ import annotations
@@ -130,8 +136,8 @@ class WriteTicket(NamedTuple):
 
 
 class NamespaceWatch:
-    __slots__ = ("due", "gen", "inflight", "key", "last_polled", "last_used", "min_gen", "observed_ms", "status",
-                 "watermark", "wmax")
+    __slots__ = ("due", "fenced_min", "fenced_since", "gen", "inflight", "key", "last_polled", "last_used", "min_gen",
+                 "observed_ms", "status", "watermark", "wmax")
 
     def __init__(self) -> None:
         self.last_used = time.monotonic()
@@ -140,6 +146,9 @@ class NamespaceWatch:
         self.wmax = 0  # the highest watermark ever held: new stamps stay above it
         self.gen = 0  # + 1 on every fence or hint: voids polls that started before
         self.inflight: dict[int, int] = {}  # stamp -> writes in flight (they cap a stable watermark)
+        # The lowest stamp fenced since generation `fenced_since` (reset when a poll starts): a voided up-to-date
+        # answer of a call made after reading a generation >= fenced_since still raises the watermark below it
+        self.fenced_since, self.fenced_min = sys.maxsize, sys.maxsize
         self.observed_ms = 0  # the shared record's last observation (mirror only)
         # Mirror only: records older than this generation are ignored (a local fence or hint not yet in the record)
         self.min_gen = 0
@@ -147,9 +156,11 @@ class NamespaceWatch:
         self.due = True
         self.key: str | None = None
 
-    def set_watermark(self, w: int) -> None:
+    def set_watermark(self, w: int, raise_only: bool = False) -> None:
         if self.inflight:
             w = min(w, min(self.inflight) - 1)
+        if raise_only and self.watermark is not None and w <= self.watermark:
+            return
         self.watermark = w
         self.wmax = max(self.wmax, w)
 
@@ -157,7 +168,11 @@ class NamespaceWatch:
         self.status = UPDATING
         if self.watermark is not None and self.watermark >= stamp:
             self.watermark = stamp - 1
+        self.fenced_min = min(self.fenced_min, stamp)
         self.gen += 1
+
+    def track_fences(self) -> None:
+        self.fenced_since, self.fenced_min = self.gen, sys.maxsize
 
 
 class Watcher:
@@ -279,8 +294,11 @@ class Watcher:
                 stamp, ticket = await asyncio.to_thread(self.board.begin_write, ns, stamp)
             except Exception as exc:  # noqa: BLE001 - the worker's own record still fences this worker
                 log.warning("watch board: begin_write for %s failed: %s", ns, exc)
-        if w is None:  # not watched here: no watermark to stay above (a poll registering it meanwhile sees the fence)
-            return WriteTicket(ns, stamp, ticket, key)
+        w = self.namespaces.get(ns)
+        if w is None:  # watched from now, polled after the write: a poll before that (a query registered it) keeps
+            # the watermark below this stamp, even when a fence voids its answer
+            w = self.namespaces[ns] = NamespaceWatch()
+            w.due, w.last_polled, w.key = False, time.monotonic(), key if self.upstream.store_key is None else None
         stamp = max(stamp, w.wmax + 1)
         w.inflight[stamp] = w.inflight.get(stamp, 0) + 1
         return WriteTicket(ns, stamp, ticket, key)
@@ -410,8 +428,12 @@ class Watcher:
     # ---- polls ----
     def _apply(self, ns: str, w: NamespaceWatch, status: str, started_ms: int, gen: int) -> None:
         if gen != w.gen:
-            metrics.inc(metrics.WATCH_POLLS_VOIDED)
-            return  # a fence or hint came after this poll started: its answer may predate that write
+            metrics.inc(metrics.WATCH_POLLS_VOIDED)  # a fence or hint came after this poll started
+            # See the module doc. With a board (this is its fallback) generations mix the record's and this worker's
+            # and the record's fences are not in fenced_min: the answer is only voided
+            if status == STABLE and self.board is None and gen >= w.fenced_since:
+                w.set_watermark(min(max(started_ms - self.margin_ms, 0), w.fenced_min - 1), raise_only=True)
+            return
         if status == UPDATING and w.status == STABLE:
             self._upstream_write_seen(ns)
         w.status = status
@@ -420,16 +442,18 @@ class Watcher:
         # updating / unknown: the watermark is held, never advanced or cleared
 
     async def _publish(self, ns: str, w: NamespaceWatch, status: str, started_ms: int, gen: int,
-                       local_gen: int, meta: str | None = None) -> None:
+                       local_gen: int, meta: str | None = None, claimed: bool = False) -> None:
         """`gen`: the record's generation read before the call; `local_gen`: this worker's (they differ only while
-        a local fence or hint has not reached the record yet)."""
+        a local fence or hint has not reached the record yet). `claimed`: `gen` came from the poll slot's claim
+        (the record tracks fences from there: a voided answer may still raise the watermark)."""
         if self.board is None:
             self._apply(ns, w, status, started_ms, local_gen)
             if meta is not None and self.on_upstream_metadata is not None:
                 self.on_upstream_metadata(ns, meta.encode())
             return
         try:
-            applied = await asyncio.to_thread(self.board.publish, ns, status, started_ms, self.margin_ms, gen, meta)
+            applied = await asyncio.to_thread(self.board.publish, ns, status, started_ms, self.margin_ms, gen, meta,
+                                              claimed)
             records = await asyncio.to_thread(self.board.read, [ns])
         except Exception as exc:  # noqa: BLE001 - fall back to this worker's record
             log.warning("watch board: publish for %s failed: %s", ns, exc)
@@ -473,7 +497,8 @@ class Watcher:
         key = self.upstream.store_key or w.key
         if key is None:
             return  # derive-from-request mode and no caller key seen yet
-        gen = local_gen = w.gen
+        w.track_fences()
+        gen, local_gen, from_claim = w.gen, w.gen, False
         previous_poll = w.last_polled
         self._schedule(w)
         if self.board is not None:
@@ -485,6 +510,7 @@ class Watcher:
             try:
                 claimed = await asyncio.to_thread(self.board.claim_poll, ns, self.worker_id, interval_ms,
                                                   int(POLL_HOLD_S * 1000))
+                from_claim = True
             except sqlite3.OperationalError as exc:
                 if getattr(exc, "sqlite_errorcode", None) in BUSY_CODES:
                     return  # others are claiming: this worker tries next round
@@ -508,7 +534,8 @@ class Watcher:
         if resp.status == 404:
             await self.forget(ns, gen, local_gen)
         elif resp.ok:
-            await self._publish(ns, w, status_from_metadata(resp.body), started, gen, local_gen, digest(resp.body))
+            await self._publish(ns, w, status_from_metadata(resp.body), started, gen, local_gen, digest(resp.body),
+                                from_claim)
         elif resp.status in (401, 403) and self.upstream.store_key is None:
             w.key = None  # the remembered caller key stopped working; wait for the next caller
 

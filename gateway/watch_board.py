@@ -22,17 +22,23 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
-FILE_NAME = "watch-v2.sqlite3"  # a new schema gets a new file (the records are soft)
+FILE_NAME = "watch-v3.sqlite3"  # a new schema gets a new file (the records are soft)
 BUSY_MS = 2000
 INFLIGHT_TTL_MS = 120_000  # a write in flight longer than this (its worker died) stops capping the watermark
+# fenced_since: the generation the poll slot was last claimed at; fenced_min: the lowest stamp fenced since then
 SCHEMA = """
 create table if not exists watch(ns text primary key, status text not null, watermark integer, wmax integer not null,
   gen integer not null, observed_ms integer not null, poller text, poll_until integer not null, prev_poller text,
-  meta text) without rowid;
+  meta text, fenced_since integer, fenced_min integer) without rowid;
 create table if not exists inflight(id integer primary key, ns text not null, stamp integer not null,
   expires integer not null);
 create index if not exists inflight_ns on inflight(ns, stamp);
 """
+
+# A stable answer's watermark (SQL, parameters :w = poll start - margin, :ns, :now): below every write in flight; a
+# voided one's (`publish`) also below every stamp fenced since the claim
+MARK = "min(:w, coalesce((select min(stamp) from inflight where ns = :ns and expires > :now) - 1, :w))"
+RAISED = f"min({MARK}, coalesce(fenced_min - 1, :w))"
 
 
 def host_ms() -> int:
@@ -94,7 +100,8 @@ class WatchBoard:
         return conn
 
     def _ensure(self, conn: sqlite3.Connection, ns: str) -> None:
-        conn.execute("insert or ignore into watch values (?, 'unknown', null, 0, 0, 0, null, 0, null, null)", (ns,))
+        conn.execute("insert or ignore into watch values (?, 'unknown', null, 0, 0, 0, null, 0, null, null, null, null)",
+                     (ns,))
 
     def read(self, names: Iterable[str]) -> dict[str, WatchRecord]:
         names = list(names)
@@ -132,8 +139,9 @@ class WatchBoard:
         try:
             if landed:
                 row = conn.execute("update watch set status = 'updating', gen = gen + 1, watermark = case when "
-                                   "watermark >= ? then ? else watermark end where ns = ? returning gen",
-                                   (stamp, stamp - 1, ns)).fetchall()[0]
+                                   "watermark >= :s then :s - 1 else watermark end, fenced_min = "
+                                   "min(coalesce(fenced_min, :s), :s) where ns = :ns returning gen",
+                                   {"s": stamp, "ns": ns}).fetchall()[0]
             else:
                 row = conn.execute("select gen from watch where ns = ?", (ns,)).fetchone()
             conn.execute("delete from inflight where id = ?", (ticket,))
@@ -158,8 +166,9 @@ class WatchBoard:
         now = host_ms()
         conn = self._conn()
         self._ensure(conn, ns)
-        rows = conn.execute("update watch set prev_poller = poller, poller = ?, poll_until = ? where ns = ? and "
-                           "(poll_until <= ? or poller = ?) and ? - observed_ms >= ? returning gen, prev_poller",
+        rows = conn.execute("update watch set prev_poller = poller, poller = ?, poll_until = ?, fenced_since = gen, "
+                           "fenced_min = null where ns = ? and (poll_until <= ? or poller = ?) and ? - observed_ms >= ? "
+                           "returning gen, prev_poller",
                            (worker, now + hold_ms, ns, now, worker, now, interval_ms)).fetchall()
         if not rows:
             return None
@@ -168,13 +177,22 @@ class WatchBoard:
             self.slot_changes += 1
         return int(row[0])
 
-    def publish(self, ns: str, status: str, started_ms: int, margin_ms: int, gen: int, meta: str | None = None) -> bool:
+    def publish(self, ns: str, status: str, started_ms: int, margin_ms: int, gen: int, meta: str | None = None,
+                claimed: bool = False) -> bool:
         """A poll's answer, applied only if no fence or hint came since the poll read `gen`. False: voided.
-        Stable: watermark = poll start - margin, below every write in flight. Read the record afterwards."""
+        Stable: watermark = poll start - margin, below every write in flight. Read the record afterwards.
+        `claimed` (`gen` is what `claim_poll` returned): a voided stable answer still raises the watermark, to below
+        the lowest stamp fenced since the claim too, if the slot was not claimed again since (gateway/consistency.py)."""
         conn = self._conn()
         self._ensure(conn, ns)
         if self._publish(conn, ns, status, started_ms, margin_ms, gen, meta):
             return True
+        if claimed and status == "stable" and conn.execute(
+                f"update watch set watermark = max(coalesce(watermark, {RAISED}), {RAISED}), wmax = max(wmax, "
+                f"{RAISED}), observed_ms = :now, poll_until = 0, meta = coalesce(:meta, meta) where ns = :ns and "
+                f"fenced_since <= :gen returning gen",
+                {"w": max(started_ms - margin_ms, 0), "ns": ns, "now": host_ms(), "gen": gen, "meta": meta}).fetchall():
+            return False  # raised (or held: never lowered)
         conn.execute("update watch set poll_until = 0 where ns = ?", (ns,))
         return False
 
@@ -182,8 +200,7 @@ class WatchBoard:
     def _publish(conn: sqlite3.Connection, ns: str, status: str, started_ms: int, margin_ms: int, gen: int,
                  meta: str | None) -> bool:
         now = host_ms()
-        mark = ("min(:w, coalesce((select min(stamp) from inflight where ns = :ns and expires > :now) - 1, :w))"
-                if status == "stable" else "watermark")
+        mark = MARK if status == "stable" else "watermark"
         row = conn.execute(f"update watch set status = :status, watermark = {mark}, wmax = max(wmax, "
                            f"coalesce({mark}, 0)), observed_ms = :now, poll_until = 0, meta = coalesce(:meta, meta) "
                            f"where ns = :ns and gen = :gen returning gen",

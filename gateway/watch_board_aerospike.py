@@ -4,9 +4,10 @@ a fence on any host voids a poll that started before it on any host, stamps stay
 anywhere, and one worker in the fleet polls a namespace per interval.
 
 Layout: set `_hevlayer_watch`, record key = Turbopuffer namespace, one bin `w` holding the record as JSON (status,
-watermark, wmax, gen, observed_ms, poller, poll_until, prev_poller, meta, and the writes in flight as
-{ticket: [stamp, expires]}). Every change is a read, a pure function of the record, and a check-and-set write on
-the Aerospike generation (create-only when absent); a lost round reads again. No CDT operations, no expressions.
+watermark, wmax, gen, observed_ms, poller, poll_until, prev_poller, meta, the writes in flight as
+{ticket: [stamp, expires]}, fenced_since and fenced_min as in the SQLite board). Every change is a read, a pure
+function of the record, and a check-and-set write on the Aerospike generation (create-only when absent); a lost
+round reads again. No CDT operations, no expressions.
 
 Bookkeeping times (poll slots, in-flight expiry, observation ages) use each host's clock: skew between hosts only
 shifts when a lapsed poll slot is taken over or a dead writer's entry stops capping the watermark, never the stamp
@@ -39,17 +40,29 @@ T = TypeVar("T")
 
 def _fresh() -> dict[str, Any]:
     return {"status": "unknown", "watermark": None, "wmax": 0, "gen": 0, "observed_ms": 0, "poller": None,
-            "poll_until": 0, "prev_poller": None, "meta": None, "inflight": {}}
+            "poll_until": 0, "prev_poller": None, "meta": None, "inflight": {}, "fenced_since": None,
+            "fenced_min": None}
 
 
-def _publish(r: dict[str, Any], status: str, started_ms: int, margin_ms: int, meta: str | None) -> None:
+def _mark(r: dict[str, Any], started_ms: int, margin_ms: int, now: int) -> int:
+    """A stable answer's watermark: poll start - margin, below every write in flight."""
+    return min([max(started_ms - margin_ms, 0)] + [s - 1 for s, expires in r["inflight"].values() if expires > now])
+
+
+def _publish(r: dict[str, Any], status: str, started_ms: int, margin_ms: int, meta: str | None,
+             voided: bool = False) -> None:
+    """`voided`: the answer of a claimed poll that a fence or hint came after (`publish`): status unchanged, the
+    watermark only raised, also below every stamp fenced since the claim (gateway/consistency.py)."""
     now = host_ms()
-    if status == "stable":
-        w = max(started_ms - margin_ms, 0)
-        live = [s for s, expires in r["inflight"].values() if expires > now]
-        r["watermark"] = min(w, min(live) - 1) if live else w
+    if voided:
+        w = _mark(r, started_ms, margin_ms, now)
+        w = w if r.get("fenced_min") is None else min(w, r["fenced_min"] - 1)
+        r["watermark"] = w if r["watermark"] is None else max(r["watermark"], w)
+    elif status == "stable":
+        r["watermark"] = _mark(r, started_ms, margin_ms, now)
     r["inflight"] = {t: v for t, v in r["inflight"].items() if v[1] > now}
-    r["status"], r["observed_ms"], r["poll_until"] = status, now, 0
+    r["status"] = r["status"] if voided else status
+    r["observed_ms"], r["poll_until"] = now, 0
     r["wmax"] = max(r["wmax"], r["watermark"] or 0)
     r["meta"] = meta if meta is not None else r["meta"]
 
@@ -138,6 +151,7 @@ class AerospikeWatchBoard:
                 r["status"], r["gen"] = "updating", r["gen"] + 1
                 if r["watermark"] is not None and r["watermark"] >= stamp:
                     r["watermark"] = stamp - 1
+                r["fenced_min"] = stamp if r.get("fenced_min") is None else min(r["fenced_min"], stamp)
             r["inflight"].pop(str(ticket), None)
             if settle is not None and r["gen"] == settle.gen + landed:
                 _publish(r, settle.status, settle.started_ms, settle.margin_ms, settle.meta)
@@ -163,6 +177,7 @@ class AerospikeWatchBoard:
                 return None
             taken.append(r["poller"] != worker)
             r["prev_poller"], r["poller"], r["poll_until"] = r["poller"], worker, now + hold_ms
+            r["fenced_since"], r["fenced_min"] = r["gen"], None
             return int(r["gen"])
 
         gen = self._change(ns, fn)
@@ -170,11 +185,15 @@ class AerospikeWatchBoard:
             self.slot_changes += 1
         return gen
 
-    def publish(self, ns: str, status: str, started_ms: int, margin_ms: int, gen: int, meta: str | None = None) -> bool:
+    def publish(self, ns: str, status: str, started_ms: int, margin_ms: int, gen: int, meta: str | None = None,
+                claimed: bool = False) -> bool:
         def fn(r: dict[str, Any]) -> bool:
             r["poll_until"] = 0
-            if r["gen"] != gen:
-                return False  # a fence or hint came since the poll read `gen`: voided
+            if r["gen"] != gen:  # a fence or hint came since the poll read `gen`: voided
+                since = r.get("fenced_since")
+                if claimed and status == "stable" and since is not None and since <= gen:
+                    _publish(r, status, started_ms, margin_ms, meta, voided=True)
+                return False
             _publish(r, status, started_ms, margin_ms, meta)
             return True
 
