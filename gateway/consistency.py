@@ -44,8 +44,8 @@ from gateway.upstream import Upstream
 from gateway.watch_board import Settle, WatchBoard, WatchRecord, host_ms
 
 STABLE, UPDATING, UNKNOWN = "stable", "updating", "unknown"
-POLL_HOLD_S = 15.0
-BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)  # a claimed poll slot lapses after this (the poller died): another worker polls
+POLL_HOLD_S = 15.0  # a claimed poll slot lapses after this (the poller died): another worker polls
+BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)  # the SQLite board is busy: others are claiming
 log = logging.getLogger("gateway.consistency")
 
 
