@@ -7,7 +7,9 @@
   checked by one sweep over the worker's connections every SWEEP_S, not by a timer per request (hot path).
 - `Acceptor` accepts from the shared listening socket only while the worker holds fewer than `max_connections`
   connections; beyond it the socket is not read and new connections wait in the kernel's backlog (uvicorn's
-  `limit_concurrency` would accept them and answer 503). It also retires the socket for the drain
+  `limit_concurrency` would accept them and answer 503). It takes one connection per wake-up, like nginx's default
+  `multi_accept off`: every worker is woken, so a burst (an SDK opening its pool) is shared between them instead of
+  all landing on the first worker awake, as uvicorn's accept-everything loop does. It also retires the socket for the drain
   (gateway/servers/sockets.py): new connection attempts dropped, the backlog accepted whatever the limit, then
   closed.
 """
@@ -161,19 +163,22 @@ class Acceptor:
             self.loop.remove_reader(self.sock.fileno())
             self.reading = False
 
-    def _accept(self) -> None:
-        while len(self.server_state.connections) + self.pending < self.limit:
-            try:
-                conn, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # EMFILE and the like: the connection stays in the backlog
-                log.warning("accept failed: %s", exc)
-                return
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.pending += 1
-            self.loop.create_task(self._attach(conn))
-        self._pause()  # at the limit: new connections wait in the backlog until one of ours closes
+    def _accept(self) -> bool:
+        """Accept one connection (True), or none: the backlog is empty, or this worker is at its limit."""
+        if len(self.server_state.connections) + self.pending >= self.limit:
+            self._pause()  # at the limit: new connections wait in the backlog until one of ours closes
+            return False
+        try:
+            conn, _ = self.sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:  # EMFILE and the like: the connection stays in the backlog
+            log.warning("accept failed: %s", exc)
+            return False
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.pending += 1
+        self.loop.create_task(self._attach(conn))
+        return True
 
     async def _attach(self, conn: socket.socket) -> None:
         try:
@@ -197,7 +202,8 @@ class Acceptor:
             self.retirement = sockets.Retirement(self.sock)
             self.limit = sys.maxsize
             self._resume()
-        self._accept()
+        while self._accept():
+            pass
         if not self.retirement.ready():
             return False
         self._pause()

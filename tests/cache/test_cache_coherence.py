@@ -23,7 +23,7 @@ KEY = "coherence-key"
 ENV = {"LAYER_UPSTREAM_TIMEOUT_MS": "1500", "LAYER_CACHE_UNKNOWN_MS": "4000", "LAYER_CACHE_BREAKER_MS": "300",
        "AEROSPIKE_TIMEOUT_MS": "200"}
 LATE_MS = 2500
-READS = 8  # fetches per check: fresh connections, so both workers answer some
+READS = 8  # fetches per check: concurrent fresh connections, so both workers answer some
 
 
 class Stack:
@@ -76,11 +76,8 @@ async def fault_taken(a: Api) -> bool:
 
 
 async def reads(a: Api, ns: str, doc_id: str, n: int = READS) -> list[tuple[int, dict[str, Any] | None]]:
-    out = []
-    for _ in range(n):
-        r = await a.fetch(ns, doc_id)
-        out.append((r.status, without_stamp(r.body)))
-    return out
+    replies = await asyncio.gather(*(a.fetch(ns, doc_id) for _ in range(n)))  # concurrent: both workers answer
+    return [(r.status, without_stamp(r.body)) for r in replies]
 
 
 async def cached(a: Api, ns: str, doc_id: str) -> bool:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.procs import start_gateway, start_localstore
+from support.procs import start_gateway, start_localstore, worker_pids
 
 from .coherence_support import Api, api
 from .conftest import BACKENDS, aerospike_env, start_server
@@ -219,7 +219,7 @@ def test_random_operations_never_see_a_version_upstream_did_not_hold(
 
         async def main() -> tuple[Run, list[str], Counter[str], set[int]]:
             async with api(gw.url, store.url, KEY) as a:
-                pids = {(await a.call("GET", f"{gw.url}/health")).body["worker"]["pid"] for _ in range(20)}
+                pids = await asyncio.to_thread(worker_pids, gw.url)
                 run, violations, counts = await scenario(a, "random", seconds, seed)
                 return run, violations, counts, pids
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from gw_support import FAST_WATCH, Stack, _stack, wait_for, wait_until
+from support.procs import in_bursts
 
 LAG_MS = 3000  # how long "updating" lasts: every step below that needs it takes ~0.1-0.2 s
 
@@ -19,7 +20,7 @@ def lag(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 def _watch_on_every_worker(stack: Stack, ns: str) -> dict:
     # Watermarks are per worker (shared-nothing): let both workers see the namespace while it is stable.
-    layers = [_stable_layer(stack, ns) for _ in range(20)]
+    layers = in_bursts(lambda: _stable_layer(stack, ns), 32)  # concurrent, so both workers answer some
     assert all(layer["is_stable"] for layer in layers)
     return layers[-1]
 

@@ -12,8 +12,12 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Self
+from typing import Self, TypeVar
+
+T = TypeVar("T")
 
 READY_TIMEOUT_S = 30.0
 # Process logs of the latest test run and of benches (tests/conftest.py empties it when a test run starts).
@@ -192,3 +196,26 @@ def wait_for_workers(url: str, workers: int) -> None:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {len(seen)} of {workers} gateway workers answered within {READY_TIMEOUT_S}s")
             time.sleep(0.01)
+
+
+def in_bursts(fn: Callable[[], T], n: int, width: int = 8) -> list[T]:
+    """`n` calls of `fn` (each on a fresh connection), `width` at a time; the results in call order. Concurrent
+    connections are what spreads requests over the gateway's workers: one worker, woken first, can take a long run of
+    one-at-a-time connections."""
+    with ThreadPoolExecutor(width) as pool:
+        return list(pool.map(lambda _: fn(), range(n)))
+
+
+def worker_pids(url: str, workers: int = 2, rounds: int = 25) -> set[int]:
+    """The pids that answer bursts of /health calls, round after round until `workers` of them have answered."""
+    seen: set[int] = set()
+    for _ in range(rounds):
+        seen.update(in_bursts(lambda: _health_pid(url), 8))
+        if len(seen) >= workers:
+            break
+    return seen
+
+
+def _health_pid(url: str) -> int:
+    with urllib.request.urlopen(url + "/health", timeout=15) as resp:
+        return int(json.loads(resp.read())["worker"]["pid"])
