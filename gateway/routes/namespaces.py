@@ -94,6 +94,14 @@ async def cache_name(state: WorkerState, ns: str, key: str | None, ctx: Ctx | No
     return await cache_namespace(state, ns, key, ctx)
 
 
+async def watch_and_cache_names(state: WorkerState, ns: str, key: str | None,
+                                ctx: Ctx | None = None) -> tuple[str | None, str | None]:
+    """The caller's name of `ns` for the watch state and for the cache: one value (`name@fingerprint` in derive
+    mode), the cache's None while there is no cache."""
+    name = await cache_namespace(state, ns, key, ctx)
+    return name, name if state.cache is not None else None
+
+
 async def cache_before_write(state: WorkerState, cache_ns: str | None, doc: dict[str, Any]) -> WritePlan | None:
     """Phase: fence the documents this write names in the cache before the upstream call (may add
     `return_affected_ids` to doc for conditional/filter writes, so it runs before the body is encoded)."""
@@ -162,12 +170,11 @@ async def write_rows(state: WorkerState, ns: str, doc: dict[str, Any], upstream_
     """The one write path (routes and the queue's write-backs): reserved attributes -> stamp -> cache fences ->
     upstream -> cache fences finished -> watch -> write triggers. `system` writes (UDF results) may set the
     `_hevlayer_udf_*` markers and never fire triggers. Returns (upstream response, rows stamped)."""
-    name = await cache_namespace(state, ns, upstream_key, ctx)  # the watch state's name too (and the cache's)
+    name, cache_ns = await watch_and_cache_names(state, ns, upstream_key, ctx)
     ticket = await state.watcher.begin_write(name, upstream_key)
     landed = False  # the watermark fence (gateway/consistency.py) is set unless upstream surely refused the write
     try:
         rows = stamp_write(doc, ticket.stamp, system=system)
-        cache_ns = name if state.cache is not None else None
         plan = await cache_before_write(state, cache_ns, doc)
         trigger = None if system else queue_trigger_before_write(state, ns, doc)
         path = path or f"/v2/namespaces/{quote(ns, safe='')}"
@@ -242,8 +249,7 @@ def _observe_write(ctx: Ctx, ns: str, status: int, rows: int) -> None:
 # ---- delete ----
 async def delete(ctx: Ctx, state: WorkerState) -> Response:
     ns = ctx.params["ns"]
-    name = await cache_namespace(state, ns, ctx.upstream_key, ctx)  # before: afterwards the identity is gone
-    cache_ns = name if state.cache is not None else None
+    name, cache_ns = await watch_and_cache_names(state, ns, ctx.upstream_key, ctx)  # before: then the identity is gone
     try:
         resp = await state.upstream.request("DELETE", upstream_path(ctx), ctx.upstream_key, None, "namespace delete",
                                             ctx, accept_encoding=forwarded_encoding(ctx))

@@ -51,9 +51,10 @@ def test_polls_keep_their_intervals_whatever_the_round_trip() -> None:
                 await asyncio.sleep(0.05)
         finally:
             await watcher.stop()
-        # before: ticks every 0.3 s + the round trip, so 0.5 s updating and 1.5 s stable (the first tick >= 1.2 s)
+        # before: ticks every 0.3 s + the round trip, so 0.5 s updating and 1.5 s stable (the first tick >= 1.2 s);
+        # each bound is midway, so a late first or last call (a busy machine) has ~0.6 s of slack
         assert _mean_gap(upstream.calls["updating-b"]) < 0.4, upstream.calls
-        assert _mean_gap(upstream.calls["stable-a"]) < 1.3, upstream.calls
+        assert _mean_gap(upstream.calls["stable-a"]) < 1.35, upstream.calls
 
     asyncio.run(main())
 
