@@ -188,8 +188,7 @@ def wait_for_workers(url: str, workers: int) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while len(seen) < workers:
         try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as resp:  # a new connection each time
-                seen.add(int(json.loads(resp.read())["worker"]["pid"]))
+            seen.add(health_pid(url, timeout=2))  # a new connection each time
         except (OSError, ValueError, KeyError):
             pass
         if len(seen) < workers:
@@ -210,12 +209,13 @@ def worker_pids(url: str, workers: int = 2, rounds: int = 25) -> set[int]:
     """The pids that answer bursts of /health calls, round after round until `workers` of them have answered."""
     seen: set[int] = set()
     for _ in range(rounds):
-        seen.update(in_bursts(lambda: _health_pid(url), 8))
+        seen.update(in_bursts(lambda: health_pid(url), 8))
         if len(seen) >= workers:
             break
     return seen
 
 
-def _health_pid(url: str) -> int:
-    with urllib.request.urlopen(url + "/health", timeout=15) as resp:
+def health_pid(url: str, timeout: float = 15) -> int:
+    """The pid of the gateway worker that answers /health on a fresh connection."""
+    with urllib.request.urlopen(url + "/health", timeout=timeout) as resp:
         return int(json.loads(resp.read())["worker"]["pid"])
