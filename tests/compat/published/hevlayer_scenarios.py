@@ -125,7 +125,8 @@ async def keys(admin: AsyncHevlayer, _: str) -> dict[str, Any]:
     listed = await admin.list_keys()
     async with AsyncHevlayer(base_url=str(admin._client.base_url)) as anonymous:
         auth = await anonymous.authenticate_key({"token": minted.token})
-        bad_auth = await error_of(anonymous.authenticate_key({"token": minted.token[:-1] + "x"}))
+        wrong_last = "y" if minted.token.endswith("x") else "x"  # a token that really differs from the minted one
+        bad_auth = await error_of(anonymous.authenticate_key({"token": minted.token[:-1] + wrong_last}))
     revoked = await admin.revoke_key(minted.keyId)
     again = await admin.revoke_key(minted.keyId)
     active_ids = {k.keyId for k in (await admin.list_keys()).keys}
