@@ -218,7 +218,8 @@ class Gateway:
             state.inflight -= 1
             if ctx.body_reserved:
                 state.bodies.release(ctx)
-        resp = await compress_response(resp, ctx.headers.get("accept-encoding"))
+        if not resp.relayed:  # relayed bodies go as upstream sent them (the plain path skips a coroutine)
+            resp = await compress_response(resp, ctx.headers.get("accept-encoding"))
         if state.draining:
             resp = Response(resp.status, resp.body, [*resp.headers, CONNECTION_CLOSE])
         return resp

@@ -47,11 +47,18 @@ class AsgiCtx(Ctx):
 class _Receive:
     """The body chunks of one request from ASGI `receive`; b"" at the end."""
 
-    __slots__ = ("_done", "_receive")
+    __slots__ = ("_done", "_event", "_receive")
 
     def __init__(self, receive: Any) -> None:
         self._receive = receive
         self._done = False
+        # uvicorn's `receive` waits on its cycle's message_event: once set, the next message needs no wait
+        self._event = getattr(getattr(receive, "__self__", None), "message_event", None)
+
+    @property
+    def buffered(self) -> bool:
+        """The next message is already here (BodyStream then reads it without a timer)."""
+        return self._event is not None and self._event.is_set()
 
     @property
     def complete(self) -> bool:

@@ -27,7 +27,8 @@ class BodyStream:
 
     def __init__(self, next_chunk: Callable[[], Awaitable[bytes]], settings: ServerSettings) -> None:
         # `next_chunk.complete` (optional): True once the adapter has seen the end of the body, so the last step
-        # needs no timer (a timer costs more than the rest of a small body's read).
+        # needs no timer (a timer costs more than the rest of a small body's read); `next_chunk.buffered`
+        # (optional): True when the next chunk is already here, so reading it needs no timer either.
         self._next = next_chunk
         self._idle_s = settings.body_timeout_ms / 1000
         self._min_rate = settings.body_min_rate
@@ -43,11 +44,14 @@ class BodyStream:
         loop = asyncio.get_running_loop()
         if not self._started:
             self._started = loop.time()
-        try:
-            async with asyncio.timeout(self._idle_s):
-                chunk = await self._next()
-        except TimeoutError:
-            raise body_timeout(f"no request body data for {self._idle_s:g} s") from None
+        if getattr(self._next, "buffered", False):
+            chunk = await self._next()
+        else:
+            try:
+                async with asyncio.timeout(self._idle_s):
+                    chunk = await self._next()
+            except TimeoutError:
+                raise body_timeout(f"no request body data for {self._idle_s:g} s") from None
         if not chunk:
             raise StopAsyncIteration
         self._size += len(chunk)

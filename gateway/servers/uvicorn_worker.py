@@ -28,7 +28,7 @@ from typing import Any
 
 import httptools
 from uvicorn.config import Config as UvicornConfig
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
 from gateway.config import ServerSettings, load_config
@@ -44,6 +44,48 @@ SWEEP_S = 0.25
 
 class _HeaderLimit(Exception):
     pass
+
+
+class _Kept:
+    """Stands in for the transport while uvicorn encodes the response head: keeps the bytes instead of sending."""
+
+    __slots__ = ("data",)
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+
+class OneWriteCycle(RequestResponseCycle):
+    """uvicorn's cycle, sending the response head and a whole body in one socket write instead of two (a send
+    syscall saved per response). The head is held until the body message; a streamed or HEAD response gets its
+    head written first, as uvicorn does."""
+
+    held_start: Any = None
+
+    async def send(self, message: Any) -> None:
+        if message["type"] == "http.response.start" and not self.response_started:
+            self.held_start = message
+            return
+        start, self.held_start = self.held_start, None
+        if start is None:
+            return await super().send(message)
+        transport, kept = self.transport, _Kept()
+        self.transport = kept  # type: ignore[assignment]
+        try:
+            await super().send(start)  # encodes the head into `kept` and sets the response state
+        finally:
+            self.transport = transport
+        whole = (message["type"] == "http.response.body" and not message.get("more_body", False)
+                 and not self.chunked_encoding and self.scope["method"] != "HEAD")
+        if not whole:
+            if kept.data:
+                transport.write(kept.data)
+            return await super().send(message)
+        self.expected_content_length += len(kept.data)  # uvicorn counts the body bytes it writes
+        await super().send({"type": "http.response.body", "body": kept.data + message.get("body", b"")})
 
 
 class LimitedProtocol(HttpToolsProtocol):
@@ -103,6 +145,8 @@ class LimitedProtocol(HttpToolsProtocol):
         self.headers_since = None
         self._in_message = False
         super().on_headers_complete()
+        if type(self.cycle) is RequestResponseCycle:  # its task has not run yet: it runs our `send`
+            self.cycle.__class__ = OneWriteCycle
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
