@@ -33,7 +33,7 @@ from gateway.auth import (
     store_key_matches,
 )
 from gateway.body import PUBLIC_BODY_LIMIT, read_body
-from gateway.compression import compress_response
+from gateway.compression import compress_response, compressible
 from gateway.config import load_config
 from gateway.http import INTERNAL_ERROR, Ctx, GatewayError, Response, error_response
 from gateway.logs import log_request, setup_logging
@@ -218,7 +218,7 @@ class Gateway:
             state.inflight -= 1
             if ctx.body_reserved:
                 state.bodies.release(ctx)
-        if not resp.relayed:  # relayed bodies go as upstream sent them (the plain path skips a coroutine)
+        if compressible(resp):  # checked here first: most responses skip a coroutine
             resp = await compress_response(resp, ctx.headers.get("accept-encoding"))
         if state.draining:
             resp = Response(resp.status, resp.body, [*resp.headers, CONNECTION_CLOSE])

@@ -98,9 +98,14 @@ def identity_body(resp: UpstreamResponse, limit: int = INSPECT_LIMIT_BYTES) -> b
         return None
 
 
+def compressible(resp: Response) -> bool:
+    """A gateway-built response large enough to gzip (relayed bodies go as upstream sent them)."""
+    return not resp.relayed and len(resp.body) >= GZIP_MIN_BYTES
+
+
 async def compress_response(resp: Response, accept_encoding: str | None) -> Response:
     """gzip a gateway-built response when the client accepts it; relayed and small responses pass unchanged."""
-    if resp.relayed or len(resp.body) < GZIP_MIN_BYTES or not accepts_gzip(accept_encoding):
+    if not compressible(resp) or not accepts_gzip(accept_encoding):
         return resp
     if len(resp.body) >= THREAD_MIN_BYTES:
         body = await asyncio.to_thread(gzip_bytes, resp.body)

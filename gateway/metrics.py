@@ -126,7 +126,7 @@ _seen_namespaces: set[str] = set()
 _pending_hist: dict[Any, list[Any]] = {}
 _pending_inc: dict[Any, float] = {}
 # Labelled children cached per label tuple: `.labels()` takes a lock and builds tuples on every call.
-_children: dict[tuple[str, ...], tuple[Any, ...]] = {}
+_children: dict[tuple[Any, ...], Any] = {}
 # Called at the start of every flush: per-worker objects (the upstream pools) that export state they count themselves.
 _samplers: list[Callable[[], None]] = []
 _pool_seen: dict[tuple[str, ...], int] = {}
@@ -210,6 +210,15 @@ def flush() -> None:
     for child, amount in _pending_inc.items():
         child.inc(amount)
     _pending_inc.clear()
+
+
+def child(metric: Any, *labels: str) -> Any:
+    """`metric.labels(*labels)`, kept: labels() takes a lock and builds its key on every call (hot paths)."""
+    key = (metric, *labels)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = metric.labels(*labels)
+    return found
 
 
 def request_counter(route: str, method: str, code: int) -> Any:

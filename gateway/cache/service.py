@@ -219,7 +219,7 @@ class CacheService:
         metrics.CACHE_CONNECTION.labels("failed").set(0 if up else 1)
 
     def _observe_op(self, op: str, set_: str, status: str, seconds: float) -> None:
-        metrics.CACHE_OP_DURATION.labels(op, metrics.ns_label(set_), status).observe(seconds)
+        metrics.observe(metrics.child(metrics.CACHE_OP_DURATION, op, metrics.ns_label(set_), status), seconds)
 
 
 async def backfill(svc: CacheService, ns: str, tokens: dict[str, Token], docs: list[CacheDoc]) -> None:

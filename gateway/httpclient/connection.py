@@ -116,16 +116,13 @@ class H1Connection(asyncio.Protocol):
             else:
                 await self._write_large(head, body)
             self._last_read = loop.time()
-            self._timer = loop.call_at(min(deadline, self._last_read + self._limits.read_timeout_s), self._on_timer)
+            self._arm_timer(min(deadline, self._last_read + self._limits.read_timeout_s))
             return await waiter
         except BaseException:  # failed, timed out or cancelled: the stream is in an unknown state
             self._error = self._error or ExchangeError("exchange abandoned")
             self.abort()
             raise
         finally:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
             self._waiter = None
 
     async def _write_large(self, head: bytes, body: bytes) -> None:
@@ -150,7 +147,20 @@ class H1Connection(asyncio.Protocol):
             timer.cancel()
             self._drainer = None
 
+    def _arm_timer(self, due: float) -> None:
+        """The exchange's deadlines are checked by one timer per connection, kept across exchanges (a timer per
+        exchange costs more CPU than the rest of its bookkeeping): an earlier exchange's timer is due no later than
+        this one needs, and when it fires `_on_timer` moves it to what the exchange in flight needs."""
+        timer = self._timer
+        if timer is None or timer.when() > due:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self._loop.call_at(due, self._on_timer)
+
     def _on_timer(self) -> None:
+        self._timer = None
+        if self._waiter is None:  # between exchanges: the next one arms it again
+            return
         now = self._loop.time()
         idle_until = self._last_read + self._limits.read_timeout_s
         if now >= self._deadline:
@@ -222,6 +232,9 @@ class H1Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if not self._complete:
             if self._headers_done and self._until_close and self._error is None:
                 self._finish()  # a body delimited by the end of the connection

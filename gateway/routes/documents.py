@@ -101,7 +101,7 @@ def _count_lookups(svc: CacheService, cache_ns: str, ns: str, hits: int, misses:
     labels = (metrics.ns_label(svc.store.set_name(cache_ns)), metrics.ns_label(ns))
     for result, n in (("hit", hits), ("miss", misses), ("error", errors)):
         if n:
-            metrics.inc(metrics.CACHE_LOOKUPS.labels(*labels, result), n)
+            metrics.inc(metrics.child(metrics.CACHE_LOOKUPS, *labels, result), n)
 
 
 def _document(doc_id: str, attrs: dict[str, Any]) -> dict[str, Any]:
@@ -197,7 +197,7 @@ def _reactive_warm(ctx: Ctx, state: WorkerState, svc: CacheService, ns: str, cac
 
 
 def _observe(operation: str, ns: str, cache_result: str, ctx: Ctx) -> None:
-    metrics.observe(metrics.FETCH_DURATION.labels(operation, metrics.ns_label(ns), cache_result),
+    metrics.observe(metrics.child(metrics.FETCH_DURATION, operation, metrics.ns_label(ns), cache_result),
                     time.perf_counter() - ctx.started)
 
 
