@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import gzip
+import http.client
 import json
 import time
 
@@ -210,3 +212,44 @@ def test_base64_vectors_and_string_ids_pass_through(stack: Stack) -> None:
     assert [row["id"] for row in r.json()["rows"]] == ["a", "b"], r
     wait_for(lambda: stack("POST", f"/v2/namespaces/{ns}/query", {"vector": [1.0, 2.0], "top_k": 1}).status == 200)
     assert json.loads(stack("GET", f"/v2/namespaces/{ns}/metadata").body)["approx_row_count"] == 2
+
+
+def test_one_keep_alive_connection_carries_every_kind_of_response(stack: Stack) -> None:
+    """Relayed, gateway-built, gzipped, error and HEAD responses in turn on one connection: each is framed exactly
+    (a HEAD answer has no body, a body matches its content-length), or the next response on the connection would be
+    read from the wrong bytes. The uvicorn adapter writes a response's head and body in one write; this is what
+    that must keep."""
+    ns = "keepalive-kinds"
+    _seed(stack, ns, 60)
+    host, port = stack.gw.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=15)
+    auth = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    query = json.dumps({"rank_by": ["id", "asc"], "top_k": 60, "include_attributes": True}).encode()
+    batch = json.dumps({"ids": list(range(1, 61))}).encode()  # a gateway-built answer, large enough to gzip
+    steps = [
+        ("POST", f"/v2/namespaces/{ns}/query", query, {}, 200),
+        ("HEAD", f"/v2/namespaces/{ns}/metadata", None, {}, 405),
+        ("GET", f"/v2/namespaces/{ns}/documents/1", None, {}, 200),
+        ("POST", f"/v2/namespaces/{ns}/documents", batch, {"Accept-Encoding": "gzip"}, 200),
+        ("GET", "/v2/no/such/route", None, {}, 404),
+        ("HEAD", f"/v2/namespaces/{ns}/documents/1", None, {}, 405),
+        ("POST", f"/v2/namespaces/{ns}/query", query, {}, 200),
+    ]
+    try:
+        for method, path, body, extra, want in steps * 2:
+            conn.request(method, path, body=body, headers={**auth, **extra})
+            resp = conn.getresponse()
+            data = resp.read()
+            assert resp.status == want, (method, path, resp.status, data[:200])
+            if method == "HEAD":
+                assert data == b"", "a HEAD answer carries no body"
+            else:
+                assert len(data) == int(resp.getheader("content-length")), (method, path)
+                if path.endswith("/documents"):
+                    assert resp.getheader("content-encoding") == "gzip", "the batch answer is gzipped"
+                    data = gzip.decompress(data)
+                assert isinstance(json.loads(data), dict), (method, path)
+            if path.endswith("/query"):
+                assert [row["id"] for row in json.loads(data)["rows"]][:3] == [1, 2, 3], path
+    finally:
+        conn.close()
