@@ -40,6 +40,7 @@ from gateway.servers.drain import Drain
 log = logging.getLogger("gateway.uvicorn")
 EMPTY_STATE: dict[str, Any] = {}
 SWEEP_S = 0.25
+ONE_WRITE_MAX = 64 * 1024  # response bodies up to this size leave in the same write as the head
 
 
 class _HeaderLimit(Exception):
@@ -60,8 +61,8 @@ class _Kept:
 
 class OneWriteCycle(RequestResponseCycle):
     """uvicorn's cycle, sending the response head and a whole body in one socket write instead of two (a send
-    syscall saved per response). The head is held until the body message; a streamed or HEAD response gets its
-    head written first, as uvicorn does."""
+    syscall saved per response). The head is held until the body message; a streamed, HEAD or large response
+    (joining would copy the body) gets its head written first, as uvicorn does."""
 
     held_start: Any = None
 
@@ -78,14 +79,15 @@ class OneWriteCycle(RequestResponseCycle):
             await super().send(start)  # encodes the head into `kept` and sets the response state
         finally:
             self.transport = transport
-        whole = (message["type"] == "http.response.body" and not message.get("more_body", False)
+        body = message.get("body", b"") if message["type"] == "http.response.body" else None
+        whole = (body is not None and len(body) <= ONE_WRITE_MAX and not message.get("more_body", False)
                  and not self.chunked_encoding and self.scope["method"] != "HEAD")
         if not whole:
             if kept.data:
                 transport.write(kept.data)
             return await super().send(message)
         self.expected_content_length += len(kept.data)  # uvicorn counts the body bytes it writes
-        await super().send({"type": "http.response.body", "body": kept.data + message.get("body", b"")})
+        await super().send({"type": "http.response.body", "body": kept.data + body})
 
 
 class LimitedProtocol(HttpToolsProtocol):
