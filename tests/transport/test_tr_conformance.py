@@ -107,6 +107,21 @@ def test_silence_after_the_request_ends_at_the_read_timeout(make_client: Make, u
     assert upstream.counters.live == 0 or _closed_soon(upstream)
 
 
+def test_a_kept_alive_connection_outlives_old_deadlines_and_keeps_its_own(make_client: Make,
+                                                                          upstream: ScriptedUpstream) -> None:
+    """The deadlines of earlier exchanges pass while the connection idles in the pool: it stays usable, and a later
+    exchange on it still ends at its own read timeout."""
+    upstream.plan = lambda s: hang() if s.path == "/hang" else respond(body=b"fine")
+    client = make_client(pool_size=1, timeout_ms=30_000, read_timeout_ms=300)
+    assert client.send(upstream.url + "/a").body == b"fine"
+    client.run(asyncio.sleep(0.8))  # the loop runs past the first exchange's read deadline, nothing in flight
+    assert client.send(upstream.url + "/b").body == b"fine"
+    err, took = client.fail(upstream.url + "/hang")
+    assert err.timeout, err
+    assert took < 10, took
+    assert [s.index_on_conn for s in upstream.requests] == [0, 1, 2], "all three on the one kept-alive connection"
+
+
 @pytest.mark.parametrize("where", ["headers", "body"])
 def test_a_slow_drip_ends_at_the_total_deadline(make_client: Make, upstream: ScriptedUpstream, where: str) -> None:
     upstream.plan = lambda s: drip(0.05, head=where == "headers")
