@@ -3,8 +3,8 @@
 
 - `LimitedProtocol` is uvicorn's httptools protocol plus a header read timeout (from connect, or from the first byte
   of a keep-alive request, to complete headers: 408 when some bytes came, a silent close otherwise) and limits on the
-  header bytes and count (431). uvicorn's own keep-alive timeout closes idle connections. The header timeout is
-  checked by one sweep over the worker's connections every SWEEP_S, not by a timer per request (hot path).
+  header bytes and count (431). The header timeout and the keep-alive timeout (an idle connection closed) are checked
+  by one sweep over the worker's connections every SWEEP_S, not by a timer per request (hot path).
 - `Acceptor` accepts from the shared listening socket only while the worker holds fewer than `max_connections`
   connections; beyond it the socket is not read and new connections wait in the kernel's backlog (uvicorn's
   `limit_concurrency` would accept them and answer 503). It takes one connection per wake-up, like nginx's default
@@ -151,8 +151,16 @@ class LimitedProtocol(HttpToolsProtocol):
             self.cycle.__class__ = OneWriteCycle
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        """uvicorn's, without its keep-alive timer per response: the housekeeping sweep closes a connection idle
+        for the keep-alive timeout (`idle_since`)."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
         self.idle_since = self.loop.time()
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
 
     # -- limits ----------------------------------------------------------------------------------------------------
     def _count(self, size: int, headers: int) -> None:
@@ -180,6 +188,14 @@ class LimitedProtocol(HttpToolsProtocol):
 
     def is_idle(self) -> bool:
         return self.idle_since is not None and (self.cycle is None or self.cycle.response_complete)
+
+    def close_if_idle(self, now: float, idle_s: float) -> None:
+        """Close the connection when it has been idle for `idle_s` and no bytes of a next request wait unread in
+        the kernel (it arrived while the event loop was busy)."""
+        if self.is_idle() and now - self.idle_since >= idle_s and not self.transport.is_closing():
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None and sockets.unread(sock.fileno()) == 0:
+                self.transport.close()
 
 
 class Acceptor:
@@ -270,11 +286,7 @@ class UvicornListener:
     def close_idle(self, idle_s: float) -> None:
         now = asyncio.get_running_loop().time()
         for conn in list(self.server_state.connections):
-            if conn.is_idle() and now - conn.idle_since >= idle_s and not conn.transport.is_closing():
-                sock = conn.transport.get_extra_info("socket")
-                # bytes in the kernel not yet read: the next request arrived while the event loop was busy
-                if sock is not None and sockets.unread(sock.fileno()) == 0:
-                    conn.transport.close()
+            conn.close_if_idle(now, idle_s)
 
     def stop_accepting(self) -> bool:
         return self.acceptor.retire()
@@ -289,8 +301,9 @@ class UvicornListener:
         self.done.set()
 
 
-async def _housekeeping(server_state: ServerState, header_timeout_s: float) -> None:
-    """The `date` header once a second; the header read timeout of every connection every SWEEP_S."""
+async def _housekeeping(server_state: ServerState, header_timeout_s: float, keepalive_s: float) -> None:
+    """The `date` header once a second; every SWEEP_S, the header read timeout and the keep-alive timeout of every
+    connection."""
     loop = asyncio.get_running_loop()
     next_date = 0.0
     while True:
@@ -302,6 +315,8 @@ async def _housekeeping(server_state: ServerState, header_timeout_s: float) -> N
             since = conn.headers_since
             if since is not None and now - since >= header_timeout_s:
                 conn.header_timeout()
+            else:
+                conn.close_if_idle(now, keepalive_s)
         await asyncio.sleep(SWEEP_S)
 
 
@@ -311,10 +326,10 @@ async def _serve(sock: socket.socket) -> int:
     app = AsgiApp()
     await app.startup()
     server_state = ServerState()
-    ticker = asyncio.get_running_loop().create_task(_housekeeping(server_state, settings.header_timeout_ms / 1000))
+    ticker = asyncio.get_running_loop().create_task(
+        _housekeeping(server_state, settings.header_timeout_ms / 1000, settings.keepalive_timeout_ms / 1000))
     uv_config = UvicornConfig(app, http="httptools", ws="none", lifespan="off", proxy_headers=False,
-                              server_header=False, date_header=False, log_config=None, access_log=False,
-                              timeout_keep_alive=max(1, round(settings.keepalive_timeout_ms / 1000)))
+                              server_header=False, date_header=False, log_config=None, access_log=False)
     uv_config.load()
     acceptor = Acceptor(sock, server_state, settings)
     listener = UvicornListener(app, acceptor, server_state)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import socket
 import threading
 import time
 from collections import Counter
@@ -158,3 +160,31 @@ def test_header_limits_answer_431(tmp_path: Path, upstream: Proc) -> None:  # no
         gw.stop()
     assert big.status == 431 and many.status == 431 and fine.status == 200, (big, many, fine)
     assert json.loads(fine.body)["status"] == "ok"
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_its_timeout(tmp_path: Path, upstream: Proc) -> None:  # noqa: F811
+    """An answered connection that stays quiet is closed by the gateway, not before its timeout (uvicorn:
+    LAYER_KEEPALIVE_TIMEOUT_MS, checked by the worker's sweep; Granian: hyper's header read timeout)."""
+    timeout_s = 1.5
+    ms = str(int(timeout_s * 1000))
+    gw = start_gateway(upstream.url, KEY, tmp_path / "gw", workers=1, LAYER_KEEPALIVE_TIMEOUT_MS=ms,
+                       LAYER_HEADER_TIMEOUT_MS=ms)
+    try:
+        with socket.create_connection(("127.0.0.1", int(gw.url.rsplit(":", 1)[1])), timeout=10 * timeout_s) as sock:
+            for _ in range(2):  # the second request shows the connection was kept alive
+                sock.sendall(request_bytes("GET", "/health"))
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += sock.recv(65536)
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+                while len(body) < length:
+                    body += sock.recv(65536)
+                assert head.startswith(b"HTTP/1.1 200"), head
+            answered = time.monotonic()
+            while sock.recv(65536):  # until the gateway closes it (a socket timeout fails the test)
+                pass
+            idle = time.monotonic() - answered
+    finally:
+        gw.stop()
+    assert timeout_s - 0.3 <= idle < 10 * timeout_s, idle
