@@ -190,6 +190,7 @@ class Watcher:
         self.margin_ms = margin_ms
         self.namespaces: dict[str, NamespaceWatch] = {}
         self.board = board
+        self._board_now = board.nowait() if isinstance(board, WatchBoard) else None  # changes tried on the loop
         self.fence = fence  # off: writes are stamped with the clock and only make the next poll due (as before)
         self.mirror_s = mirror_ms / 1000
         self.worker_id = f"{os.getpid()}-{id(self):x}"
@@ -235,11 +236,7 @@ class Watcher:
         (inline for the SQLite board: a WAL read never waits for writers; in a thread for a networked one)."""
         if self.board is not None:
             try:
-                if self.board.reads_inline:
-                    records = self.board.read([ns])
-                else:
-                    records = await asyncio.to_thread(self.board.read, [ns])
-                rec = records.get(ns)
+                rec = (await self._board_read([ns])).get(ns)
                 return rec.gen if rec is not None else 0
             except Exception as exc:  # noqa: BLE001 - the publish then falls back too
                 log.debug("watch board: read for %s failed: %s", ns, exc)
@@ -291,7 +288,8 @@ class Watcher:
             return WriteTicket(ns, stamp, None, key)
         if self.board is not None:
             try:
-                stamp, ticket = await asyncio.to_thread(self.board.begin_write, ns, stamp)
+                done, result = self._board_inline(self.board.begin_write, ns, stamp)
+                stamp, ticket = result if done else await asyncio.to_thread(self.board.begin_write, ns, stamp)
             except Exception as exc:  # noqa: BLE001 - the worker's own record still fences this worker
                 log.warning("watch board: begin_write for %s failed: %s", ns, exc)
         w = self.namespaces.get(ns)
@@ -347,7 +345,7 @@ class Watcher:
     async def _record_gen(self, ns: str) -> int | None:
         assert self.board is not None
         try:
-            rec = (await asyncio.to_thread(self.board.read, [ns])).get(ns)
+            rec = (await self._board_read([ns])).get(ns)
         except Exception as exc:  # noqa: BLE001 - no settling answer then; the regular poll follows
             log.warning("watch board: read for %s failed: %s", ns, exc)
             return None
@@ -384,7 +382,9 @@ class Watcher:
         if w is not None:
             w.min_gen = sys.maxsize
         try:
-            gen = await asyncio.shield(asyncio.to_thread(fn, *args))
+            done, gen = self._board_inline(fn, *args)
+            if not done:
+                gen = await asyncio.shield(asyncio.to_thread(fn, *args))
         except Exception as exc:  # noqa: BLE001 - this worker keeps its change; the record catches up later
             log.warning("watch board: %s for %s failed: %s", fn.__name__, ns, exc)
             gen = 0
@@ -392,6 +392,18 @@ class Watcher:
             w.min_gen = gen
             if gen:
                 w.gen = gen  # with a board, this worker's generation is the record's
+
+    def _board_inline(self, fn: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
+        """(True, the result of the board change `fn`) when made on the loop thread without waiting for the file's
+        write lock; (False, None) when the lock is taken (nothing changed): make it in a thread then."""
+        if self._board_now is None:
+            return False, None
+        try:
+            return True, getattr(self._board_now, fn.__name__)(*args)
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                return False, None
+            raise
 
     def hint_unindexed(self, ns: str) -> None:
         """A query response showed unindexed documents: `updating` now, without waiting for a poll."""
@@ -551,12 +563,19 @@ class Watcher:
         self._tokens -= 1
         return w.gen
 
+    async def _board_read(self, names: list[str]) -> dict[str, WatchRecord]:
+        """Inline for the SQLite board when few (a WAL read never waits for writers; cheaper than a thread hop)."""
+        assert self.board is not None
+        if self.board.reads_inline and len(names) <= 8:
+            return self.board.read(names)
+        return await asyncio.to_thread(self.board.read, names)
+
     async def refresh_mirror(self, names: list[str] | None = None) -> None:
         """One batch read of the shared records of `names` (default: every namespace watched here)."""
         assert self.board is not None
         names = list(self.namespaces) if names is None else names
         try:
-            records = await asyncio.to_thread(self.board.read, names)
+            records = await self._board_read(names)
         except Exception as exc:  # noqa: BLE001 - keep the mirror as it is
             log.debug("watch board: mirror refresh failed: %s", exc)
             return

@@ -13,6 +13,7 @@ Records are never deleted otherwise (a namespace gone upstream keeps its record:
 
 from __future__ import annotations
 
+import copy
 import os
 import random
 import sqlite3
@@ -39,6 +40,8 @@ create index if not exists inflight_ns on inflight(ns, stamp);
 # voided one's (`publish`) also below every stamp fenced since the claim
 MARK = "min(:w, coalesce((select min(stamp) from inflight where ns = :ns and expires > :now) - 1, :w))"
 RAISED = f"min({MARK}, coalesce(fenced_min - 1, :w))"
+BEGIN_WRITE = ("insert into inflight(ns, stamp, expires) select ?, max(?, wmax + 1), ? from watch where ns = ? "
+               "returning id, stamp")
 
 
 def host_ms() -> int:
@@ -70,6 +73,7 @@ class WatchBoard:
     """Blocking calls (run them off the event loop, except `read`: a WAL read never waits for writers)."""
 
     reads_inline = True
+    busy_ms = BUSY_MS
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -90,12 +94,24 @@ class WatchBoard:
     def in_dir(cls, data_dir: str) -> WatchBoard:
         return cls(os.path.join(data_dir, FILE_NAME))
 
+    def nowait(self) -> WatchBoard:
+        """This board with connections that never wait for the write lock: for the event-loop thread, where a change
+        costs less than a thread hop. A change that finds the lock taken raises sqlite3.OperationalError (busy)
+        having changed nothing; make it again here, in a thread. It never checkpoints the WAL (an fsync): the
+        polls' changes, made in threads, do."""
+        view = copy.copy(self)
+        view._local, view.busy_ms = threading.local(), 0
+        return view
+
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=BUSY_MS / 1000, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(self.path, timeout=self.busy_ms / 1000, isolation_level=None,
+                                   check_same_thread=False)
             conn.execute("pragma journal_mode=wal")
             conn.execute("pragma synchronous=normal")
+            if not self.busy_ms:
+                conn.execute("pragma wal_autocheckpoint=0")
             self._local.conn = conn
         return conn
 
@@ -121,10 +137,12 @@ class WatchBoard:
     def begin_write(self, ns: str, now_ms: int) -> tuple[int, int]:
         """(stamp, ticket): a stamp above every watermark ever published, held in flight until `end_write`."""
         conn = self._conn()
-        self._ensure(conn, ns)
-        ticket, stamp = conn.execute(
-            "insert into inflight(ns, stamp, expires) select ?, max(?, wmax + 1), ? from watch where ns = ? "
-            "returning id, stamp", (ns, now_ms, host_ms() + INFLIGHT_TTL_MS, ns)).fetchall()[0]
+        args = (ns, now_ms, host_ms() + INFLIGHT_TTL_MS, ns)
+        rows = conn.execute(BEGIN_WRITE, args).fetchall()
+        if not rows:  # no record yet (records are never deleted: later writes skip this statement)
+            self._ensure(conn, ns)
+            rows = conn.execute(BEGIN_WRITE, args).fetchall()
+        ticket, stamp = rows[0]
         return int(stamp), int(ticket)
 
     def end_write(self, ns: str, ticket: int | None, stamp: int, landed: bool, settle: Settle | None = None) -> int:
@@ -134,9 +152,9 @@ class WatchBoard:
         transaction if no other fence or hint came since `settle.gen` was read before that call (so other workers
         never see this write's fence without its settling answer). Returns the record's generation afterwards."""
         conn = self._conn()
-        self._ensure(conn, ns)
         conn.execute("begin immediate")
         try:
+            self._ensure(conn, ns)
             if landed:
                 row = conn.execute("update watch set status = 'updating', gen = gen + 1, watermark = case when "
                                    "watermark >= :s then :s - 1 else watermark end, fenced_min = "
