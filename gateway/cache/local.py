@@ -263,29 +263,26 @@ class LocalCache:
         now, seq = co.now_ms(), time.time_ns()
         codec = _PendingCodec()
         space, rows = _select(conn, ns, list(changes), codec)
-        news = []
+        ver = conn.execute("select v from meta where k = 'ver'").fetchone()[0]  # the transaction holds it
         grown = 0
+        written: dict[str, Token] = {}
+        out = []
         for doc_id, change in changes.items():
             rec, old, old_size = rows.get(doc_id, NO_ROW)
             new = change(rec, old, space, now)
             if new is not None:
-                pending = codec.encode(new.pending)
+                pending, busy = codec.encode(new.pending)
                 size = record_size(doc_id, new.attrs, new.vec) + (len(pending) if pending else 0)
                 grown += size - old_size
-                news.append((doc_id, new, pending, size))
-        if not news:
+                ver += 1
+                written[doc_id] = Token(ver, new.epoch, now, False)
+                out.append((ns, doc_id, new.attrs, new.vec, new.ok, new.epoch, pending, new.unknown_until,
+                            max(busy, new.unknown_until), ver, size, seq))
+        if not out:
             return {}
-        ver = conn.execute("select v from meta where k = 'ver'").fetchone()[0]
-        conn.execute("update meta set v = ? where k = 'ver'", (ver + len(news),))
+        conn.execute("update meta set v = ? where k = 'ver'", (ver,))
         if grown:
             conn.execute(ADD_BYTES, (grown,))
-        written: dict[str, Token] = {}
-        out = []
-        for doc_id, new, pending, size in news:
-            ver += 1
-            written[doc_id] = Token(ver, new.epoch, now, False)
-            out.append((ns, doc_id, new.attrs, new.vec, int(new.ok), new.epoch, pending, new.unknown_until,
-                        new.busy_until, ver, size, seq))
         conn.executemany(WRITE_ROW, out)
         return written
 
@@ -451,12 +448,13 @@ class _PendingCodec:
     """decode/encode_pending for one transaction: a write's ids mostly share one `pending` (same write, same
     deadline), so each distinct value is converted once. Decoded dicts are shared: changes never mutate them."""
 
-    __slots__ = ("_decoded", "_last", "_last_blob")
+    __slots__ = ("_decoded", "_last", "_last_blob", "_last_busy")
 
     def __init__(self) -> None:
         self._decoded: dict[bytes, dict[str, int]] = {}
         self._last: dict[str, int] | None = None
         self._last_blob: bytes | None = None
+        self._last_busy = 0
 
     def decode(self, blob: bytes | None) -> dict[str, int]:
         if not blob:
@@ -466,12 +464,14 @@ class _PendingCodec:
             found = self._decoded[blob] = co.decode_pending(blob)
         return found
 
-    def encode(self, pending: dict[str, int]) -> bytes | None:
+    def encode(self, pending: dict[str, int]) -> tuple[bytes | None, int]:
+        """(the stored blob, the latest deadline in it: Record.busy_until without the unknown outcome)."""
         if not pending:
-            return None
+            return None, 0
         if pending != self._last:
             self._last, self._last_blob = pending, co.encode_pending(pending)
-        return self._last_blob
+            self._last_busy = max(pending.values())
+        return self._last_blob, self._last_busy
 
 
 def _select_space(conn: sqlite3.Connection, ns: str) -> Space:
