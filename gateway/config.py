@@ -11,7 +11,7 @@ from msgspec import Struct
 
 DEFAULT_DATA_DIR = "./.layer"
 TRANSPORTS = ("httptools", "pyreqwest")
-SERVERS = ("granian", "uvicorn")  # the first is the default: it wins `just bench` on the full gateway (README)
+SERVERS = ("uvicorn", "granian")  # the first is the default: it wins `just bench` on the full gateway (README)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # Set by `layer-gateway serve` in the environment its workers inherit when it started the local store itself.
 EMBEDDED_MARKER = "LAYER_EMBEDDED_STORE"
