@@ -71,12 +71,14 @@ class OneWriteCycle(RequestResponseCycle):
             self.held_start = message
             return
         start, self.held_start = self.held_start, None
-        if start is None:
+        if start is None or self.flow.write_paused:  # paused: uvicorn waits for the drain, with the real transport
+            if start is not None:
+                await super().send(start)
             return await super().send(message)
         transport, kept = self.transport, _Kept()
         self.transport = kept  # type: ignore[assignment]
         try:
-            await super().send(start)  # encodes the head into `kept` and sets the response state
+            await super().send(start)  # never suspends here: encodes the head into `kept`, sets the response state
         finally:
             self.transport = transport
         body = message.get("body", b"") if message["type"] == "http.response.body" else None
@@ -113,7 +115,6 @@ class LimitedProtocol(HttpToolsProtocol):
         self.acceptor.connection_closed()
 
     def data_received(self, data: bytes) -> None:
-        self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
