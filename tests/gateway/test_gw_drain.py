@@ -21,8 +21,6 @@ from gw_support import call, wait_for, wait_until
 from support.httpload import IdleConns, Load, Outcome, request_bytes
 from support.procs import SERVER, Proc, base_env, free_port, start_gateway
 
-from gateway.config import SERVERS
-
 GRACE_MS = 1500
 SLOW_MS = 4000  # one query in flight when the grace ends (the gateway stays up ~2 s past it: the refusal probe)
 KEY = "drain-key"
@@ -116,7 +114,7 @@ class Drained:
         fresh = Counter(o.kind for o in self.outcomes if o.fresh)
         late = [o for o in self.outcomes if o.kind == "refused"]
         idle_closed = sorted(t - self.t0 for t in self.idle.closed)
-        return (f"\n{name} ({SERVER or SERVERS[0]}): {dict(kinds)} (first on their connection: {dict(fresh)}); lost "
+        return (f"\n{name} ({SERVER}): {dict(kinds)} (first on their connection: {dict(fresh)}); lost "
                 f"{len(self.lost)}; rate before SIGTERM {_rate(self.outcomes, self.t0):.0f} req/s; answered during "
                 f"the grace {len(self.during)} (Connection: close on {sum(o.close for o in self.during)}); refused "
                 f"connects {len(late)}, first {min((o.started - self.t0 for o in late), default=-1):.3f} s after "

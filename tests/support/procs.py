@@ -17,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Self, TypeVar
 
+from gateway.config import SERVERS
+
 T = TypeVar("T")
 
 READY_TIMEOUT_S = 30.0
@@ -25,7 +27,7 @@ LOG_DIR = Path(tempfile.gettempdir()) / "layer-test-logs"
 STORE_KEY = "test-store-key"  # the store key the test gateways are configured with
 # The HTTP server every test gateway runs (`LAYER_SERVER=granian python -m pytest tests` runs the suite under
 # Granian; .ci/run does both). Unset: the gateway's default.
-SERVER = os.environ.get("LAYER_SERVER", "").strip()
+SERVER = os.environ.get("LAYER_SERVER", "").strip() or SERVERS[0]
 
 
 def free_ports(n: int) -> list[int]:
@@ -132,8 +134,7 @@ def base_env(**extra: str) -> dict[str, str]:
     gateways stop without a drain grace (SIGTERM is how every test stops its gateway) unless `extra` sets one."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("TURBOPUFFER_", "LAYER_", "AEROSPIKE_")) and k != "DATABASE_URL"}
-    if SERVER:
-        env["LAYER_SERVER"] = SERVER
+    env["LAYER_SERVER"] = SERVER
     env["LAYER_DRAIN_GRACE_MS"] = "0"
     env.update(extra)
     return env
