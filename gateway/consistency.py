@@ -191,6 +191,7 @@ class Watcher:
         self.namespaces: dict[str, NamespaceWatch] = {}
         self.board = board
         self._board_now = board.nowait() if isinstance(board, WatchBoard) else None  # changes tried on the loop
+        self._board_batch: list[tuple[str, tuple[Any, ...], asyncio.Future[tuple[bool, Any]]]] = []
         self.fence = fence  # off: writes are stamped with the clock and only make the next poll due (as before)
         self.mirror_s = mirror_ms / 1000
         self.worker_id = f"{os.getpid()}-{id(self):x}"
@@ -288,7 +289,7 @@ class Watcher:
             return WriteTicket(ns, stamp, None, key)
         if self.board is not None:
             try:
-                done, result = self._board_inline(self.board.begin_write, ns, stamp)
+                done, result = await self._board_this_tick(self.board.begin_write, ns, stamp)
                 stamp, ticket = result if done else await asyncio.to_thread(self.board.begin_write, ns, stamp)
             except Exception as exc:  # noqa: BLE001 - the worker's own record still fences this worker
                 log.warning("watch board: begin_write for %s failed: %s", ns, exc)
@@ -382,7 +383,7 @@ class Watcher:
         if w is not None:
             w.min_gen = sys.maxsize
         try:
-            done, gen = self._board_inline(fn, *args)
+            done, gen = await self._board_this_tick(fn, *args)
             if not done:
                 gen = await asyncio.shield(asyncio.to_thread(fn, *args))
         except Exception as exc:  # noqa: BLE001 - this worker keeps its change; the record catches up later
@@ -393,17 +394,32 @@ class Watcher:
             if gen:
                 w.gen = gen  # with a board, this worker's generation is the record's
 
-    def _board_inline(self, fn: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
-        """(True, the result of the board change `fn`) when made on the loop thread without waiting for the file's
-        write lock; (False, None) when the lock is taken (nothing changed): make it in a thread then."""
+    def _board_this_tick(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[tuple[bool, Any]]:
+        """(True, the result of the board change `fn`) once made on the loop thread, in one transaction with the
+        other changes of this loop iteration (concurrent writes share a commit), without waiting for the file's
+        write lock; (False, None) when the lock is taken, or any change of the batch failed (nothing changed):
+        make it in a thread then, on its own."""
+        future: asyncio.Future[tuple[bool, Any]] = asyncio.get_running_loop().create_future()
         if self._board_now is None:
-            return False, None
+            future.set_result((False, None))
+            return future
+        self._board_batch.append((fn.__name__, args, future))
+        if len(self._board_batch) == 1:
+            future.get_loop().call_soon(self._board_commit)
+        return future
+
+    def _board_commit(self) -> None:
+        batch, self._board_batch = self._board_batch, []
+        assert self._board_now is not None
         try:
-            return True, getattr(self._board_now, fn.__name__)(*args)
-        except sqlite3.OperationalError as exc:
-            if getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-                return False, None
-            raise
+            results = [(True, r) for r in self._board_now.changes([(name, args) for name, args, _ in batch])]
+        except Exception as exc:  # noqa: BLE001 - busy, or one change failed: each is made again in a thread
+            if getattr(exc, "sqlite_errorcode", None) not in BUSY_CODES:
+                log.debug("watch board: a batch of %d change(s) failed: %s", len(batch), exc)
+            results = [(False, None)] * len(batch)
+        for (_, _, future), result in zip(batch, results):
+            if not future.done():
+                future.set_result(result)
 
     def hint_unindexed(self, ns: str) -> None:
         """A query response showed unindexed documents: `updating` now, without waiting for a poll."""

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 FILE_NAME = "watch-v3.sqlite3"  # a new schema gets a new file (the records are soft)
 BUSY_MS = 2000
@@ -133,7 +133,7 @@ class WatchBoard:
 
     # Every change below is one statement (autocommit; RETURNING rows fetched at once so the statement ends and
     # commits): the file's write lock is held only inside SQLite, never while this thread waits for the GIL. The
-    # exception is `end_write`, a few statements in one short transaction.
+    # exceptions are `end_write`, a few statements in one short transaction, and `changes`, several changes in one.
     def begin_write(self, ns: str, now_ms: int) -> tuple[int, int]:
         """(stamp, ticket): a stamp above every watermark ever published, held in flight until `end_write`."""
         conn = self._conn()
@@ -152,7 +152,9 @@ class WatchBoard:
         transaction if no other fence or hint came since `settle.gen` was read before that call (so other workers
         never see this write's fence without its settling answer). Returns the record's generation afterwards."""
         conn = self._conn()
-        conn.execute("begin immediate")
+        own = not conn.in_transaction  # else part of the one `changes` opened
+        if own:
+            conn.execute("begin immediate")
         try:
             self._ensure(conn, ns)
             if landed:
@@ -165,11 +167,26 @@ class WatchBoard:
             conn.execute("delete from inflight where id = ?", (ticket,))
             if settle is not None and int(row[0]) == settle.gen + landed:
                 self._publish(conn, ns, settle.status, settle.started_ms, settle.margin_ms, int(row[0]), settle.meta)
+            if own:
+                conn.execute("commit")
+        except BaseException:
+            if own:
+                conn.execute("rollback")
+            raise
+        return int(row[0])
+
+    def changes(self, calls: list[tuple[str, tuple[Any, ...]]]) -> list[Any]:
+        """Several changes (method name, arguments) in one transaction, one commit: their results. If one of them
+        raises, none is made (the caller makes each on its own then)."""
+        conn = self._conn()
+        conn.execute("begin immediate")
+        try:
+            out = [getattr(self, name)(*args) for name, args in calls]
             conn.execute("commit")
         except BaseException:
             conn.execute("rollback")
             raise
-        return int(row[0])
+        return out
 
     def hint_updating(self, ns: str) -> int:
         """Mark a stable namespace updating (generation + 1); returns the record's generation afterwards."""

@@ -8,12 +8,13 @@ no new C dependency.
 Threads: point reads run inline on the event loop (a WAL read never waits for writers and costs less than one
 executor hop; its busy timeout is tiny so a lock can never stall the loop). Small writes (a few ids: a 1-row write's
 fences) are tried inline too, without waiting for the write lock: an executor hop costs more CPU than their
-transaction. When the lock is taken, a pool write is running or queued, or the write would need eviction, they go to
-the pool like every other write. Writes, and reads of many ids, run in the worker's small thread pool with
-per-thread connections, where waiting on another process's write lock is harmless and bounded by the cache timeout.
-Writes that arrive while a write transaction runs are committed together in the next one (group commit): a busy
-worker pays one executor hop and one commit for many concurrent writes. The inline connection never checkpoints the
-WAL (an fsync on the loop): every INLINE_CHECKPOINT_EVERY inline commits, the pool does (passive: never waits).
+transaction, and the ones made in one loop iteration (concurrent requests) share one transaction and one commit, the
+larger part of their cost. When the lock is taken, a pool write is running or queued, or the write would need
+eviction, they go to the pool like every other write. Writes, and reads of many ids, run in the worker's small thread
+pool with per-thread connections, where waiting on another process's write lock is harmless and bounded by the cache
+timeout. Writes that arrive while a write transaction runs are committed together in the next one (group commit): a
+busy worker pays one executor hop and one commit for many concurrent writes. The inline connection never checkpoints
+the WAL (an fsync on the loop): every INLINE_CHECKPOINT_EVERY inline commits, the pool does (passive: never waits).
 
 Coherence: every change is a gateway/cache/coherence.py function applied inside one write transaction (read the
 record and the namespace's epoch, compute, write). Versions come from one counter in the file, so a record removed
@@ -137,6 +138,7 @@ class LocalCache:
         self.jobs = LocalJobStore(self)
         self._queued: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], bool]] = []
         self._committing = False
+        self._this_tick: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[tuple[bool, Any]]]] = []
         self._tasks = Tasks()  # the background commit of writes queued meanwhile
 
     def set_name(self, ns: str) -> str:
@@ -311,7 +313,7 @@ class LocalCache:
         CacheError its own call would have raised. A batch holding a fence is tried even while the breaker is open.
         `inline`: first try it on the loop thread (see the module docstring)."""
         if inline and not self._committing and not self._queued:
-            done, result = self._write_inline(fn)
+            done, result = await self._write_this_tick(fn)
             if done:
                 return result
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -352,6 +354,32 @@ class LocalCache:
         for (_, future, _), result in zip(batch, results):
             if not future.done():
                 future.set_result(result)
+
+    def _write_this_tick(self, fn: Callable[[sqlite3.Connection], Any]) -> asyncio.Future[tuple[bool, Any]]:
+        """(True, fn's result) once committed on the loop thread together with the other small writes of this loop
+        iteration (one commit for the writes that concurrent requests make at once); (False, None): the pool must do
+        it (see _write_inline)."""
+        future: asyncio.Future[tuple[bool, Any]] = asyncio.get_running_loop().create_future()
+        self._this_tick.append((fn, future))
+        if len(self._this_tick) == 1:
+            future.get_loop().call_soon(self._commit_this_tick)
+        return future
+
+    def _commit_this_tick(self) -> None:
+        batch, self._this_tick = self._this_tick, []
+        outcome: tuple[bool, Any] = (False, None)
+        if not self._committing and not self._queued:  # else the pool has earlier writes: these go after them
+            try:
+                outcome = self._write_inline(lambda conn: [fn(conn) for fn, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - a CacheError (or a bug) for every write of the batch
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                return
+        done, results = outcome
+        for i, (_, future) in enumerate(batch):
+            if not future.done():
+                future.set_result((True, results[i]) if done else outcome)
 
     def _write_inline(self, fn: Callable[[sqlite3.Connection], Any]) -> tuple[bool, Any]:
         """(True, fn's result) when committed on the loop thread; (False, None) when the pool must do it: the write

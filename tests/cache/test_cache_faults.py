@@ -173,6 +173,40 @@ def test_local_small_writes_commit_on_the_loop_and_the_byte_total_holds(tmp_path
     run_with(env, body)
 
 
+
+def test_local_small_writes_made_together_share_one_commit_or_wait_for_the_pool_together(tmp_path: Path) -> None:
+    """Small writes that concurrent requests make in one loop iteration commit in one inline transaction, each with
+    its own result. While another process holds the write lock, none is committed inline: all go to the pool,
+    wait there for the lock, and land."""
+    env = env_for(tmp_path, AEROSPIKE_TIMEOUT_MS="5000")
+
+    async def body(c: Any) -> None:
+        await upsert(c, "ns", [doc("first", v=0)])  # the first call connects, in the pool
+        statements: list[str] = []
+        c._inline_write_conn().set_trace_callback(statements.append)
+        calls: list[str] = []
+        c.runner.observe = lambda op, set_, status, seconds: calls.append(op)
+        await asyncio.gather(*(upsert(c, "ns", [doc(f"t-{i}", v=i)]) for i in range(10)))
+        assert calls == [] and statements.count("commit") == 2  # ten begins, then ten finishes
+        assert await get_many(c, "ns", [f"t-{i}" for i in range(10)], ["v"]) == \
+            {f"t-{i}": {"v": i} for i in range(10)}
+
+        blocker = sqlite3.connect(c.path, isolation_level=None)
+        blocker.execute("begin immediate")
+        try:
+            writes = asyncio.gather(*(upsert(c, "ns", [doc(f"u-{i}", v=i)]) for i in range(5)))
+            await asyncio.sleep(0.1)  # the inline try finds the lock taken; the pool waits for it (5 s at most)
+            assert statements.count("commit") == 2
+            blocker.execute("rollback")
+            await writes
+        finally:
+            blocker.close()
+        assert "write_batch" in calls
+        assert await get_many(c, "ns", [f"u-{i}" for i in range(5)], ["v"]) == {f"u-{i}": {"v": i} for i in range(5)}
+
+    run_with(env, body)
+
+
 # -- Aerospike ---------------------------------------------------------------------------------------------------
 
 @pytest.fixture

@@ -5,6 +5,7 @@ gateway/watch_board_aerospike.py)."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -151,6 +152,48 @@ def test_a_namespace_gone_upstream_keeps_its_record_unless_a_fence_came_since(bo
     rec = b.read(["ns"])["ns"]
     assert rec.status == "updating" and rec.gen == gen + 1 and rec.watermark == stamp - 1
     assert a.claim_poll("ns", "a", 0, 10_000) == gen + 1  # the slot was given back all the same
+
+
+def test_sqlite_board_changes_made_together_share_one_transaction_or_wait_in_threads(tmp_path: Path) -> None:
+    """A worker's board changes of one loop iteration (concurrent writes) are one transaction on the loop thread;
+    if one of them fails, none is made (each is made again on its own, in a thread). While another worker holds the
+    file's write lock, every change is made in a thread, once the lock is free."""
+    path = str(tmp_path / "watch.sqlite3")
+    board, other = WatchBoard(path), WatchBoard(path)
+    now = host_ms()
+    with pytest.raises(sqlite3.Error):
+        board.changes([("begin_write", ("x", now)), ("end_write", ("z", ["not a ticket"], now, True))])
+    assert other.read(["x", "z"]) == {}  # x's change, and z's record made before the error, were undone
+
+    config = load_config({"TURBOPUFFER_API_URL": "http://127.0.0.1:9", "TURBOPUFFER_API_KEY": STORE_KEY})
+
+    async def main() -> None:
+        upstream = Upstream(config)
+        watcher = Watcher(upstream, 0, 0, MARGIN, board=board)
+        assert watcher._board_now is not None
+        transactions: list[str] = []
+        watcher._board_now._conn().set_trace_callback(lambda sql: sql == "begin immediate" and transactions.append(sql))
+        try:
+            tickets = await asyncio.gather(*(watcher.begin_write(f"n{i}", None) for i in range(8)))
+            assert len(transactions) == 1
+            locked = other._conn()
+            locked.execute("begin immediate")
+            try:
+                waiting = asyncio.gather(*(watcher.begin_write(f"n{i}", None) for i in range(8)))
+                await asyncio.sleep(0.1)  # the loop's try finds the lock taken; threads wait for it (2 s at most)
+                assert len(transactions) == 2
+            finally:
+                locked.execute("rollback")
+            tickets += await waiting
+            assert len({t.board_ticket for t in tickets} - {None}) == 16
+            await asyncio.gather(*(watcher.end_write(t, landed=False) for t in tickets))
+            assert len(transactions) == 3
+            assert locked.execute("select count(*) from inflight where ns like 'n%'").fetchone()[0] == 0
+        finally:
+            await watcher.stop()
+            await upstream.close()
+
+    asyncio.run(main())
 
 
 @pytest.fixture(scope="module")
