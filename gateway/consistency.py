@@ -417,9 +417,11 @@ class Watcher:
             if getattr(exc, "sqlite_errorcode", None) not in BUSY_CODES:
                 log.debug("watch board: a batch of %d change(s) failed: %s", len(batch), exc)
             results = [(False, None)] * len(batch)
-        for (_, _, future), result in zip(batch, results):
+        for (name, args, future), result in zip(batch, results):
             if not future.done():
                 future.set_result(result)
+            elif not result[0]:  # its caller was cancelled meanwhile: a thread still makes it, as it would have
+                self._board_soon(name, getattr(self.board, name), *args)
 
     def hint_unindexed(self, ns: str) -> None:
         """A query response showed unindexed documents: `updating` now, without waiting for a poll."""

@@ -377,9 +377,14 @@ class LocalCache:
                         future.set_exception(exc)
                 return
         done, results = outcome
-        for i, (_, future) in enumerate(batch):
+        for i, (fn, future) in enumerate(batch):
             if not future.done():
                 future.set_result((True, results[i]) if done else outcome)
+            elif not done:  # its caller was cancelled meanwhile: the pool still makes it, as it would have
+                self._queued.append((fn, future.get_loop().create_future(), True))
+        if self._queued and not self._committing:
+            self._committing = True
+            self._tasks.spawn("cache group commit", self._commit_rest())
 
     def _write_inline(self, fn: Callable[[sqlite3.Connection], Any]) -> tuple[bool, Any]:
         """(True, fn's result) when committed on the loop thread; (False, None) when the pool must do it: the write

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from gateway.cache import CacheError, DocumentCache, open_cache
+from gateway.cache import coherence as co
 
 from .cache_ops import delete, doc, get, get_many, upsert
 from .conftest import BREAKER_MS, aerospike_env, run_with, start_server
@@ -203,6 +204,33 @@ def test_local_small_writes_made_together_share_one_commit_or_wait_for_the_pool_
             blocker.close()
         assert "write_batch" in calls
         assert await get_many(c, "ns", [f"u-{i}" for i in range(5)], ["v"]) == {f"u-{i}": {"v": i} for i in range(5)}
+
+    run_with(env, body)
+
+
+
+def test_local_a_change_whose_caller_was_cancelled_still_lands_when_its_batch_goes_to_the_pool(tmp_path: Path) -> None:
+    """A request cancelled while its fence waits for this loop iteration's commit: when that commit finds the lock
+    taken, the fence still goes to the pool (as it would have without the wait) instead of being dropped."""
+    env = env_for(tmp_path, AEROSPIKE_TIMEOUT_MS="5000")
+
+    async def body(c: Any) -> None:
+        await upsert(c, "ns", [doc("first", v=0)])  # the first call connects, in the pool
+        assert (await c.lookup("ns", ["x"])).tokens["x"].fill
+        blocker = sqlite3.connect(c.path, isolation_level=None)
+        blocker.execute("begin immediate")
+        try:
+            kept = asyncio.create_task(c.update("ns", {"y": co.settle(0)}, fence=True))
+            gone = asyncio.create_task(c.update("ns", {"x": co.settle(co.now_ms() + 60_000)}, fence=True))
+            await asyncio.sleep(0)  # both joined this iteration's commit
+            gone.cancel()
+            await asyncio.sleep(0.1)  # that commit found the lock taken; the pool waits for it (5 s at most)
+            blocker.execute("rollback")
+            await kept
+        finally:
+            blocker.close()
+        assert gone.cancelled()
+        assert not (await c.lookup("ns", ["x"])).tokens["x"].fill  # x's unknown outcome landed: no fill
 
     run_with(env, body)
 

@@ -196,6 +196,41 @@ def test_sqlite_board_changes_made_together_share_one_transaction_or_wait_in_thr
     asyncio.run(main())
 
 
+def test_a_board_change_whose_caller_was_cancelled_is_still_made_when_its_batch_goes_to_a_thread(
+        tmp_path: Path) -> None:
+    """A write's end on the board, cancelled while it waits for this loop iteration's transaction: when that finds
+    the lock taken, a thread still makes it (as it would have without the wait): its in-flight entry goes."""
+    path = str(tmp_path / "watch.sqlite3")
+    board, other = WatchBoard(path), WatchBoard(path)
+    config = load_config({"TURBOPUFFER_API_URL": "http://127.0.0.1:9", "TURBOPUFFER_API_KEY": STORE_KEY})
+
+    async def main() -> None:
+        upstream = Upstream(config)
+        watcher = Watcher(upstream, 0, 0, MARGIN, board=board)
+        locked = other._conn()
+        try:
+            ticket = await watcher.begin_write("n", None)
+            assert locked.execute("select count(*) from inflight").fetchone()[0] == 1
+            locked.execute("begin immediate")
+            try:
+                gone = asyncio.create_task(watcher.end_write(ticket, landed=False))
+                await asyncio.sleep(0)  # it joined this iteration's transaction
+                gone.cancel()
+                await asyncio.sleep(0.1)  # that found the lock taken; a thread waits for it (2 s at most)
+            finally:
+                locked.execute("rollback")
+            for _ in range(200):
+                if locked.execute("select count(*) from inflight").fetchone()[0] == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert gone.cancelled() and locked.execute("select count(*) from inflight").fetchone()[0] == 0
+        finally:
+            await watcher.stop()
+            await upstream.close()
+
+    asyncio.run(main())
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     proc = start_localstore(tmp_path_factory.mktemp("gone") / "store", LOCALSTORE_API_KEY=STORE_KEY)
