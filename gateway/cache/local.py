@@ -136,9 +136,9 @@ class LocalCache:
         self._ready = False
         self.evicted_total = 0
         self.jobs = LocalJobStore(self)
-        self._queued: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], bool]] = []
+        self._queued: list[tuple[Callable[[Tx], Any], asyncio.Future[Any], bool]] = []
         self._committing = False
-        self._this_tick: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[tuple[bool, Any]]]] = []
+        self._this_tick: list[tuple[Callable[[Tx], Any], asyncio.Future[tuple[bool, Any]]]] = []
         self._tasks = Tasks()  # the background commit of writes queued meanwhile
 
     def set_name(self, ns: str) -> str:
@@ -261,11 +261,11 @@ class LocalCache:
                                                       inline=len(changes) <= INLINE_MAX_IDS)
         return written
 
-    def _update_tx(self, ns: str, changes: Mapping[str, Change], conn: sqlite3.Connection) -> dict[str, Token]:
+    def _update_tx(self, ns: str, changes: Mapping[str, Change], conn: Tx) -> dict[str, Token]:
         now, seq = co.now_ms(), time.time_ns()
         codec = _PendingCodec()
         space, rows = _select(conn, ns, list(changes), codec)
-        ver = conn.execute("select v from meta where k = 'ver'").fetchone()[0]  # the transaction holds it
+        ver = conn.ver()
         grown = 0
         written: dict[str, Token] = {}
         out = []
@@ -282,14 +282,12 @@ class LocalCache:
                             max(busy, new.unknown_until), ver, size, seq))
         if not out:
             return {}
-        conn.execute("update meta set v = ? where k = 'ver'", (ver,))
-        if grown:
-            conn.execute(ADD_BYTES, (grown,))
+        conn.moved(ver, grown)
         conn.executemany(WRITE_ROW, out)
         return written
 
     async def reset(self, ns: str, unknown_until: int) -> None:
-        def tx(conn: sqlite3.Connection) -> None:
+        def tx(conn: Tx) -> None:
             new = co.reset(_select_space(conn, ns), unknown_until)
             conn.execute("insert into spaces values (?, ?, ?) on conflict (ns) do update set epoch = excluded.epoch, "
                          "unknown_until = excluded.unknown_until", (ns, new.epoch, new.unknown_until))
@@ -305,7 +303,7 @@ class LocalCache:
             if n < CHUNK:
                 return removed
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], Any], fence: bool = False,
+    async def _write(self, fn: Callable[[Tx], Any], fence: bool = False,
                      inline: bool = False) -> Any:
         """Run fn(conn) in a write transaction, together with the other writes queued meanwhile (group commit).
         With no commit running, this write commits at once itself; writes that arrive during a commit are
@@ -355,7 +353,7 @@ class LocalCache:
             if not future.done():
                 future.set_result(result)
 
-    def _write_this_tick(self, fn: Callable[[sqlite3.Connection], Any]) -> asyncio.Future[tuple[bool, Any]]:
+    def _write_this_tick(self, fn: Callable[[Tx], Any]) -> asyncio.Future[tuple[bool, Any]]:
         """(True, fn's result) once committed on the loop thread together with the other small writes of this loop
         iteration (one commit for the writes that concurrent requests make at once); (False, None): the pool must do
         it (see _write_inline)."""
@@ -386,7 +384,7 @@ class LocalCache:
             self._committing = True
             self._tasks.spawn("cache group commit", self._commit_rest())
 
-    def _write_inline(self, fn: Callable[[sqlite3.Connection], Any]) -> tuple[bool, Any]:
+    def _write_inline(self, fn: Callable[[Tx], Any]) -> tuple[bool, Any]:
         """(True, fn's result) when committed on the loop thread; (False, None) when the pool must do it: the write
         lock is taken (never waited for here) or the file is past its size bound (eviction runs in the pool)."""
         conn = self._inline_write_conn()
@@ -400,8 +398,9 @@ class LocalCache:
             self.runner._failed("write_inline", "*", exc, 0.0)
             raise CacheError(f"cache write failed: {exc}") from exc
         try:
-            result = fn(conn)
-            if conn.execute("select v from meta where k = 'bytes'").fetchone()[0] > self._s.max_bytes:
+            tx = Tx(conn)
+            result = fn(tx)
+            if tx.finish() > self._s.max_bytes:
                 conn.execute("rollback")
                 return False, None
             conn.execute("commit")
@@ -426,12 +425,13 @@ class LocalCache:
         except CacheError:
             pass  # the next pool commit (of any worker) checkpoints
 
-    def _write_tx(self, fns: list[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
+    def _write_tx(self, fns: list[Callable[[Tx], Any]]) -> list[Any]:
         conn = self._thread_conn()
         conn.execute("begin immediate")
         try:
-            results = [fn(conn) for fn in fns]
-            self.evicted_total += _evict(conn, self._s.max_bytes, self._s.fill_window_ms)
+            tx = Tx(conn)
+            results = [fn(tx) for fn in fns]
+            self.evicted_total += _evict(conn, tx.finish(), self._s.max_bytes, self._s.fill_window_ms)
             conn.execute("commit")
         except BaseException:
             conn.execute("rollback")
@@ -477,6 +477,38 @@ class LocalJobStore:
         await self._c._write(partial(_delete_jobs, ns))
 
 
+class Tx:
+    """A write transaction's connection, as the write functions get it. The `meta` counters its record changes move
+    (the version counter, the byte total) are kept here and written once, by `finish`, however many changes the
+    transaction holds (a loop iteration's writes, a group commit)."""
+
+    __slots__ = ("_conn", "_grown", "_ver", "_ver_read", "execute", "executemany")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn, self.execute, self.executemany = conn, conn.execute, conn.executemany
+        self._ver = 0
+        self._ver_read: int | None = None  # the counter when this transaction first read it
+        self._grown = 0
+
+    def ver(self) -> int:
+        """The version counter as this transaction left it so far (the transaction holds the write lock)."""
+        if self._ver_read is None:
+            self._ver = self._ver_read = int(self._conn.execute("select v from meta where k = 'ver'").fetchone()[0])
+        return self._ver
+
+    def moved(self, ver: int, grown: int) -> None:
+        """Changes were written: the version counter is at `ver` now and the records grew by `grown` bytes."""
+        self._ver, self._grown = ver, self._grown + grown
+
+    def finish(self) -> int:
+        """Write the counters; the byte total afterwards."""
+        if self._ver_read is not None and self._ver != self._ver_read:
+            self._conn.execute("update meta set v = ? where k = 'ver'", (self._ver,))
+        if self._grown:
+            return _add_bytes(self._conn, self._grown)
+        return int(self._conn.execute("select v from meta where k = 'bytes'").fetchone()[0])
+
+
 class _PendingCodec:
     """decode/encode_pending for one transaction: a write's ids mostly share one `pending` (same write, same
     deadline), so each distinct value is converted once. Decoded dicts are shared: changes never mutate them."""
@@ -507,7 +539,7 @@ class _PendingCodec:
         return self._last_blob, self._last_busy
 
 
-def _select_space(conn: sqlite3.Connection, ns: str) -> Space:
+def _select_space(conn: sqlite3.Connection | Tx, ns: str) -> Space:
     row = conn.execute("select epoch, unknown_until from spaces where ns = ?", (ns,)).fetchone()
     return Space() if row is None else Space(row[0], row[1])
 
@@ -515,7 +547,7 @@ def _select_space(conn: sqlite3.Connection, ns: str) -> Space:
 NO_ROW: tuple[None, int, int] = (None, 0, 0)
 
 
-def _select(conn: sqlite3.Connection, ns: str, ids: list[str],
+def _select(conn: Tx, ns: str, ids: list[str],
             codec: _PendingCodec) -> tuple[Space, dict[str, tuple[Record, int, int]]]:
     """The namespace's state and the full records of `ids` with their versions and sizes (for changes)."""
     rows: dict[str, tuple[Record, int, int]] = {}
@@ -564,7 +596,7 @@ def _decode(blob: bytes, include: Sequence[str] | None) -> dict[str, Any]:
         raise CacheError(f"cache record is not readable: {exc}") from exc
 
 
-def _collect_chunk(ns: str, conn: sqlite3.Connection) -> int:
+def _collect_chunk(ns: str, conn: Tx) -> int:
     epoch = _select_space(conn, ns).epoch
     sizes = conn.execute("delete from docs where ns = ?1 and id in (select id from docs where ns = ?1 and epoch < ?2 "
                          "and busy_until < ?3 limit ?4) returning size", (ns, epoch, co.now_ms(), CHUNK)).fetchall()
@@ -572,10 +604,10 @@ def _collect_chunk(ns: str, conn: sqlite3.Connection) -> int:
     return len(sizes)
 
 
-def _evict(conn: sqlite3.Connection, max_bytes: int, window_ms: int) -> int:
-    """Past the size bound: remove the oldest records that are older than the fill window and hold no fence; if
-    that is not enough, drop the data (never the fence) of the oldest records that still have some."""
-    total = conn.execute("select v from meta where k = 'bytes'").fetchone()[0]
+def _evict(conn: sqlite3.Connection, total: int, max_bytes: int, window_ms: int) -> int:
+    """Past the size bound (`total`: the byte total now): remove the oldest records that are older than the fill
+    window and hold no fence; if that is not enough, drop the data (never the fence) of the oldest records that
+    still have some."""
     if total <= max_bytes:
         return 0
     evicted = 0
@@ -622,11 +654,11 @@ def _select_result_gen(conn: sqlite3.Connection, ns: str) -> int:
     return 0 if row is None else int(row[0])
 
 
-def _bump_result_gen(ns: str, conn: sqlite3.Connection) -> None:
+def _bump_result_gen(ns: str, conn: Tx) -> None:
     conn.execute("insert into result_gens values (?, 1) on conflict (ns) do update set gen = gen + 1", (ns,))
 
 
-def _put_job(job: WarmJob, conn: sqlite3.Connection) -> None:
+def _put_job(job: WarmJob, conn: Tx) -> None:
     conn.execute("insert into jobs values (?, ?, ?, ?) on conflict (id) do update set body = excluded.body",
                  (job.id, job.namespace, job.created_at, _job_encode(job)))
     if job.status != "running":  # keep the newest JOBS_KEPT per namespace
@@ -646,5 +678,5 @@ def _select_jobs(conn: sqlite3.Connection, ns: str | None) -> list[tuple[bytes]]
     return conn.execute("select body from jobs where ns = ? order by created_at, id", (ns,)).fetchall()
 
 
-def _delete_jobs(ns: str, conn: sqlite3.Connection) -> None:
+def _delete_jobs(ns: str, conn: Tx) -> None:
     conn.execute("delete from jobs where ns = ?", (ns,))

@@ -19,7 +19,7 @@ import pytest
 from gateway.cache import CacheError, DocumentCache, open_cache
 from gateway.cache import coherence as co
 
-from .cache_ops import delete, doc, get, get_many, upsert
+from .cache_ops import begin, delete, doc, finish, get, get_many, upsert
 from .conftest import BREAKER_MS, aerospike_env, run_with, start_server
 
 TIMEOUT_MS = 200
@@ -187,7 +187,9 @@ def test_local_small_writes_made_together_share_one_commit_or_wait_for_the_pool_
         c._inline_write_conn().set_trace_callback(statements.append)
         calls: list[str] = []
         c.runner.observe = lambda op, set_, status, seconds: calls.append(op)
-        await asyncio.gather(*(upsert(c, "ns", [doc(f"t-{i}", v=i)]) for i in range(10)))
+        begun = await asyncio.gather(*(begin(c, "ns", [f"t-{i}"]) for i in range(10)))
+        assert len({tokens[f"t-{i}"].ver for i, (_, tokens) in enumerate(begun)}) == 10  # one counter, moved once
+        await asyncio.gather(*(finish(c, "ns", b, {f"t-{i}": co.Upsert({"v": i}, None)}) for i, b in enumerate(begun)))
         assert calls == [] and statements.count("commit") == 2  # ten begins, then ten finishes
         assert await get_many(c, "ns", [f"t-{i}" for i in range(10)], ["v"]) == \
             {f"t-{i}": {"v": i} for i in range(10)}
