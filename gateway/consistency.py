@@ -39,6 +39,7 @@ import msgspec
 
 from gateway import metrics
 from gateway.cache.partition import namespace_of
+from gateway.per_tick import Batch, PerTick
 from gateway.tasks import Tasks
 from gateway.upstream import Upstream
 from gateway.watch_board import Settle, WatchBoard, WatchRecord, host_ms
@@ -191,7 +192,7 @@ class Watcher:
         self.namespaces: dict[str, NamespaceWatch] = {}
         self.board = board
         self._board_now = board.nowait() if isinstance(board, WatchBoard) else None  # changes tried on the loop
-        self._board_batch: list[tuple[str, tuple[Any, ...], asyncio.Future[tuple[bool, Any]]]] = []
+        self._board_tick: PerTick[tuple[str, tuple[Any, ...]]] = PerTick(self._board_commit)
         self.fence = fence  # off: writes are stamped with the clock and only make the next poll due (as before)
         self.mirror_s = mirror_ms / 1000
         self.worker_id = f"{os.getpid()}-{id(self):x}"
@@ -289,8 +290,7 @@ class Watcher:
             return WriteTicket(ns, stamp, None, key)
         if self.board is not None:
             try:
-                done, result = await self._board_this_tick(self.board.begin_write, ns, stamp)
-                stamp, ticket = result if done else await asyncio.to_thread(self.board.begin_write, ns, stamp)
+                stamp, ticket = await self._board_call(self.board.begin_write, ns, stamp)
             except Exception as exc:  # noqa: BLE001 - the worker's own record still fences this worker
                 log.warning("watch board: begin_write for %s failed: %s", ns, exc)
         w = self.namespaces.get(ns)
@@ -383,9 +383,7 @@ class Watcher:
         if w is not None:
             w.min_gen = sys.maxsize
         try:
-            done, gen = await self._board_this_tick(fn, *args)
-            if not done:
-                gen = await asyncio.shield(asyncio.to_thread(fn, *args))
+            gen = await self._board_call(fn, *args)
         except Exception as exc:  # noqa: BLE001 - this worker keeps its change; the record catches up later
             log.warning("watch board: %s for %s failed: %s", fn.__name__, ns, exc)
             gen = 0
@@ -394,30 +392,25 @@ class Watcher:
             if gen:
                 w.gen = gen  # with a board, this worker's generation is the record's
 
-    def _board_this_tick(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[tuple[bool, Any]]:
-        """(True, the result of the board change `fn`) once made on the loop thread, in one transaction with the
-        other changes of this loop iteration (concurrent writes share a commit), without waiting for the file's
-        write lock; (False, None) when the lock is taken, or any change of the batch failed (nothing changed):
-        make it in a thread then, on its own."""
-        future: asyncio.Future[tuple[bool, Any]] = asyncio.get_running_loop().create_future()
-        if self._board_now is None:
-            future.set_result((False, None))
-            return future
-        self._board_batch.append((fn.__name__, args, future))
-        if len(self._board_batch) == 1:
-            future.get_loop().call_soon(self._board_commit)
-        return future
+    async def _board_call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """The board change `fn` made, and its result: on the loop thread, in one transaction with the other changes
+        of this loop iteration (concurrent writes share a commit), without waiting for the file's write lock; in a
+        thread, on its own, when the lock is taken or another change of the batch failed (nothing changed then)."""
+        if self._board_now is not None:
+            done, result = await self._board_tick.add((fn.__name__, args))
+            if done:
+                return result
+        return await asyncio.shield(asyncio.to_thread(fn, *args))
 
-    def _board_commit(self) -> None:
-        batch, self._board_batch = self._board_batch, []
+    def _board_commit(self, batch: Batch[tuple[str, tuple[Any, ...]]]) -> None:
         assert self._board_now is not None
         try:
-            results = [(True, r) for r in self._board_now.changes([(name, args) for name, args, _ in batch])]
+            results = [(True, r) for r in self._board_now.changes([call for call, _ in batch])]
         except Exception as exc:  # noqa: BLE001 - busy, or one change failed: each is made again in a thread
             if getattr(exc, "sqlite_errorcode", None) not in BUSY_CODES:
                 log.debug("watch board: a batch of %d change(s) failed: %s", len(batch), exc)
             results = [(False, None)] * len(batch)
-        for (name, args, future), result in zip(batch, results):
+        for ((name, args), future), result in zip(batch, results):
             if not future.done():
                 future.set_result(result)
             elif not result[0]:  # its caller was cancelled meanwhile: a thread still makes it, as it would have

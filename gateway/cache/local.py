@@ -50,6 +50,7 @@ from gateway.cache._runner import Runner
 from gateway.cache.base import CacheError, CacheStatus, WarmJob, decode_attrs, record_size, unpack_vector
 from gateway.cache.coherence import Change, Lookup, Record, Space, Token
 from gateway.config import CacheSettings
+from gateway.per_tick import Batch, PerTick
 from gateway.tasks import Tasks
 
 log = logging.getLogger("gateway.cache")
@@ -138,7 +139,7 @@ class LocalCache:
         self.jobs = LocalJobStore(self)
         self._queued: list[tuple[Callable[[Tx], Any], asyncio.Future[Any], bool]] = []
         self._committing = False
-        self._this_tick: list[tuple[Callable[[Tx], Any], asyncio.Future[tuple[bool, Any]]]] = []
+        self._this_tick: PerTick[Callable[[Tx], Any]] = PerTick(self._commit_this_tick)
         self._tasks = Tasks()  # the background commit of writes queued meanwhile
 
     def set_name(self, ns: str) -> str:
@@ -311,7 +312,7 @@ class LocalCache:
         CacheError its own call would have raised. A batch holding a fence is tried even while the breaker is open.
         `inline`: first try it on the loop thread (see the module docstring)."""
         if inline and not self._committing and not self._queued:
-            done, result = await self._write_this_tick(fn)
+            done, result = await self._this_tick.add(fn)
             if done:
                 return result
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -353,18 +354,9 @@ class LocalCache:
             if not future.done():
                 future.set_result(result)
 
-    def _write_this_tick(self, fn: Callable[[Tx], Any]) -> asyncio.Future[tuple[bool, Any]]:
-        """(True, fn's result) once committed on the loop thread together with the other small writes of this loop
-        iteration (one commit for the writes that concurrent requests make at once); (False, None): the pool must do
-        it (see _write_inline)."""
-        future: asyncio.Future[tuple[bool, Any]] = asyncio.get_running_loop().create_future()
-        self._this_tick.append((fn, future))
-        if len(self._this_tick) == 1:
-            future.get_loop().call_soon(self._commit_this_tick)
-        return future
-
-    def _commit_this_tick(self) -> None:
-        batch, self._this_tick = self._this_tick, []
+    def _commit_this_tick(self, batch: Batch[Callable[[Tx], Any]]) -> None:
+        """The small writes of one loop iteration: each future gets (True, its result) once committed together on
+        the loop thread, or (False, None): the pool must do it (see _write_inline)."""
         outcome: tuple[bool, Any] = (False, None)
         if not self._committing and not self._queued:  # else the pool has earlier writes: these go after them
             try:
