@@ -40,6 +40,7 @@ import msgspec
 from gateway import metrics
 from gateway.cache.partition import namespace_of
 from gateway.per_tick import Batch, PerTick
+from gateway.sqlite_wal import Checkpoints
 from gateway.tasks import Tasks
 from gateway.upstream import Upstream
 from gateway.watch_board import Settle, WatchBoard, WatchRecord, host_ms
@@ -206,6 +207,7 @@ class Watcher:
         self._tokens, self._tokens_at = fallback_budget, time.monotonic()
         self._wake = asyncio.Event()
         self._tasks = Tasks()
+        self._board_checkpoints = Checkpoints(self._tasks, "watch board checkpoint", self._board_checkpoint)
         # Called with (namespace, digest of the metadata body) after every poll this worker learns of (its own, or
         # through the shared record another worker's): the query-result cache bumps the namespace's generation when
         # the metadata changed (a write that may not have come through the gateway).
@@ -400,7 +402,9 @@ class Watcher:
             done, result = await self._board_tick.add((fn.__name__, args))
             if done:
                 return result
-        return await asyncio.shield(asyncio.to_thread(fn, *args))
+        result = await asyncio.shield(asyncio.to_thread(fn, *args))
+        self._board_checkpoints.committed()
+        return result
 
     def _board_commit(self, batch: Batch[tuple[str, tuple[Any, ...]]]) -> None:
         assert self._board_now is not None
@@ -410,6 +414,8 @@ class Watcher:
             if getattr(exc, "sqlite_errorcode", None) not in BUSY_CODES:
                 log.debug("watch board: a batch of %d change(s) failed: %s", len(batch), exc)
             results = [(False, None)] * len(batch)
+        else:
+            self._board_checkpoints.committed()
         for ((name, args), future), result in zip(batch, results):
             if not future.done():
                 future.set_result(result)
@@ -438,6 +444,10 @@ class Watcher:
                 hook(ns)
             except Exception:  # a hook never breaks the watcher
                 log.exception("upstream write hook failed for %s", ns)
+
+    async def _board_checkpoint(self) -> None:
+        assert isinstance(self.board, WatchBoard)
+        await asyncio.to_thread(self.board.checkpoint)
 
     def _board_soon(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
         async def call() -> None:

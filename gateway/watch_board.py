@@ -23,6 +23,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from gateway.sqlite_wal import checkpoint
+
 FILE_NAME = "watch-v3.sqlite3"  # a new schema gets a new file (the records are soft)
 BUSY_MS = 2000
 INFLIGHT_TTL_MS = 120_000  # a write in flight longer than this (its worker died) stops capping the watermark
@@ -97,8 +99,8 @@ class WatchBoard:
     def nowait(self) -> WatchBoard:
         """This board with connections that never wait for the write lock: for the event-loop thread, where a change
         costs less than a thread hop. A change that finds the lock taken raises sqlite3.OperationalError (busy)
-        having changed nothing; make it again here, in a thread. It never checkpoints the WAL (an fsync): the
-        polls' changes, made in threads, do."""
+        having changed nothing; make it again here, in a thread. It never checkpoints the WAL (an fsync): its user
+        calls `checkpoint` in a thread every CHECKPOINT_EVERY commits (gateway/sqlite_wal.py)."""
         view = copy.copy(self)
         view._local, view.busy_ms = threading.local(), 0
         return view
@@ -114,6 +116,9 @@ class WatchBoard:
                 conn.execute("pragma wal_autocheckpoint=0")
             self._local.conn = conn
         return conn
+
+    def checkpoint(self) -> None:
+        checkpoint(self._conn(), self.path)
 
     def _ensure(self, conn: sqlite3.Connection, ns: str) -> None:
         conn.execute("insert or ignore into watch values (?, 'unknown', null, 0, 0, 0, null, 0, null, null, null, null)",

@@ -14,7 +14,8 @@ eviction, they go to the pool like every other write. Writes, and reads of many 
 pool with per-thread connections, where waiting on another process's write lock is harmless and bounded by the cache
 timeout. Writes that arrive while a write transaction runs are committed together in the next one (group commit): a
 busy worker pays one executor hop and one commit for many concurrent writes. The inline connection never checkpoints
-the WAL (an fsync on the loop): every INLINE_CHECKPOINT_EVERY inline commits, the pool does (passive: never waits).
+the WAL (an fsync on the loop): every CHECKPOINT_EVERY inline commits, the pool does, and a pool commit checks the
+file's size as often (gateway/sqlite_wal.py: past its bound the WAL is copied whole and truncated).
 
 Coherence: every change is a gateway/cache/coherence.py function applied inside one write transaction (read the
 record and the namespace's epoch, compute, write). Versions come from one counter in the file, so a record removed
@@ -51,6 +52,7 @@ from gateway.cache.base import CacheError, CacheStatus, WarmJob, decode_attrs, r
 from gateway.cache.coherence import Change, Lookup, Record, Space, Token
 from gateway.config import CacheSettings
 from gateway.per_tick import Batch, PerTick
+from gateway.sqlite_wal import CHECKPOINT_EVERY, Checkpoints, checkpoint
 from gateway.tasks import Tasks
 
 log = logging.getLogger("gateway.cache")
@@ -60,7 +62,6 @@ SCHEMA_WAIT_S = 10.0
 JOBS_KEPT = 100
 INLINE_MAX_IDS = 32
 INLINE_BUSY_MS = 5
-INLINE_CHECKPOINT_EVERY = 64  # about as often as SQLite's auto-checkpoint (1,000 pages) ran for these writes
 BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 EVICT_TO = 0.9
 CHUNK = 500
@@ -132,7 +133,7 @@ class LocalCache:
         self._tls = threading.local()
         self._loop_conn: sqlite3.Connection | None = None
         self._loop_wconn: sqlite3.Connection | None = None
-        self._inline_commits = 0
+        self._pool_commits = 0
         self._pid = 0
         self._ready = False
         self.evicted_total = 0
@@ -140,7 +141,8 @@ class LocalCache:
         self._queued: list[tuple[Callable[[Tx], Any], asyncio.Future[Any], bool]] = []
         self._committing = False
         self._this_tick: PerTick[Callable[[Tx], Any]] = PerTick(self._commit_this_tick)
-        self._tasks = Tasks()  # the background commit of writes queued meanwhile
+        self._tasks = Tasks()  # the background commit of writes queued meanwhile, checkpoints
+        self._checkpoints = Checkpoints(self._tasks, "cache checkpoint", self._checkpoint)
 
     def set_name(self, ns: str) -> str:
         return ns  # one table keyed (ns, id); the "set" only labels metrics
@@ -405,17 +407,14 @@ class LocalCache:
                 return False, None
             self.runner._failed("write_inline", "*", exc, 0.0)
             raise CacheError(f"cache write failed: {exc}") from exc
-        self._inline_commits += 1
-        if self._inline_commits >= INLINE_CHECKPOINT_EVERY:
-            self._inline_commits = 0
-            self._tasks.spawn("cache checkpoint", self._checkpoint())
+        self._checkpoints.committed()
         return True, result
 
     async def _checkpoint(self) -> None:
         try:
-            await self.runner.call("checkpoint", "*", _checkpoint, self._thread_conn)
+            await self.runner.call("checkpoint", "*", lambda: checkpoint(self._thread_conn(), self.path))
         except CacheError:
-            pass  # the next pool commit (of any worker) checkpoints
+            pass  # the next one does
 
     def _write_tx(self, fns: list[Callable[[Tx], Any]]) -> list[Any]:
         conn = self._thread_conn()
@@ -428,6 +427,9 @@ class LocalCache:
         except BaseException:
             conn.execute("rollback")
             raise
+        self._pool_commits += 1  # from pool threads: a lost count only moves the next checkpoint
+        if self._pool_commits % CHECKPOINT_EVERY == 0:
+            checkpoint(conn, self.path)
         return results
 
     async def _replay(self, ns: str, reset: int | None, ids: dict[str, int]) -> None:
@@ -634,11 +636,6 @@ def _evict(conn: sqlite3.Connection, total: int, max_bytes: int, window_ms: int)
 def _add_bytes(conn: sqlite3.Connection, delta: int) -> int:
     """Move the byte total by `delta` (a statement that changed sizes); the new total."""
     return int(conn.execute("update meta set v = v + ? where k = 'bytes' returning v", (delta,)).fetchone()[0])
-
-
-def _checkpoint(conn: Callable[[], sqlite3.Connection]) -> None:
-    """Copy the WAL into the file as far as no reader needs it (never waits; the pool thread's fsync)."""
-    conn().execute("pragma wal_checkpoint(passive)").fetchall()
 
 
 def _select_result_gen(conn: sqlite3.Connection, ns: str) -> int:

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.wal import smallest_wal_once_unpinned
 
+from gateway import sqlite_wal
 from gateway.cache import CacheError, DocumentCache, open_cache
 from gateway.cache import coherence as co
 
@@ -238,6 +240,23 @@ def test_local_a_change_whose_caller_was_cancelled_still_lands_when_its_batch_go
 
 
 # -- Aerospike ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ids", [1, 40], ids=["inline", "pool"])
+def test_local_wal_file_past_its_bound_is_truncated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ids: int) -> None:
+    """Under steady writes a passive checkpoint never catches up, SQLite never restarts its log, and the WAL file grew
+    for as long as the writes went on (148 MB after 5 s of 1-row writes). Past its bound, a checkpoint (every 64
+    commits: small writes' inline ones, or the pool's) copies it all and truncates the file."""
+    monkeypatch.setattr(sqlite_wal, "WAL_MAX_BYTES", 256 << 10)
+    env = env_for(tmp_path, AEROSPIKE_TIMEOUT_MS="5000")
+
+    async def body(c: Any) -> None:
+        await upsert(c, "ns", [doc("first", v=0)])  # the first call creates the file
+        pinned, smallest = await smallest_wal_once_unpinned(
+            c.path, "docs", lambda i: upsert(c, "ns", [doc(f"d-{i}-{j}", v=i) for j in range(ids)]))
+        assert pinned > sqlite_wal.WAL_MAX_BYTES and smallest < pinned // 2
+
+    run_with(env, body)
+
 
 @pytest.fixture
 def server() -> Iterator[Any]:

@@ -16,7 +16,9 @@ from aerospike import exception as aex
 from gw_support import call
 from support.aerospike import start_aerospike
 from support.procs import STORE_KEY, Proc, start_localstore
+from support.wal import smallest_wal_once_unpinned
 
+from gateway import sqlite_wal
 from gateway.config import load_cache_settings, load_config
 from gateway.consistency import Watcher, now_ms
 from gateway.state import WorkerState
@@ -192,6 +194,30 @@ def test_sqlite_board_changes_made_together_share_one_transaction_or_wait_in_thr
         finally:
             await watcher.stop()
             await upstream.close()
+
+    asyncio.run(main())
+
+
+def test_sqlite_board_wal_file_past_its_bound_is_truncated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The board's changes on the loop thread never checkpoint; every 64 of them one is made in a thread, and once the
+    WAL file is past its bound it is copied whole and truncated (else it grows for as long as writes go on)."""
+    monkeypatch.setattr(sqlite_wal, "WAL_MAX_BYTES", 256 << 10)
+    board = WatchBoard(str(tmp_path / "watch.sqlite3"))
+    config = load_config({"TURBOPUFFER_API_URL": "http://127.0.0.1:9", "TURBOPUFFER_API_KEY": STORE_KEY})
+
+    async def main() -> None:
+        upstream = Upstream(config)
+        watcher = Watcher(upstream, 0, 0, MARGIN, board=board)
+
+        async def write(i: int) -> None:
+            await watcher.end_write(await watcher.begin_write(f"n{i % 8}", None), landed=True)
+
+        try:
+            pinned, smallest = await smallest_wal_once_unpinned(board.path, "watch", write)
+        finally:
+            await watcher.stop()
+            await upstream.close()
+        assert pinned > sqlite_wal.WAL_MAX_BYTES and smallest < pinned // 2
 
     asyncio.run(main())
 
