@@ -612,6 +612,7 @@ class Watcher:
 
     async def run(self) -> None:
         while True:
+            self._wake.clear()  # before the scan: a namespace watched while this tick polls wakes the next one
             now = time.monotonic()
             due = []
             for ns, w in list(self.namespaces.items()):
@@ -621,7 +622,6 @@ class Watcher:
                     due.append(self._poll_current(ns, w))
             if due:  # concurrently, at most `concurrency` metadata calls in flight
                 await asyncio.gather(*due)
-            self._wake.clear()
             try:  # the next tick one tick after this one started (after its polls, their round trips would add up)
                 await asyncio.wait_for(self._wake.wait(), timeout=max(now + self.poll_s - time.monotonic(), 0))
             except TimeoutError:

@@ -73,3 +73,27 @@ def test_a_late_poll_keeps_the_schedule_a_stall_or_a_requested_poll_restarts_it(
     at = time.monotonic()
     watcher._schedule(w)
     assert w.last_polled >= at and not w.due
+
+
+def test_a_namespace_watched_while_a_tick_polls_is_polled_when_that_tick_ends() -> None:
+    """A namespace watched (its first query) while the watcher's tick waits for other namespaces' polls is polled
+    as soon as that tick ends. Before, its wake-up was cleared at the tick's end and it waited a whole interval
+    (a gateway test with 600 s intervals failed on this now and then)."""
+    async def main() -> None:
+        upstream = SlowUpstream()
+        watcher = Watcher(upstream, poll_ms=600_000, stable_poll_ms=600_000, margin_ms=0)  # type: ignore[arg-type]
+        watcher.watch("stable-a", None)
+        watcher.start()
+        try:
+            deadline = time.monotonic() + 30
+            while "stable-a" not in upstream.calls:  # its poll is under way now, for RTT_S
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.005)
+            watcher.watch("stable-b", None)
+            while "stable-b" not in upstream.calls:
+                assert time.monotonic() < deadline, upstream.calls
+                await asyncio.sleep(0.01)
+        finally:
+            await watcher.stop()
+
+    asyncio.run(main())
