@@ -225,6 +225,7 @@ class WatchBoard:
         the lowest stamp fenced since the claim too, if the slot was not claimed again since (gateway/consistency.py)."""
         conn = self._conn()
         self._ensure(conn, ns)
+        conn.execute("delete from inflight where ns = ? and expires <= ?", (ns, host_ms()))  # their workers died
         if self._publish(conn, ns, status, started_ms, margin_ms, gen, meta):
             return True
         if claimed and status == "stable" and conn.execute(

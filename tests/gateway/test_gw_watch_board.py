@@ -18,7 +18,7 @@ from support.aerospike import start_aerospike
 from support.procs import STORE_KEY, Proc, start_localstore
 from support.wal import smallest_wal_once_unpinned
 
-from gateway import sqlite_wal
+from gateway import sqlite_wal, watch_board
 from gateway.config import load_cache_settings, load_config
 from gateway.consistency import Watcher, now_ms
 from gateway.state import WorkerState
@@ -82,6 +82,23 @@ def test_stamps_stay_above_every_watermark_and_in_flight_writes_cap_it(boards: t
     b.end_write("ns", ticket, stamp, landed=True)
     rec = a.read(["ns"])["ns"]
     assert rec.status == "updating" and rec.watermark == stamp - 1
+
+
+def test_sqlite_board_removes_a_dead_workers_writes_in_flight_at_the_next_poll(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that died mid-write leaves its in-flight entry; once expired it no longer caps the watermark, and the
+    namespace's next published poll removes it (before, such entries stayed, and every poll scanned them)."""
+    board = WatchBoard(str(tmp_path / "watch.sqlite3"))
+    monkeypatch.setattr(watch_board, "INFLIGHT_TTL_MS", 0)
+    board.begin_write("ns", host_ms())  # its worker dies: no end_write
+    monkeypatch.undo()
+    stamp, _ = board.begin_write("ns", host_ms())  # a live write
+    board.begin_write("other", host_ms())
+    gen = board.claim_poll("ns", "a", 0, 10_000)
+    assert gen is not None and board.publish("ns", "stable", host_ms() + 5000, MARGIN, gen)
+    assert board.read(["ns"])["ns"].watermark == stamp - 1  # the live write still caps it
+    rows = board._conn().execute("select ns, stamp from inflight order by id").fetchall()
+    assert [ns for ns, _ in rows] == ["ns", "other"] and rows[0][1] == stamp
 
 
 def test_one_poller_per_interval_and_failover_when_the_slot_lapses(boards: tuple[Any, Any]) -> None:
