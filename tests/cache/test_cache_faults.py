@@ -239,8 +239,6 @@ def test_local_a_change_whose_caller_was_cancelled_still_lands_when_its_batch_go
     run_with(env, body)
 
 
-# -- Aerospike ---------------------------------------------------------------------------------------------------
-
 @pytest.mark.parametrize("ids", [1, 40], ids=["inline", "pool"])
 def test_local_wal_file_past_its_bound_is_truncated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ids: int) -> None:
     """Under steady writes a passive checkpoint never catches up, SQLite never restarts its log, and the WAL file grew
@@ -257,6 +255,8 @@ def test_local_wal_file_past_its_bound_is_truncated(tmp_path: Path, monkeypatch:
 
     run_with(env, body)
 
+
+# -- Aerospike ---------------------------------------------------------------------------------------------------
 
 @pytest.fixture
 def server() -> Iterator[Any]:

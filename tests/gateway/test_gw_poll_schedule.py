@@ -77,8 +77,8 @@ def test_a_late_poll_keeps_the_schedule_a_stall_or_a_requested_poll_restarts_it(
 
 def test_a_namespace_watched_while_a_tick_polls_is_polled_when_that_tick_ends() -> None:
     """A namespace watched (its first query) while the watcher's tick waits for other namespaces' polls is polled
-    as soon as that tick ends. Before, its wake-up was cleared at the tick's end and it waited a whole interval
-    (a gateway test with 600 s intervals failed on this now and then)."""
+    as soon as that tick ends. Before, its wake-up was cleared at the tick's end and it waited a whole interval (a
+    likely cause of rare failures of a gateway test whose intervals are 600 s: test_gw_paths' watermark poll)."""
     async def main() -> None:
         upstream = SlowUpstream()
         watcher = Watcher(upstream, poll_ms=600_000, stable_poll_ms=600_000, margin_ms=0)  # type: ignore[arg-type]
