@@ -14,8 +14,8 @@ eviction, they go to the pool like every other write. Writes, and reads of many 
 pool with per-thread connections, where waiting on another process's write lock is harmless and bounded by the cache
 timeout. Writes that arrive while a write transaction runs are committed together in the next one (group commit): a
 busy worker pays one executor hop and one commit for many concurrent writes. The inline connection never checkpoints
-the WAL (an fsync on the loop): every CHECKPOINT_EVERY inline commits, the pool does, and a pool commit checks the
-file's size as often (gateway/sqlite_wal.py: past its bound the WAL is copied whole and truncated).
+the WAL (an fsync on the loop): every CHECKPOINT_EVERY commits (inline or pool ones), the pool does, outside the
+breaker and the deadline (gateway/sqlite_wal.py: past its bound the WAL is copied whole and truncated).
 
 Coherence: every change is a gateway/cache/coherence.py function applied inside one write transaction (read the
 record and the namespace's epoch, compute, write). Versions come from one counter in the file, so a record removed
@@ -52,7 +52,7 @@ from gateway.cache.base import CacheError, CacheStatus, WarmJob, decode_attrs, r
 from gateway.cache.coherence import Change, Lookup, Record, Space, Token
 from gateway.config import CacheSettings
 from gateway.per_tick import Batch, PerTick
-from gateway.sqlite_wal import CHECKPOINT_EVERY, Checkpoints, checkpoint
+from gateway.sqlite_wal import Checkpoints, checkpoint
 from gateway.tasks import Tasks
 
 log = logging.getLogger("gateway.cache")
@@ -133,7 +133,6 @@ class LocalCache:
         self._tls = threading.local()
         self._loop_conn: sqlite3.Connection | None = None
         self._loop_wconn: sqlite3.Connection | None = None
-        self._pool_commits = 0
         self._pid = 0
         self._ready = False
         self.evicted_total = 0
@@ -352,6 +351,7 @@ class LocalCache:
             if error is not exc:
                 raise
             return
+        self._checkpoints.committed()
         for (_, future, _), result in zip(batch, results):
             if not future.done():
                 future.set_result(result)
@@ -411,10 +411,7 @@ class LocalCache:
         return True, result
 
     async def _checkpoint(self) -> None:
-        try:
-            await self.runner.call("checkpoint", "*", lambda: checkpoint(self._thread_conn(), self.path))
-        except CacheError:
-            pass  # the next one does
+        await self.runner.upkeep(lambda: checkpoint(self._thread_conn(), self.path))
 
     def _write_tx(self, fns: list[Callable[[Tx], Any]]) -> list[Any]:
         conn = self._thread_conn()
@@ -427,9 +424,6 @@ class LocalCache:
         except BaseException:
             conn.execute("rollback")
             raise
-        self._pool_commits += 1  # from pool threads: a lost count only moves the next checkpoint
-        if self._pool_commits % CHECKPOINT_EVERY == 0:
-            checkpoint(conn, self.path)
         return results
 
     async def _replay(self, ns: str, reset: int | None, ids: dict[str, int]) -> None:

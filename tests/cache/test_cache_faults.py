@@ -18,7 +18,7 @@ import pytest
 from support.wal import smallest_wal_once_unpinned
 
 from gateway import sqlite_wal
-from gateway.cache import CacheError, DocumentCache, open_cache
+from gateway.cache import CacheError, DocumentCache, local, open_cache
 from gateway.cache import coherence as co
 
 from .cache_ops import begin, delete, doc, finish, get, get_many, upsert
@@ -254,6 +254,30 @@ def test_local_wal_file_past_its_bound_is_truncated(tmp_path: Path, monkeypatch:
         assert pinned > sqlite_wal.WAL_MAX_BYTES and smallest < pinned // 2
 
     run_with(env, body)
+
+
+def test_local_a_checkpoint_slower_than_the_deadline_neither_fails_writes_nor_opens_the_breaker(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint (a truncating one copies the whole WAL and fsyncs) may take longer than the cache deadline: it
+    runs outside the breaker and the deadline, so the cache keeps answering meanwhile. Before, a slow checkpoint
+    timed out as a cache call and opened the breaker (reads cold for LAYER_CACHE_BREAKER_MS)."""
+    started: list[float] = []
+
+    def slow_checkpoint(conn: sqlite3.Connection, db_path: str) -> None:
+        started.append(time.monotonic())
+        time.sleep(TIMEOUT_MS / 1000 * 4)  # past the deadline of a call (twice the timeout)
+
+    monkeypatch.setattr(local, "checkpoint", slow_checkpoint)
+
+    async def body(c: Any) -> None:
+        for i in range(sqlite_wal.CHECKPOINT_EVERY + 1):  # one inline commit each: the last ones start a checkpoint
+            await upsert(c, "ns", [doc(f"d-{i}", v=i)])
+        assert await until(lambda: asyncio.sleep(0, bool(started)))
+        await asyncio.sleep(TIMEOUT_MS / 1000 * 3)  # it has outlived the deadline, and still runs
+        assert c.status().connected
+        assert await get(c, "ns", "d-0") == {"v": 0}  # served from the cache: no breaker_open, no error
+
+    run_with(env_for(tmp_path), body)
 
 
 # -- Aerospike ---------------------------------------------------------------------------------------------------
