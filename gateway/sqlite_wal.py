@@ -23,7 +23,7 @@ WAL_MAX_BYTES = 16 << 20
 # SQLite's busy handler polls (it sleeps 1, 2, 5, 10 ms... between tries), and while a checkpoint waits no other one
 # can run: a long wait under busy writers lets the WAL grow meanwhile. A short one gives up; the next one tries again.
 TRUNCATE_WAIT_MS = 20
-CHECKPOINT_EVERY = 64  # a connection with automatic checkpoints off: one, in a thread, per this many commits
+CHECKPOINT_EVERY = 64  # commits per checkpoint (`Checkpoints`)
 
 
 def wal_bytes(db_path: str) -> int:
@@ -53,9 +53,10 @@ def checkpoint(conn: sqlite3.Connection, db_path: str) -> None:
 
 
 class Checkpoints:
-    """Checkpoints for a connection that makes none itself (the event loop's: a checkpoint fsyncs and may wait): every
-    CHECKPOINT_EVERY of its commits, `run` (a checkpoint in a thread) is started, one at a time (two would contend
-    for SQLite's checkpoint lock, and the second would give up at once)."""
+    """Every CHECKPOINT_EVERY commits counted here, `run` (a checkpoint in a thread) is started, one at a time (two
+    would contend for SQLite's checkpoint lock, and the second would give up at once). Counted: the event loop's
+    commits (its connections never checkpoint: a checkpoint fsyncs and may wait) and the cache pool's (whose
+    automatic checkpoints are passive)."""
 
     def __init__(self, tasks: Tasks, name: str, run: Callable[[], Awaitable[object]]) -> None:
         self._tasks, self._name, self._run = tasks, name, run
