@@ -207,7 +207,9 @@ class Watcher:
         self._tokens, self._tokens_at = fallback_budget, time.monotonic()
         self._wake = asyncio.Event()
         self._tasks = Tasks()
-        self._board_checkpoints = Checkpoints(self._tasks, "watch board checkpoint", self._board_checkpoint)
+        # the SQLite board's WAL: the loop thread's changes never checkpoint it (an Aerospike board has none)
+        self._board_checkpoints = (Checkpoints(self._tasks, "watch board checkpoint", self._board_checkpoint)
+                                   if self._board_now is not None else None)
         # Called with (namespace, digest of the metadata body) after every poll this worker learns of (its own, or
         # through the shared record another worker's): the query-result cache bumps the namespace's generation when
         # the metadata changed (a write that may not have come through the gateway).
@@ -403,11 +405,12 @@ class Watcher:
             if done:
                 return result
         result = await asyncio.shield(asyncio.to_thread(fn, *args))
-        self._board_checkpoints.committed()
+        if self._board_checkpoints is not None:
+            self._board_checkpoints.committed()
         return result
 
     def _board_commit(self, batch: Batch[tuple[str, tuple[Any, ...]]]) -> None:
-        assert self._board_now is not None
+        assert self._board_now is not None and self._board_checkpoints is not None
         try:
             results = [(True, r) for r in self._board_now.changes([call for call, _ in batch])]
         except Exception as exc:  # noqa: BLE001 - busy, or one change failed: each is made again in a thread

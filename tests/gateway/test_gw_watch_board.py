@@ -239,6 +239,30 @@ def test_sqlite_board_wal_file_past_its_bound_is_truncated(tmp_path: Path, monke
     asyncio.run(main())
 
 
+def test_many_changes_on_either_board_leave_no_failed_background_task(boards: tuple[Any, Any],
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """More than a checkpoint's worth of writes (64 commits): the SQLite board checkpoints its WAL in a thread; the
+    Aerospike board has no WAL, and nothing tries to checkpoint it (before, every 64th change started a checkpoint
+    that failed there, logged as a failed background task)."""
+    board = boards[0]
+    config = load_config({"TURBOPUFFER_API_URL": "http://127.0.0.1:9", "TURBOPUFFER_API_KEY": STORE_KEY})
+
+    async def main() -> None:
+        upstream = Upstream(config)
+        watcher = Watcher(upstream, 0, 0, MARGIN, board=board)
+        try:
+            for _ in range(sqlite_wal.CHECKPOINT_EVERY + 1):
+                await watcher.end_write(await watcher.begin_write("ns", None), landed=True)
+            await asyncio.sleep(0.5)  # a checkpoint started by the last ones ends (in a thread)
+        finally:
+            await watcher.stop()
+            await upstream.close()
+
+    with caplog.at_level("ERROR", logger="gateway.tasks"):
+        asyncio.run(main())
+    assert not [r for r in caplog.records if r.name == "gateway.tasks"], caplog.text
+
+
 def test_a_board_change_whose_caller_was_cancelled_is_still_made_when_its_batch_goes_to_a_thread(
         tmp_path: Path) -> None:
     """A write's end on the board, cancelled while it waits for this loop iteration's transaction: when that finds
