@@ -208,8 +208,8 @@ class Watcher:
         self._wake = asyncio.Event()
         self._tasks = Tasks()
         # the SQLite board's WAL: the loop thread's changes never checkpoint it (an Aerospike board has none)
-        self._board_checkpoints = (Checkpoints(self._tasks, "watch board checkpoint", self._board_checkpoint)
-                                   if self._board_now is not None else None)
+        self._board_checkpoints = (Checkpoints(self._tasks, "watch board checkpoint", board.checkpoint)
+                                   if isinstance(board, WatchBoard) else None)
         # Called with (namespace, digest of the metadata body) after every poll this worker learns of (its own, or
         # through the shared record another worker's): the query-result cache bumps the namespace's generation when
         # the metadata changed (a write that may not have come through the gateway).
@@ -448,10 +448,6 @@ class Watcher:
             except Exception:  # a hook never breaks the watcher
                 log.exception("upstream write hook failed for %s", ns)
 
-    async def _board_checkpoint(self) -> None:
-        assert isinstance(self.board, WatchBoard)
-        await asyncio.to_thread(self.board.checkpoint)
-
     def _board_soon(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
         async def call() -> None:
             try:
@@ -652,3 +648,5 @@ class Watcher:
 
     async def stop(self) -> None:
         await self._tasks.stop()
+        if self._board_checkpoints is not None:
+            self._board_checkpoints.close()

@@ -81,11 +81,6 @@ class Runner:
         self._observe(op, set_, "ok", time.perf_counter() - t0)
         return result
 
-    async def upkeep(self, fn: Callable[[], object]) -> None:
-        """Background upkeep (a WAL checkpoint) in the pool, outside the breaker and the deadline: it may take longer
-        than a call, and neither its time nor its failure says anything about the cache answering."""
-        await asyncio.get_running_loop().run_in_executor(self._pool, fn)
-
     # -- fences that could not land ------------------------------------------------------------------------------
 
     def remember(self, ns: str, ids: dict[str, int], reset: int | None = None) -> None:

@@ -14,8 +14,8 @@ eviction, they go to the pool like every other write. Writes, and reads of many 
 pool with per-thread connections, where waiting on another process's write lock is harmless and bounded by the cache
 timeout. Writes that arrive while a write transaction runs are committed together in the next one (group commit): a
 busy worker pays one executor hop and one commit for many concurrent writes. The inline connection never checkpoints
-the WAL (an fsync on the loop): every CHECKPOINT_EVERY commits (inline or pool ones), the pool does, outside the
-breaker and the deadline (gateway/sqlite_wal.py: past its bound the WAL is copied whole and truncated).
+the WAL (an fsync on the loop): every CHECKPOINT_EVERY commits (inline or pool ones), a thread of its own does,
+outside the breaker and the deadline (gateway/sqlite_wal.py: past its bound the WAL is copied whole and truncated).
 
 Coherence: every change is a gateway/cache/coherence.py function applied inside one write transaction (read the
 record and the namespace's epoch, compute, write). Versions come from one counter in the file, so a record removed
@@ -141,7 +141,7 @@ class LocalCache:
         self._committing = False
         self._this_tick: PerTick[Callable[[Tx], Any]] = PerTick(self._commit_this_tick)
         self._tasks = Tasks()  # the background commit of writes queued meanwhile, checkpoints
-        self._checkpoints = Checkpoints(self._tasks, "cache checkpoint", self._checkpoint)
+        self._checkpoints = Checkpoints(self._tasks, "cache checkpoint", lambda: checkpoint(self._thread_conn(), self.path))
 
     def set_name(self, ns: str) -> str:
         return ns  # one table keyed (ns, id); the "set" only labels metrics
@@ -410,9 +410,6 @@ class LocalCache:
         self._checkpoints.committed()
         return True, result
 
-    async def _checkpoint(self) -> None:
-        await self.runner.upkeep(lambda: checkpoint(self._thread_conn(), self.path))
-
     def _write_tx(self, fns: list[Callable[[Tx], Any]]) -> list[Any]:
         conn = self._thread_conn()
         conn.execute("begin immediate")
@@ -433,6 +430,7 @@ class LocalCache:
 
     async def close(self) -> None:
         await self._tasks.stop(grace_s=self.runner.timeout_s * 2)  # let queued writes commit first
+        self._checkpoints.close()
         await self.runner.close()
         for conn in (self._loop_conn, self._loop_wconn):
             if conn is not None:
