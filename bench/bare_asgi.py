@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.bare_proxy import SETTINGS, UPSTREAM
-from gateway.upstream import open_transport
+from bench.bare_proxy import UPSTREAM, open_floor_transport
 
 JSON = [(b"content-type", b"application/json")]
-transport = open_transport(SETTINGS)  # connections are opened lazily, inside the running loop
+transport = open_floor_transport()  # connections are opened lazily, inside the running loop
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:

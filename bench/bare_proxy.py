@@ -4,7 +4,7 @@ stamps or metrics.
 
 Measured beside the gateway (`servers`, `transport_floors`), it separates what the server and the transport cost from
 what the gateway adds. Run by bench.procs.start_bare("granian") with BARE_UPSTREAM, BARE_TRANSPORT (httptools |
-pyreqwest) and optionally BARE_CA_FILE set; `GET /ready` answers 200.
+pyreqwest | minimal, bench/minimal_client.py) and optionally BARE_CA_FILE set; `GET /ready` answers 200.
 """
 
 from __future__ import annotations
@@ -16,9 +16,17 @@ from gateway.config import TransportSettings
 from gateway.upstream import UpstreamTransport, open_transport
 
 UPSTREAM = os.environ.get("BARE_UPSTREAM", "")
-# The floors' shared transport settings (bare_asgi.py and bare_raw.py import them).
-SETTINGS = TransportSettings(kind=os.environ.get("BARE_TRANSPORT", "httptools"),
-                             ca_file=os.environ.get("BARE_CA_FILE") or None)
+KIND = os.environ.get("BARE_TRANSPORT", "httptools")
+
+
+def open_floor_transport() -> UpstreamTransport:
+    """The floors' upstream transport (bare_asgi.py and bare_raw.py use it too); call it after fork."""
+    if KIND == "minimal":
+        from bench.minimal_client import MinimalClient
+
+        return MinimalClient()  # type: ignore[return-value]
+    return open_transport(TransportSettings(kind=KIND, ca_file=os.environ.get("BARE_CA_FILE") or None))
+
 JSON = [("content-type", "application/json")]
 
 
@@ -31,7 +39,7 @@ class BareProxy:
             proto.response_bytes(200, [], b"ok")
             return
         if self.transport is None:
-            self.transport = open_transport(SETTINGS)
+            self.transport = open_floor_transport()
         body = await proto()
         headers = [("authorization", scope.headers.get("authorization") or ""), *JSON]
         resp = await self.transport.send(scope.method, UPSTREAM + scope.path, headers, body, True)

@@ -10,10 +10,9 @@ import sys
 import httptools
 import uvloop
 
-from bench.bare_proxy import SETTINGS, UPSTREAM
-from gateway.upstream import open_transport
+from bench.bare_proxy import UPSTREAM, open_floor_transport
 
-transport = open_transport(SETTINGS)  # connections are opened lazily, inside the running loop
+transport = open_floor_transport()  # connections are opened lazily, inside the running loop
 
 
 class Server(asyncio.Protocol):
