@@ -27,6 +27,7 @@ def open_floor_transport() -> UpstreamTransport:
         return MinimalClient()  # type: ignore[return-value]
     return open_transport(TransportSettings(kind=KIND, ca_file=os.environ.get("BARE_CA_FILE") or None))
 
+
 JSON = [("content-type", "application/json")]
 
 

@@ -47,8 +47,12 @@ class MinimalClient:
                    idempotent: bool) -> UpstreamResponse:
         parts = urlsplit(url)
         loop = asyncio.get_running_loop()
-        conn = self._idle.pop() if self._idle else (
-            await loop.create_connection(_Connection, parts.hostname, parts.port))[1]
+        conn = None
+        while self._idle and conn is None:
+            idle = self._idle.pop()
+            conn = None if idle.transport is None or idle.transport.is_closing() else idle  # closed while idle
+        if conn is None:
+            conn = (await loop.create_connection(_Connection, parts.hostname, parts.port))[1]
         conn.response = loop.create_future()
         head = "".join(f"{k}: {v}\r\n" for k, v in headers)
         assert conn.transport is not None
