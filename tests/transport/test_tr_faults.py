@@ -212,6 +212,11 @@ def test_a_query_on_a_dead_reused_connection_is_retried_and_a_write_is_not(fault
     assert faulty.query("q-dies-on-reuse")[0] == 200  # the pooled connection dies under it; retried once
     assert len(faulty.upstream.paths("/v2/namespaces/q-dies-on-reuse/query")) == 2
     faulty.query("re-ok")  # every pooled connection has now served a request: the write goes to a reused one
+    # ... once the watcher's first polls of both namespaces are back: one holding the idle connection sent the write
+    # to a fresh one (CI, stop 24)
+    polled = ("q-dies-on-reuse", "re-ok")
+    wait_for(lambda: all(faulty.upstream.paths(f"/v2/namespaces/{ns}/metadata") for ns in polled), SETTLE_S)
+    faulty.settle(baseline)
     status, body, _ = faulty.call("POST", "/v2/namespaces/w-dies-on-reuse", b'{"upsert_rows": [{"id": 1}]}')
     assert status == 502 and body["error"] == "upstream_error", body
     assert len(faulty.upstream.paths("/v2/namespaces/w-dies-on-reuse")) == 1
