@@ -43,16 +43,19 @@ class MinimalClient:
     def __init__(self) -> None:
         self._idle: list[_Connection] = []
 
+    def _take_idle(self) -> _Connection | None:
+        """The newest pooled connection still open (one the upstream closed while it was idle is dropped)."""
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.transport is not None and not conn.transport.is_closing():
+                return conn
+        return None
+
     async def send(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes,
                    idempotent: bool) -> UpstreamResponse:
         parts = urlsplit(url)
         loop = asyncio.get_running_loop()
-        conn = None
-        while self._idle and conn is None:
-            idle = self._idle.pop()
-            conn = None if idle.transport is None or idle.transport.is_closing() else idle  # closed while idle
-        if conn is None:
-            conn = (await loop.create_connection(_Connection, parts.hostname, parts.port))[1]
+        conn = self._take_idle() or (await loop.create_connection(_Connection, parts.hostname, parts.port))[1]
         conn.response = loop.create_future()
         head = "".join(f"{k}: {v}\r\n" for k, v in headers)
         assert conn.transport is not None

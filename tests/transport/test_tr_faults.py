@@ -129,6 +129,11 @@ class Faulty:
             return None
         return health["updated_ms"], (fds - live, health["tasks"], pools)
 
+    def polled(self, *namespaces: str) -> None:
+        """Wait until the upstream has seen the watcher's first metadata poll of each namespace (due at once after
+        its first query): a poll in flight holds a pooled connection, so the next request would open a fresh one."""
+        wait_for(lambda: all(self.upstream.paths(f"/v2/namespaces/{ns}/metadata") for ns in namespaces), SETTLE_S)
+
     def settle(self, baseline: State) -> None:
         """Nothing leaked: once a snapshot taken after every request so far shows a quiet worker, it has the same
         sockets and tasks as at the start."""
@@ -177,6 +182,7 @@ def baseline(faulty: Faulty) -> State:
     """The worker's state once a good query went through and the watcher's first metadata poll is done: the same in
     two successive snapshots taken after the query, with the worker quiet."""
     assert faulty.query("base-ok")[0] == 200
+    faulty.polled("base-ok")
     since_ms = time.time() * 1000
     quiet: list[tuple[int, State]] = []
 
@@ -212,11 +218,8 @@ def test_a_query_on_a_dead_reused_connection_is_retried_and_a_write_is_not(fault
     assert faulty.query("q-dies-on-reuse")[0] == 200  # the pooled connection dies under it; retried once
     assert len(faulty.upstream.paths("/v2/namespaces/q-dies-on-reuse/query")) == 2
     faulty.query("re-ok")  # every pooled connection has now served a request: the write goes to a reused one
-    # ... once the watcher's first polls of both namespaces are back: one holding the idle connection sent the write
-    # to a fresh one (CI, stop 24)
-    polled = ("q-dies-on-reuse", "re-ok")
-    wait_for(lambda: all(faulty.upstream.paths(f"/v2/namespaces/{ns}/metadata") for ns in polled), SETTLE_S)
-    faulty.settle(baseline)
+    faulty.polled("q-dies-on-reuse", "re-ok")
+    faulty.settle(baseline)  # those polls' connections are idle again
     status, body, _ = faulty.call("POST", "/v2/namespaces/w-dies-on-reuse", b'{"upsert_rows": [{"id": 1}]}')
     assert status == 502 and body["error"] == "upstream_error", body
     assert len(faulty.upstream.paths("/v2/namespaces/w-dies-on-reuse")) == 1
